@@ -1,0 +1,13 @@
+"""vaekit: the VAE stage of diffusion pipelines at any resolution, inside a memory budget,
+with the same pixels as running the whole image at once."""
+
+from __future__ import annotations
+
+from . import errors
+from .api import decode, plan
+from .errors import BudgetError, VaekitError
+from .plan import Plan
+
+__all__ = ["decode", "plan", "Plan", "errors", "VaekitError", "BudgetError", "__version__"]
+
+__version__ = "0.1.0"

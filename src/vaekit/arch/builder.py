@@ -1,0 +1,50 @@
+"""Shared helper for arch/ files: append stages, name maps, and route GroupNorm statistics."""
+
+from __future__ import annotations
+
+import dataclasses
+from fractions import Fraction
+
+from torch import nn
+
+from ..errors import UnsupportedModelError
+from ..program import MapSpec, Program, Stage
+
+__all__ = ["ProgramBuilder"]
+
+
+class ProgramBuilder:
+    """Builds a Program stage by stage.
+
+    When a stage normalizes its source with a GroupNorm, the builder tells the stage that wrote
+    that source to collect the statistics for it.
+    """
+
+    def __init__(self, op: str, in_channels: int):
+        self.op = op
+        self.maps: dict[str, MapSpec] = {}
+        self.stages: list[Stage] = []
+        self._writer: dict[str, int] = {}
+        self.input = self.new_map(in_channels, Fraction(1), name="input")
+
+    def new_map(self, channels: int, scale: Fraction, name: str | None = None) -> str:
+        name = name or f"m{len(self.maps)}"
+        self.maps[name] = MapSpec(name, channels, Fraction(scale))
+        return name
+
+    def add(self, stage: Stage, norm: nn.GroupNorm | None = None) -> str:
+        """Append ``stage``; ``norm`` is the GroupNorm it applies to its source, if any."""
+        if norm is not None:
+            writer = self._writer.get(stage.src)
+            if writer is None:
+                raise UnsupportedModelError(f"{stage.name}: GroupNorm on the program input is not supported")
+            previous = self.stages[writer]
+            if previous.stats_groups not in (None, norm.num_groups):
+                raise UnsupportedModelError(f"{stage.name}: two GroupNorms with different groups read one map")
+            self.stages[writer] = dataclasses.replace(previous, stats_groups=norm.num_groups)
+        self._writer[stage.dst] = len(self.stages)
+        self.stages.append(stage)
+        return stage.dst
+
+    def build(self, output: str) -> Program:
+        return Program(self.op, self.input, output, dict(self.maps), tuple(self.stages))

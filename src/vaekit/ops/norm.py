@@ -1,0 +1,67 @@
+"""GroupNorm made exact for streaming: statistics gathered band by band, applied in the next prologue.
+
+Per band we take (count, mean, M2) per (sample, group) with ``torch.var_mean`` in fp32 (cheap), and
+merge bands in float64 with Chan's parallel formula, so the result does not depend on the number
+of bands beyond float rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["GroupStats", "norm_act"]
+
+
+class GroupStats:
+    """Running mean and variance per (sample, group) of an NHWC map, fed one band at a time."""
+
+    def __init__(self, groups: int):
+        self.groups = groups
+        self.count = 0
+        self.mean: torch.Tensor | None = None  # (B, G) float64
+        self.m2: torch.Tensor | None = None  # (B, G) float64
+
+    def update(self, band: torch.Tensor) -> None:
+        """Add a band of shape (B, rows, W, C)."""
+        b, rows, w, c = band.shape  # map px
+        grouped = band.reshape(b, rows * w, self.groups, c // self.groups)  # (B, pixels, G, C/G)
+        if grouped.dtype != torch.float32:
+            grouped = grouped.float()
+        var, mean = torch.var_mean(grouped, dim=(1, 3), correction=0)
+        n = rows * w * (c // self.groups)
+        mean, m2 = mean.double(), var.double() * n
+        if self.mean is None:
+            self.count, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta.square() * (self.count * n / total)
+        self.count = total
+
+    def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, biased variance), each (B, G) float64."""
+        if self.mean is None:
+            raise RuntimeError("no band was added")
+        return self.mean, self.m2 / self.count
+
+
+def norm_act(band: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor], norm, act: bool, weights) -> torch.Tensor:
+    """GroupNorm with known global ``stats`` (+ SiLU) of an NHWC band, in one fused multiply-add.
+
+    ``weights`` holds the norm's affine ``weight`` and ``bias`` on the compute device.
+    """
+    b, _, _, c = band.shape
+    mean, var = stats  # (B, G)
+    per_channel = c // mean.shape[1]
+    rstd = torch.rsqrt(var + norm.eps).repeat_interleave(per_channel, dim=1)  # (B, C) float64
+    mean = mean.repeat_interleave(per_channel, dim=1)
+    scale = rstd * weights["weight"].double()  # y = x * scale + shift == (x - mean) * rstd * w + b
+    shift = weights["bias"].double() - mean * scale
+    scale = scale.to(torch.float32).view(b, 1, 1, c)
+    shift = shift.to(torch.float32).view(b, 1, 1, c)
+    out = torch.addcmul(shift, band, scale)  # fp32 for any compute dtype
+    if act:
+        F.silu(out, inplace=True)
+    return out if out.dtype == band.dtype else out.to(band.dtype)

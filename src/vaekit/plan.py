@@ -1,0 +1,295 @@
+"""Memory model and planner: from shapes alone to a Plan (works on a model on the meta device).
+
+Peak memory of a streamed run, stage by stage, is
+
+    resident (the maps kept in the ``device`` tier that are alive during the stage, the output)
+  + working  (one chunk: the bands read, the normalized band, the conv output, the skip band ...)
+
+The planner keeps small maps resident (smallest first) while every stage keeps room for a
+reasonable chunk, sends the rest a tier down, then gives each stage the most rows that fit.
+The executor (``run.py``) follows the plan; ``validate`` checks a plan against a budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import BudgetError
+from .program import AttentionStage, ConvStage, KeyValueStage, Program
+from .units import format_bytes
+
+__all__ = ["StagePlan", "MapPlan", "Plan", "make_plan", "validate", "TARGET_ROWS"]
+
+#: rows per chunk the tier assignment keeps room for: below ~32 rows CPU convs lose efficiency
+TARGET_ROWS = 32
+#: conv/attention temporaries are counted at this element size at least (prologue runs in fp32)
+PROLOGUE_ITEMSIZE = 4
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """How one stage runs: ``rows`` output rows per chunk (query rows for attention)."""
+
+    name: str
+    height: int
+    rows: int
+    kv_rows: int | None
+    working_bytes: int
+    resident_bytes: int
+
+    @property
+    def chunks(self) -> int:
+        return math.ceil(self.height / self.rows)
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.working_bytes + self.resident_bytes
+
+
+@dataclass(frozen=True)
+class MapPlan:
+    """Where one map lives: shape is (B, H, W, C)."""
+
+    name: str
+    shape: tuple[int, int, int, int]
+    nbytes: int
+    tier: str  # device | host | disk | input | output
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A printable, checkable schedule. ``mode`` is "whole" (the model's own forward) or "stream"."""
+
+    op: str
+    mode: str
+    in_shape: tuple[int, int, int, int]
+    out_shape: tuple[int, int, int, int]
+    dtype: str
+    device: str
+    budget: int | None
+    whole_peak_bytes: int
+    stages: tuple[StagePlan, ...]
+    maps: tuple[MapPlan, ...]
+
+    @property
+    def peak_bytes(self) -> int:
+        """Predicted peak of the activations this run holds (model weights not included)."""
+        if self.mode == "whole":
+            return self.whole_peak_bytes
+        return max(s.peak_bytes for s in self.stages)
+
+    @property
+    def chunk_rows(self) -> dict[str, int]:
+        return {s.name: s.rows for s in self.stages}
+
+    @property
+    def tiers(self) -> dict[str, str]:
+        return {m.name: m.tier for m in self.maps}
+
+    def __str__(self) -> str:
+        budget = "free memory" if self.budget is None else format_bytes(self.budget)
+        lines = [
+            f"vaekit plan: {self.op} {_shape(self.in_shape)} -> {_shape(self.out_shape)}  {self.dtype} on {self.device}",
+            f"mode {self.mode}   budget {budget}   predicted peak {format_bytes(self.peak_bytes)}"
+            f"   (untiled would need {format_bytes(self.whole_peak_bytes)})",
+        ]
+        if self.mode == "stream":
+            lines.append("")
+            lines.append(f"{'stage':<26}{'rows':>6}{'chunks':>8}{'kv rows':>9}{'working':>12}{'resident':>12}")
+            for s in self.stages:
+                kv = "" if s.kv_rows is None else str(s.kv_rows)
+                lines.append(f"{s.name:<26}{s.rows:>6}{s.chunks:>8}{kv:>9}"
+                             f"{format_bytes(s.working_bytes):>12}{format_bytes(s.resident_bytes):>12}")
+            lines.append("")
+            lines.append(f"{'map':<26}{'shape (B,H,W,C)':>24}{'size':>12}  tier")
+            for m in self.maps:
+                lines.append(f"{m.name:<26}{str(m.shape):>24}{format_bytes(m.nbytes):>12}  {m.tier}")
+        return "\n".join(lines)
+
+
+def _shape(shape) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+# ---- shapes -------------------------------------------------------------------------------------
+
+
+def map_shapes(program: Program, in_shape) -> dict[str, tuple[int, int, int, int]]:
+    """Map name -> (B, H, W, C) for an NCHW input of ``in_shape``."""
+    b, _, h, w = in_shape
+    return {name: (b, *spec.hw(h, w), spec.channels) for name, spec in program.maps.items()}
+
+
+def _nbytes(shape, itemsize: int) -> int:
+    return math.prod(shape) * itemsize
+
+
+# ---- working set of one chunk ------------------------------------------------------------------
+
+
+def working_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str], kv_rows: int | None = None) -> int:
+    """Bytes one chunk of ``rows`` output rows holds on the device while ``stage`` runs it."""
+    b, src_h, src_w, c_in = shapes[stage.src]
+    _, dst_h, dst_w, c_out = shapes[stage.dst]
+    temp = max(itemsize, PROLOGUE_ITEMSIZE)
+
+    def read_buffer(name: str, n_rows: int) -> int:  # a view when resident, a copy otherwise
+        return 0 if tiers.get(name) in ("device", "input") else n_rows * shapes[name][2] * shapes[name][3] * b * itemsize
+
+    if isinstance(stage, ConvStage):
+        factor = 2 if stage.upsample else 1
+        conv_rows = rows + 2 * stage.halo
+        in_rows = min(math.ceil(conv_rows / factor) + 1, src_h)
+        total = read_buffer(stage.src, in_rows)
+        total += b * in_rows * src_w * c_in * temp if stage.norm is not None else 0
+        total += b * conv_rows * dst_w * c_in * itemsize * (2 if stage.upsample else 1)  # upsampled / padded copy
+        total += 2 * b * rows * dst_w * c_out * itemsize  # conv output + the backend's output reorder
+        if stage.skip is not None:
+            total += read_buffer(stage.skip, rows)
+            total += b * rows * dst_w * c_out * itemsize if stage.shortcut is not None else 0
+        return total
+    if isinstance(stage, KeyValueStage):
+        return read_buffer(stage.src, rows) + b * rows * src_w * (c_in * temp + c_out * itemsize)
+    if isinstance(stage, AttentionStage):
+        inner = shapes[stage.kv][3] // 2
+        kv_rows = kv_rows or src_h
+        tokens_q, tokens_k = rows * src_w, kv_rows * src_w
+        total = read_buffer(stage.src, rows) + b * tokens_q * c_in * temp  # residual, normalized
+        total += b * tokens_q * inner * (itemsize * 3 + 4 * 2)  # q, attention out, projection; fp32 q, acc
+        total += read_buffer(stage.kv, kv_rows) + b * tokens_k * 2 * inner * 4  # K, V (and fp32 copies)
+        total += 2 * b * tokens_q * tokens_k * 4  # scores and their exp, fp32
+        return total
+    raise TypeError(f"unknown stage {stage!r}")
+
+
+def whole_bytes(program: Program, shapes, itemsize: int) -> int:
+    """Peak of the untiled forward (the model's own modules): a few full maps alive per layer."""
+    peak = 0
+    for stage in program.stages:
+        src, dst = _nbytes(shapes[stage.src], itemsize), _nbytes(shapes[stage.dst], itemsize)
+        if isinstance(stage, ConvStage):
+            at_conv = src * (4 if stage.upsample else 1)
+            skip = _nbytes(shapes[stage.skip], itemsize) if stage.skip else 0
+            held = src if stage.upsample else 2 * at_conv  # upsample keeps its input; norm+act make two copies
+            peak = max(peak, skip + at_conv + held + 2 * dst)
+        elif isinstance(stage, AttentionStage):
+            peak = max(peak, 6 * src)  # residual, normalized, q, k, v, out (flash-style SDPA keeps no scores)
+        else:
+            peak = max(peak, 2 * src + dst)
+    return peak + _nbytes(shapes[program.output], itemsize)
+
+
+# ---- planning ----------------------------------------------------------------------------------
+
+
+def _lives(program: Program) -> dict[str, range]:
+    first, last = program.first_write(), program.last_use()
+    return {name: range(max(first[name], 0), last[name] + 1) for name in last}
+
+
+def assign_tiers(program: Program, shapes, itemsize: int, budget: int, lower: str) -> dict[str, str]:
+    """Keep maps resident, smallest first, while every stage keeps room for TARGET_ROWS rows."""
+    lives = _lives(program)
+    tiers = {name: lower for name in shapes}
+    tiers[program.input], tiers[program.output] = "input", "output"
+    resident = [_fixed_bytes(program, shapes, itemsize, i, tiers) for i in range(len(program.stages))]
+    floor = [
+        working_bytes(s, shapes, itemsize, min(TARGET_ROWS, shapes[s.dst][1]), tiers)
+        for s in program.stages
+    ]
+    for name in sorted((n for n in shapes if tiers[n] == lower), key=lambda n: _nbytes(shapes[n], itemsize)):
+        size = _nbytes(shapes[name], itemsize)
+        if all(resident[i] + size + floor[i] <= budget for i in lives[name]):
+            tiers[name] = "device"
+            for i in lives[name]:
+                resident[i] += size
+    return tiers
+
+
+def _fixed_bytes(program: Program, shapes, itemsize: int, index: int, tiers: dict[str, str]) -> int:
+    """Resident bytes of stage ``index``: device-tier maps alive then, plus input and output."""
+    total = 0
+    for name, life in _lives(program).items():
+        if index in life and tiers[name] in ("device", "input", "output"):
+            total += _nbytes(shapes[name], itemsize)
+    return total
+
+
+def _most_rows(fits, limit: int) -> int:
+    """Largest r in [1, limit] with fits(r), or 0 if none; ``fits`` is monotone."""
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
+def plan_stage(stage, shapes, itemsize: int, tiers, resident: int, budget: int) -> StagePlan | None:
+    """The most rows (and key rows) of ``stage`` that fit next to ``resident``; None if none fit."""
+    height = shapes[stage.dst][1]
+    kv_options = [None]
+    if isinstance(stage, AttentionStage):
+        kv_options = [height]
+        while kv_options[-1] > 1:
+            kv_options.append(math.ceil(kv_options[-1] / 2))
+    for kv in kv_options:
+        rows = _most_rows(lambda r: resident + working_bytes(stage, shapes, itemsize, r, tiers, kv) <= budget, height)
+        if rows:
+            work = working_bytes(stage, shapes, itemsize, rows, tiers, kv)
+            return StagePlan(stage.name, height, rows, kv, work, resident)
+    return None
+
+
+def make_plan(program: Program, in_shape, itemsize: int, dtype: str, device: str, budget: int | None,
+              *, free_bytes: int | None = None, force_stream: bool = False) -> Plan:
+    """Plan ``program`` on an NCHW input of ``in_shape``.
+
+    ``budget`` None means "what is free" (``free_bytes``). Raises BudgetError when nothing fits.
+    """
+    shapes = map_shapes(program, in_shape)
+    whole = whole_bytes(program, shapes, itemsize)
+    limit = budget if budget is not None else free_bytes
+    out_shape = shapes[program.output]
+    common = dict(op=program.op, in_shape=tuple(in_shape), out_shape=(out_shape[0], out_shape[3], *out_shape[1:3]),
+                  dtype=dtype, device=device, budget=budget, whole_peak_bytes=whole)
+    if not force_stream and (limit is None or whole <= limit):
+        return Plan(mode="whole", stages=(), maps=(), **common)
+
+    lower = "host" if device.startswith("cuda") else "disk"
+    tiers = assign_tiers(program, shapes, itemsize, limit, lower)
+    stages = []
+    for i, stage in enumerate(program.stages):
+        resident = _fixed_bytes(program, shapes, itemsize, i, tiers)
+        planned = plan_stage(stage, shapes, itemsize, tiers, resident, limit)
+        if planned is None:
+            smallest = smallest_budget(program, in_shape, itemsize, lower)
+            what = "budget" if budget is not None else "free memory"
+            raise BudgetError(
+                f"{program.op} of {_shape(in_shape)} cannot fit in {format_bytes(limit)} ({what}): stage "
+                f"{stage.name} needs more even one row at a time; the smallest budget that fits is "
+                f"{format_bytes(smallest)} (budget={smallest})",
+                smallest=smallest,
+            )
+        stages.append(planned)
+    maps = tuple(MapPlan(n, shapes[n], _nbytes(shapes[n], itemsize), tiers[n]) for n in shapes)
+    return Plan(mode="stream", stages=tuple(stages), maps=maps, **common)
+
+
+def smallest_budget(program: Program, in_shape, itemsize: int, lower: str = "disk") -> int:
+    """The least budget any streamed plan fits in: every map a tier down, one row per chunk."""
+    shapes = map_shapes(program, in_shape)
+    tiers = {name: lower for name in shapes}
+    tiers[program.input], tiers[program.output] = "input", "output"
+    need = 0
+    for i, stage in enumerate(program.stages):
+        fixed = _fixed_bytes(program, shapes, itemsize, i, tiers)
+        kv = 1 if isinstance(stage, AttentionStage) else None
+        need = max(need, fixed + working_bytes(stage, shapes, itemsize, 1, tiers, kv))
+    return need
+
+
+def validate(plan: Plan, budget: int | None) -> None:
+    """Raise BudgetError if ``plan`` predicts more than ``budget``."""
+    if budget is not None and plan.peak_bytes > budget:
+        raise BudgetError(f"plan predicts {format_bytes(plan.peak_bytes)}, over the budget {format_bytes(budget)}")

@@ -1,0 +1,135 @@
+"""The activation store: where maps live between stages.
+
+Tiers, fastest first:
+
+- ``device``: a tensor on the compute device. Reading a band is a view, free.
+- ``host``: a tensor in host RAM (pinned when the device is CUDA); bands are copied to the device.
+- ``disk``: a scratch file read and written with explicit offsets (``os.preadv``/``os.pwrite``),
+  not mmap, so it never counts as resident memory. Read buffers are allocated once per map and
+  reused: first-touching fresh pages costs ~10x the copy itself.
+
+Maps are stored NHWC, (B, H, W, C): a band of rows of one sample is one contiguous range of bytes.
+The scratch directory is removed on every exit path (``close`` runs from ``with``/``finally``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import torch
+
+__all__ = ["TIERS", "Store"]
+
+TIERS = ("device", "host", "disk")
+
+
+class _DiskMap:
+    def __init__(self, path: str, shape: tuple[int, int, int, int], dtype: torch.dtype):
+        self.shape, self.dtype = shape, dtype
+        self.itemsize = torch.empty((), dtype=dtype).element_size()
+        b, h, w, c = shape
+        self.row_bytes = w * c * self.itemsize
+        self.sample_bytes = h * self.row_bytes
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.ftruncate(self.fd, b * self.sample_bytes)
+        self.buffer: torch.Tensor | None = None
+
+    def read(self, r0: int, r1: int) -> torch.Tensor:
+        b, _, w, c = self.shape
+        rows = r1 - r0
+        need = b * rows * w * c
+        if self.buffer is None or self.buffer.numel() < need:
+            self.buffer = torch.empty(need, dtype=self.dtype)
+        band = self.buffer[:need].view(b, rows, w, c)
+        for i in range(b):
+            _read_exact(self.fd, band[i], i * self.sample_bytes + r0 * self.row_bytes)
+        return band
+
+    def write(self, r0: int, band: torch.Tensor) -> None:
+        for i in range(band.shape[0]):
+            _write_all(self.fd, band[i].contiguous(), i * self.sample_bytes + r0 * self.row_bytes)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _bytes_of(t: torch.Tensor) -> memoryview:
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def _read_exact(fd: int, out: torch.Tensor, offset: int) -> None:
+    view = _bytes_of(out)
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            raise OSError(f"short read from the scratch file at offset {offset + done}")
+        done += n
+
+
+def _write_all(fd: int, band: torch.Tensor, offset: int) -> None:
+    view = _bytes_of(band)
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+class Store:
+    """Maps by name, each in one tier. Use as a context manager so scratch files always go."""
+
+    def __init__(self, device: torch.device, scratch_dir: str | os.PathLike | None = None):
+        self.device = torch.device(device)
+        self.scratch_parent = scratch_dir
+        self.scratch: str | None = None
+        self.maps: dict[str, torch.Tensor | _DiskMap] = {}
+        self.tiers: dict[str, str] = {}
+
+    def alloc(self, name: str, shape: tuple[int, int, int, int], dtype: torch.dtype, tier: str) -> None:
+        if tier == "device":
+            self.maps[name] = torch.empty(shape, dtype=dtype, device=self.device)
+        elif tier == "host":
+            pin = self.device.type == "cuda"
+            self.maps[name] = torch.empty(shape, dtype=dtype, pin_memory=pin)
+        elif tier == "disk":
+            if self.scratch is None:
+                self.scratch = tempfile.mkdtemp(prefix="vaekit-", dir=self.scratch_parent)
+            self.maps[name] = _DiskMap(os.path.join(self.scratch, f"{name}.bin"), shape, dtype)
+        else:
+            raise ValueError(f"unknown tier {tier!r}; tiers are {TIERS}")
+        self.tiers[name] = tier
+
+    def read(self, name: str, r0: int, r1: int) -> torch.Tensor:
+        """Rows [r0, r1) of map ``name`` on the device, (B, rows, W, C). Do not modify it in place."""
+        stored = self.maps[name]
+        if isinstance(stored, _DiskMap):
+            return stored.read(r0, r1).to(self.device, non_blocking=True)
+        return stored[:, r0:r1].to(self.device, non_blocking=True)
+
+    def write(self, name: str, r0: int, band: torch.Tensor) -> None:
+        stored = self.maps[name]
+        if isinstance(stored, _DiskMap):
+            stored.write(r0, band.cpu())
+        else:
+            stored[:, r0 : r0 + band.shape[1]].copy_(band)
+
+    def free(self, name: str) -> None:
+        stored = self.maps.pop(name, None)
+        self.tiers.pop(name, None)
+        if isinstance(stored, _DiskMap):
+            stored.close()
+            os.unlink(os.path.join(self.scratch, f"{name}.bin"))
+
+    def close(self) -> None:
+        for name in list(self.maps):
+            self.free(name)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
