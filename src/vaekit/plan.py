@@ -19,10 +19,13 @@ from .errors import BudgetError
 from .program import AttentionStage, ConvStage, KeyValueStage, Program
 from .units import format_bytes
 
-__all__ = ["StagePlan", "MapPlan", "Plan", "make_plan", "validate", "TARGET_ROWS"]
+__all__ = ["StagePlan", "MapPlan", "Plan", "make_plan", "validate", "smallest_budget", "TARGET_ROWS",
+           "FIXED_ALLOWANCE"]
 
 #: rows per chunk the tier assignment keeps room for: below ~32 rows CPU convs lose efficiency
 TARGET_ROWS = 32
+#: what a measured peak may exceed the plan by, besides 10%: thread pools, kernel caches, allocator slack
+FIXED_ALLOWANCE = 32 << 20
 #: conv/attention temporaries are counted at this element size at least (prologue runs in fp32)
 PROLOGUE_ITEMSIZE = 4
 
@@ -145,6 +148,7 @@ def working_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str]
         total += b * in_rows * src_w * c_in * temp if stage.norm is not None else 0
         total += b * conv_rows * dst_w * c_in * itemsize * (2 if stage.upsample else 1)  # upsampled / padded copy
         total += 2 * b * rows * dst_w * c_out * itemsize  # conv output + the backend's output reorder
+        total += 2 * stage.conv.weight.numel() * itemsize  # the backend's reordered copy of the weights
         if stage.skip is not None:
             total += read_buffer(stage.skip, rows)
             total += b * rows * dst_w * c_out * itemsize if stage.shortcut is not None else 0

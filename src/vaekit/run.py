@@ -51,6 +51,7 @@ def execute(program: Program, plan: Plan, x: torch.Tensor, *, scratch_dir: str |
             for name in [n for n, last in last_use.items() if last == i and n != program.output]:
                 store.free(name)
                 stats.pop(name, None)
+            store.end_stage()
     return output
 
 
@@ -64,13 +65,11 @@ def _compute(stage, weights, read, stats, r0, r1, src_h, dst_h, kv_rows):
     raise TypeError(f"unknown stage {stage!r}")
 
 
-def _params(module: nn.Module | None, device, dtype, channels_last: bool = False) -> dict[str, torch.Tensor]:
+def _params(module: nn.Module | None, device, dtype) -> dict[str, torch.Tensor]:
     if module is None:
         return {}
-    out = {}
-    for name, p in module.named_parameters(recurse=False):
-        t = p.detach().to(device=device, dtype=dtype)
-        out[name] = t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
+    # no copy when the model is already on the compute device in the compute dtype
+    out = {name: p.detach().to(device=device, dtype=dtype) for name, p in module.named_parameters(recurse=False)}
     if isinstance(module, nn.GroupNorm) and not module.affine:
         out = {"weight": torch.ones(module.num_channels, device=device, dtype=dtype),
                "bias": torch.zeros(module.num_channels, device=device, dtype=dtype)}
@@ -80,8 +79,8 @@ def _params(module: nn.Module | None, device, dtype, channels_last: bool = False
 def stage_weights(stage, device, dtype) -> dict[str, dict[str, torch.Tensor]]:
     """The tensors ``stage`` needs, moved to the compute device once per stage."""
     if isinstance(stage, ConvStage):
-        return {"conv": _params(stage.conv, device, dtype, True), "norm": _params(stage.norm, device, dtype),
-                "shortcut": _params(stage.shortcut, device, dtype, True)}
+        return {"conv": _params(stage.conv, device, dtype), "norm": _params(stage.norm, device, dtype),
+                "shortcut": _params(stage.shortcut, device, dtype)}
     attn = stage.attn
     norm = _params(attn.group_norm, device, dtype)
     if isinstance(stage, KeyValueStage):

@@ -14,6 +14,8 @@ The scratch directory is removed on every exit path (``close`` runs from ``with`
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import shutil
 import tempfile
@@ -76,6 +78,38 @@ def _write_all(fd: int, band: torch.Tensor, offset: int) -> None:
         done += os.pwrite(fd, view[done:], offset + done)
 
 
+def _load_libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:  # not glibc: nothing to tune
+        return None
+
+
+_LIBC = _load_libc()
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+#: allocations above this go straight to mmap and back to the OS when freed
+MMAP_THRESHOLD = 1 << 20
+
+
+def _bound_heap() -> None:
+    """Make glibc serve large blocks with mmap, always.
+
+    By default glibc raises its mmap threshold (up to 32 MiB) each time a large block is freed, so
+    later chunk-sized tensors come from the heap and stay resident after they are freed: the process
+    then holds ~1.5x the planned working set. A fixed threshold keeps the measured peak at the plan.
+    This is process-wide and stays set (glibc has no way back to the dynamic threshold); set
+    VAEKIT_KEEP_MALLOC=1 to leave malloc alone.
+    """
+    if _LIBC is not None and not os.environ.get("VAEKIT_KEEP_MALLOC"):
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+def _trim_heap() -> None:
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
 class Store:
     """Maps by name, each in one tier. Use as a context manager so scratch files always go."""
 
@@ -85,6 +119,8 @@ class Store:
         self.scratch: str | None = None
         self.maps: dict[str, torch.Tensor | _DiskMap] = {}
         self.tiers: dict[str, str] = {}
+        if self.device.type == "cpu":
+            _bound_heap()
 
     def alloc(self, name: str, shape: tuple[int, int, int, int], dtype: torch.dtype, tier: str) -> None:
         if tier == "device":
@@ -120,6 +156,14 @@ class Store:
         if isinstance(stored, _DiskMap):
             stored.close()
             os.unlink(os.path.join(self.scratch, f"{name}.bin"))
+
+    def end_stage(self) -> None:
+        """Drop the read buffers of this stage and hand freed heap pages back to the OS, so the
+        next stage starts from the resident maps alone (glibc otherwise keeps freed bands)."""
+        for stored in self.maps.values():
+            if isinstance(stored, _DiskMap):
+                stored.buffer = None
+        _trim_heap()
 
     def close(self) -> None:
         for name in list(self.maps):

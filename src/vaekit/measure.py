@@ -1,0 +1,65 @@
+"""Peak memory of a block of code: resident set on CPU (Linux VmHWM), allocator peak on CUDA."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+import torch
+
+__all__ = ["PeakMemory", "rss_bytes"]
+
+
+def rss_bytes() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def _reset_hwm() -> bool:
+    """Reset the kernel's peak-RSS mark of this process to its current RSS (Linux)."""
+    try:
+        with open(f"/proc/{os.getpid()}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _hwm_bytes() -> int:
+    with open(f"/proc/{os.getpid()}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
+
+
+class PeakMemory:
+    """``with PeakMemory(device) as m: ...`` then ``m.growth``: peak bytes above the level at entry.
+
+    CPU: the process's peak resident set (exact, via /proc, Linux only). CUDA: the allocator's peak.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.start = self.peak = 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+        else:
+            if not _reset_hwm():
+                raise OSError("peak RSS needs Linux /proc/<pid>/clear_refs")
+            self.start = rss_bytes()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self.peak = _hwm_bytes()
+
+    @property
+    def growth(self) -> int:
+        return max(self.peak - self.start, 0)
