@@ -23,7 +23,7 @@ def plan(vae, shape, budget=None, op: str = "decode", *, device=None, dtype=None
     device. ``budget``: bytes, or a string like "768MiB"; None plans for the free memory of the device.
     """
     program = program_for(vae, op)
-    device = _device(vae, device)
+    device = _device(vae, device, check=False)  # planning for a device needs no such device here
     dtype = dtype or _model_dtype(vae)
     shape = _check_shape(program, vae, shape, op)
     limit = None if budget is None else parse_bytes(budget)
@@ -81,14 +81,14 @@ def free_memory(device: torch.device) -> int:
     return psutil.virtual_memory().available
 
 
-def _device(vae, device) -> torch.device:
+def _device(vae, device, check: bool = True) -> torch.device:
     if device is None:
         return next(vae.parameters()).device
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise DeviceError(f"cannot use device {device!r}: {e}; try 'cpu' or 'cuda'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if check and device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {device} was asked for but CUDA is not available here; use device='cpu'")
     return device
 

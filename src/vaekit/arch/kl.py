@@ -14,8 +14,6 @@ Decoder, one row per stage (rows at the stage's output resolution):
 
 from __future__ import annotations
 
-from fractions import Fraction
-
 from torch import nn
 
 from ..errors import UnsupportedModelError

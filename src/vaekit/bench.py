@@ -1,0 +1,179 @@
+"""`vaekit bench`: vaekit against diffusers on the SD-architecture VAE, each run in a fresh process.
+
+For every image size: diffusers untiled (the reference), diffusers ``enable_tiling()``, and vaekit
+at several budgets. Reports seconds, peak RSS growth over the RSS after loading, max abs error and
+PSNR against untiled, writes ``bench.json`` and ``bench.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+__all__ = ["main", "run_benchmark", "psnr"]
+
+METHODS = ("diffusers-untiled", "diffusers-tiling", "vaekit:768MiB", "vaekit:1.5GiB", "vaekit:none")
+THREADS = 2
+
+
+def psnr(out, ref, peak_to_peak: float = 2.0) -> float:
+    """PSNR in dB of ``out`` against ``ref`` for images in [-1, 1]."""
+    mse = float(((out.double() - ref.double()) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(peak_to_peak**2 / mse)
+
+
+def _worker(method: str, size: int, ref_path: Path) -> dict:
+    """One measurement, in this (fresh) process."""
+    import numpy as np
+    import torch
+
+    import vaekit
+    from vaekit.measure import PeakMemory
+    from vaekit.models import latent_factor, sd_vae
+
+    torch.set_num_threads(THREADS)
+    vae = sd_vae(seed=0)
+    n = size // latent_factor(vae)
+    z = torch.randn(1, vae.config.latent_channels, n, n, generator=torch.Generator().manual_seed(1))
+    budget = method.split(":", 1)[1] if method.startswith("vaekit") else None
+    budget = None if budget == "none" else budget
+    if method == "diffusers-tiling":
+        vae.enable_tiling()
+
+    def run(latents):
+        with torch.inference_mode():
+            if method.startswith("vaekit"):
+                return vaekit.decode(vae, latents, budget)
+            return vae.decode(latents).sample
+
+    run(torch.randn(1, vae.config.latent_channels, 8, 8))  # load kernels and thread pools first
+    with PeakMemory() as mem:
+        start = time.perf_counter()
+        out = run(z)
+        seconds = time.perf_counter() - start
+    row = {"method": method, "size": size, "seconds": seconds, "peak_rss_growth": mem.growth}
+    if method.startswith("vaekit"):
+        row["plan_mode"] = vaekit.plan(vae, tuple(z.shape), budget).mode
+    if method == "diffusers-untiled":
+        np.save(ref_path, out.numpy())
+    else:
+        ref = torch.from_numpy(np.load(ref_path))
+        row["max_abs_error"] = float((out - ref).abs().max())
+        row["relative_error"] = row["max_abs_error"] / float(ref.abs().max())
+        row["psnr_db"] = psnr(out, ref)
+    return row
+
+
+def run_benchmark(sizes, methods, out_dir: Path) -> list[dict]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for size in sizes:
+        ref_path = out_dir / f"reference-{size}.npy"
+        for method in methods:  # untiled first: it writes the reference
+            cmd = [sys.executable, "-m", "vaekit.bench", "--worker", method, "--size", str(size), "--ref", str(ref_path)]
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"benchmark worker {method} at {size} failed:\n{result.stderr}")
+            row = json.loads(result.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(_format_row(row), file=sys.stderr, flush=True)
+        ref_path.unlink(missing_ok=True)
+    _add_ratios(rows)
+    meta = {"date": date.today().isoformat(), "machine": _machine(), "threads": THREADS, "dtype": "float32"}
+    (out_dir / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    _plot(rows, out_dir / "bench.png", meta)
+    (out_dir / "bench.md").write_text(markdown_table(rows, meta))
+    return rows
+
+
+def _add_ratios(rows: list[dict]) -> None:
+    base = {r["size"]: r for r in rows if r["method"] == "diffusers-untiled"}
+    for r in rows:
+        ref = base[r["size"]]
+        r["time_ratio"] = r["seconds"] / ref["seconds"]
+        r["memory_ratio"] = r["peak_rss_growth"] / max(ref["peak_rss_growth"], 1)
+
+
+def _format_row(r: dict) -> str:
+    err = "" if "psnr_db" not in r else f"  max err {r['max_abs_error']:.2e}  {r['psnr_db']:.1f} dB"
+    return f"{r['size']:>5}  {r['method']:<20} {r['seconds']:7.1f} s  {r['peak_rss_growth'] / 2**20:8.0f} MiB{err}"
+
+
+def markdown_table(rows: list[dict], meta: dict) -> str:
+    lines = [f"Measured {meta['date']} on {meta['machine']}, fp32, {meta['threads']} threads, each run a fresh process.",
+             "", "| image | method | time | × untiled | peak RSS growth | × untiled | max abs error | PSNR |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        err = "reference" if "psnr_db" not in r else f"{r['max_abs_error']:.1e}"
+        db = "" if "psnr_db" not in r else ("∞" if math.isinf(r["psnr_db"]) else f"{r['psnr_db']:.1f} dB")
+        lines.append(f"| {r['size']}² | {r['method']} | {r['seconds']:.1f} s | {r['time_ratio']:.2f} | "
+                     f"{r['peak_rss_growth'] / 2**20:.0f} MiB | {r['memory_ratio']:.2f} | {err} | {db} |")
+    return "\n".join(lines) + "\n"
+
+
+def _machine() -> str:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
+
+
+def _plot(rows: list[dict], path: Path, meta: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({r["size"] for r in rows})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        for r in (r for r in rows if r["size"] == size):
+            color = "tab:gray" if r["method"] == "diffusers-untiled" else (
+                "tab:red" if r["method"] == "diffusers-tiling" else "tab:blue")
+            ax.scatter(r["peak_rss_growth"] / 2**20, r["seconds"], color=color, s=50)
+            db = "reference" if "psnr_db" not in r else (
+                "exact (∞ dB)" if math.isinf(r["psnr_db"]) else f"{r['psnr_db']:.1f} dB")
+            ax.annotate(f"{r['method']}\n{db}", (r["peak_rss_growth"] / 2**20, r["seconds"]),
+                        textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.set_xlabel("peak RSS growth (MiB)")
+        ax.set_ylabel("seconds")
+        ax.set_title(f"SD VAE decode {size}x{size}, fp32 CPU")
+        ax.margins(0.3)
+    fig.suptitle(f"vaekit vs diffusers — {meta['date']}, {meta['machine']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="vaekit bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ref", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(_worker(args.worker, args.size, args.ref)))
+        return 0
+    methods = ["diffusers-untiled"] + [m for m in args.methods if m != "diffusers-untiled"]
+    run_benchmark(args.sizes, methods, args.out)
+    print((args.out / "bench.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

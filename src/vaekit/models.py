@@ -1,0 +1,72 @@
+"""Model configs used by the demo, the benchmark and the tests, and local model loading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError
+
+__all__ = ["SD_VAE_CONFIG", "sd_vae", "load_model", "meta_model", "latent_factor"]
+
+#: Stable Diffusion 1.x/2.x VAE architecture (diffusers AutoencoderKL config)
+SD_VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
+    sample_size=512, scaling_factor=0.18215,
+)
+
+
+def sd_vae(seed: int = 0, **overrides):
+    """An SD-architecture AutoencoderKL with seeded random weights (no download)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(**{**SD_VAE_CONFIG, **overrides}).eval()
+
+
+def _config(path: Path) -> dict:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{path} is not a diffusers model folder: it has no config.json")
+    try:
+        return json.loads(config_file.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {config_file}: {e}") from None
+
+
+def _model_class(config: dict, path: Path):
+    import diffusers
+
+    name = config.get("_class_name", "AutoencoderKL")
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        raise CheckpointError(f"{path}: unknown model class {name!r} in config.json")
+    return cls
+
+
+def load_model(path, dtype: torch.dtype | None = None):
+    """A diffusers VAE folder (config.json + safetensors/bin weights), loaded offline."""
+    path = Path(path)
+    cls = _model_class(_config(path), path)
+    try:
+        model = cls.from_pretrained(path, local_files_only=True, torch_dtype=dtype, use_safetensors=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"cannot load the model in {path}: {e}") from None
+    return model.eval()
+
+
+def meta_model(path):
+    """The model of a diffusers folder built on the meta device from its config alone (for planning)."""
+    path = Path(path)
+    config = _config(path)
+    cls = _model_class(config, path)
+    with torch.device("meta"):
+        return cls.from_config(config)
+
+
+def latent_factor(vae) -> int:
+    """Image px per latent px."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)

@@ -1,0 +1,92 @@
+"""The CLI: decode to files, print plans, fail in one line without touching existing outputs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REL_TOL, make_vae, relative_error, untiled
+from vaekit.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vae")
+    make_vae("sd").save_pretrained(path)  # config.json + diffusion_pytorch_model.safetensors
+    return path
+
+
+@pytest.fixture(scope="module")
+def latents_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("z") / "latents.npy"
+    np.save(path, torch.randn(1, 4, 33, 47, generator=torch.Generator().manual_seed(7)).numpy())
+    return path
+
+
+def test_decode_to_npy_is_exact(model_dir, latents_file, tmp_path):
+    out = tmp_path / "image.npy"
+    assert main(["decode", str(latents_file), str(out), "--model", str(model_dir), "--budget", "3MiB", "--quiet"]) == 0
+    ref = untiled(make_vae("sd"), torch.from_numpy(np.load(latents_file)))
+    assert relative_error(torch.from_numpy(np.load(out)), ref) <= REL_TOL
+
+
+def test_decode_to_png(model_dir, latents_file, tmp_path):
+    out = tmp_path / "image.png"
+    assert main(["decode", str(latents_file), str(out), "--model", str(model_dir), "--quiet"]) == 0
+    image = Image.open(out)
+    assert image.size == (47 * 4, 33 * 4) and image.mode == "RGB"
+    assert [p.name for p in tmp_path.iterdir()] == ["image.png"]  # no temp file left beside it
+
+
+def test_decode_from_safetensors_and_pt(model_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    z = torch.randn(1, 4, 8, 8)
+    save_file({"latents": z}, tmp_path / "z.safetensors")
+    torch.save(z, tmp_path / "z.pt")
+    for name in ("z.safetensors", "z.pt"):
+        out = tmp_path / f"{name}.npy"
+        assert main(["decode", str(tmp_path / name), str(out), "--model", str(model_dir), "--quiet"]) == 0
+        assert np.load(out).shape == (1, 3, 32, 32)
+
+
+def test_plan_prints_a_table(model_dir, capsys):
+    assert main(["plan", "--model", str(model_dir), "--size", "1024x768", "--budget", "64MiB"]) == 0
+    text = capsys.readouterr().out
+    assert "mode stream" in text and "conv_out" in text and "1x3x768x1024" in text
+
+
+def test_errors_are_one_line_with_a_code_and_leave_outputs_alone(model_dir, tmp_path, capsys):
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((1, 3, 8, 8), dtype=np.float32))
+    out = tmp_path / "keep.png"
+    out.write_bytes(b"precious")
+    code = main(["decode", str(wrong), str(out), "--model", str(model_dir), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("vaekit: error: ") and "expects 4" in err
+    assert out.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.png", "wrong.npy"]
+
+
+def test_budget_error_exit_code_and_message(model_dir, latents_file, tmp_path, capsys):
+    code = main(["decode", str(latents_file), str(tmp_path / "x.png"), "--model", str(model_dir), "--budget", "1KiB"])
+    err = capsys.readouterr().err
+    assert code == 4 and "smallest budget that fits" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_missing_model_folder(latents_file, tmp_path, capsys):
+    code = main(["decode", str(latents_file), str(tmp_path / "x.png"), "--model", str(tmp_path / "nope")])
+    assert code == 5 and "config.json" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point(model_dir):
+    result = subprocess.run([sys.executable, "-m", "vaekit", "plan", "--model", str(model_dir), "--size", "64x64",
+                             "--budget", "1GiB"], capture_output=True, text=True, env={**os.environ})
+    assert result.returncode == 0 and "mode whole" in result.stdout

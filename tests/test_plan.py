@@ -1,0 +1,128 @@
+"""The planner: from shapes alone, honest about memory, clear when nothing fits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+
+import vaekit
+from vaekit.arch import program_for
+from vaekit.errors import BudgetError, InputError
+from vaekit.models import SD_VAE_CONFIG
+from vaekit.plan import FIXED_ALLOWANCE, _most_rows, assign_tiers, map_shapes
+from vaekit.units import format_bytes, parse_bytes
+
+
+@pytest.fixture(scope="module")
+def meta_sd():
+    with torch.device("meta"):
+        return AutoencoderKL(**SD_VAE_CONFIG)
+
+
+def test_plans_a_meta_model_from_shapes_alone(meta_sd):
+    plan = vaekit.plan(meta_sd, (1, 4, 512, 512), "4GiB")
+    assert plan.mode == "stream"
+    assert plan.out_shape == (1, 3, 4096, 4096)
+    assert plan.peak_bytes <= parse_bytes("4GiB")
+    text = str(plan)
+    assert "mode stream" in text and "up.3.resnets.2.conv2" in text and "disk" in text
+
+
+def test_plan_is_frozen(meta_sd):
+    plan = vaekit.plan(meta_sd, (1, 4, 64, 64), "64MiB")
+    with pytest.raises(AttributeError):
+        plan.mode = "whole"
+
+
+def test_whole_when_it_fits(meta_sd):
+    plan = vaekit.plan(meta_sd, (1, 4, 64, 64), "8GiB")
+    assert plan.mode == "whole" and plan.stages == ()
+
+
+def test_budget_error_names_the_smallest_budget_that_fits(meta_sd):
+    with pytest.raises(BudgetError) as info:
+        vaekit.plan(meta_sd, (1, 4, 128, 128), "8MiB")
+    smallest = info.value.smallest
+    assert smallest and smallest > parse_bytes("8MiB")
+    assert "smallest budget that fits is" in str(info.value) and str(smallest) in str(info.value)
+    assert vaekit.plan(meta_sd, (1, 4, 128, 128), smallest).peak_bytes <= smallest
+    with pytest.raises(BudgetError):
+        vaekit.plan(meta_sd, (1, 4, 128, 128), smallest - 1)
+
+
+def test_every_stage_fits_the_budget(meta_sd):
+    for budget in ("96MiB", "768MiB", "1.5GiB"):
+        plan = vaekit.plan(meta_sd, (1, 4, 128, 128), budget)
+        assert all(s.peak_bytes <= parse_bytes(budget) for s in plan.stages)
+
+
+def test_tiers_all_device_with_room_and_all_lower_without(meta_sd):
+    program = program_for(meta_sd, "decode")
+    shapes = map_shapes(program, (1, 4, 64, 64))
+    roomy = assign_tiers(program, shapes, 4, 1 << 40, "disk")
+    tight = assign_tiers(program, shapes, 4, 1, "disk")
+    inner = [n for n in shapes if n not in (program.input, program.output)]
+    assert all(roomy[n] == "device" for n in inner)
+    assert all(tight[n] == "disk" for n in inner)
+    assert assign_tiers(program, shapes, 4, 1, "host")[inner[0]] == "host"
+
+
+def test_most_rows_is_the_largest_that_fits():
+    assert _most_rows(lambda r: r <= 37, 100) == 37
+    assert _most_rows(lambda r: True, 100) == 100
+    assert _most_rows(lambda r: False, 100) == 0
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("768MiB", 768 * 2**20), ("2GiB", 2 * 2**30), ("1.5GB", 1_500_000_000), ("4096", 4096), (1024, 1024),
+    ("16 kib", 16384),
+])
+def test_parse_bytes(text, expected):
+    assert parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["lots", "-1GiB", "0", "3 parsecs", True])
+def test_parse_bytes_rejects_with_a_typed_error(bad):
+    with pytest.raises(InputError, match="size|budget|positive"):
+        parse_bytes(bad)
+
+
+def test_format_bytes():
+    assert format_bytes(512) == "512 B"
+    assert format_bytes(768 * 2**20) == "768.0 MiB"
+    assert format_bytes(1.5 * 2**30) == "1.5 GiB"
+
+
+MEASURE = textwrap.dedent("""
+    import json, sys, torch, vaekit
+    from diffusers import AutoencoderKL
+    from vaekit.measure import PeakMemory
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(64, 128, 128), layers_per_block=1, norm_num_groups=32,
+                        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3).eval()
+    z = torch.randn(1, 4, 96, 96)
+    budget = sys.argv[1]
+    vaekit.decode(vae, z[..., :16, :16], budget)  # kernels and thread pools loaded before measuring
+    plan = vaekit.plan(vae, tuple(z.shape), budget)
+    with PeakMemory() as mem:
+        vaekit.decode(vae, z, budget)
+    print(json.dumps({"predicted": plan.peak_bytes, "measured": mem.growth, "mode": plan.mode}))
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS is read from Linux /proc")
+@pytest.mark.parametrize("budget", ["48MiB", "160MiB"])
+def test_measured_peak_stays_within_the_plan(budget):
+    """Fresh process; measured = peak RSS growth. Allowed: +10% plus FIXED_ALLOWANCE (documented)."""
+    result = subprocess.run([sys.executable, "-c", MEASURE, budget], capture_output=True, text=True, check=True)
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    assert row["mode"] == "stream"
+    assert row["measured"] <= 1.10 * row["predicted"] + FIXED_ALLOWANCE, row
+    assert row["measured"] >= 0.5 * row["predicted"], row  # the model is not wildly pessimistic either

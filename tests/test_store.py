@@ -1,0 +1,51 @@
+"""The activation store: tiers round-trip bands, and scratch files never outlive a run."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import vaekit
+from conftest import make_vae
+from vaekit.plan import smallest_budget
+from vaekit.store import Store
+
+
+@pytest.mark.parametrize("tier", ["device", "host", "disk"])
+def test_bands_round_trip(tier, tmp_path):
+    data = torch.randn(2, 13, 5, 3)  # (B, H, W, C)
+    with Store("cpu", tmp_path) as store:
+        store.alloc("m", tuple(data.shape), data.dtype, tier)
+        for r0 in range(0, 13, 4):
+            store.write("m", r0, data[:, r0 : r0 + 4])
+        assert torch.equal(store.read("m", 0, 13), data)
+        assert torch.equal(store.read("m", 6, 9), data[:, 6:9])
+    assert os.listdir(tmp_path) == []
+
+
+def test_bfloat16_on_disk(tmp_path):
+    data = torch.randn(1, 4, 3, 2).to(torch.bfloat16)
+    with Store("cpu", tmp_path) as store:
+        store.alloc("m", tuple(data.shape), data.dtype, "disk")
+        store.write("m", 0, data)
+        assert torch.equal(store.read("m", 1, 3), data[:, 1:3])
+
+
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+def test_no_scratch_file_left_after_an_error(tmp_path, exc):
+    vae = make_vae("noattn")
+    z = torch.randn(1, 4, 24, 24)
+    budget = smallest_budget(vaekit.arch.program_for(vae, "decode"), tuple(z.shape), 4)
+    seen = []
+
+    def fail_midway(stage, rows_done, rows_total):
+        seen.append(os.listdir(tmp_path))
+        if stage == 5:
+            raise exc("stop")
+
+    with pytest.raises(exc):
+        vaekit.decode(vae, z, budget, scratch_dir=tmp_path, progress=fail_midway)
+    assert any(seen), "the run should have been using the scratch dir"
+    assert os.listdir(tmp_path) == []
