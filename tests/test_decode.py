@@ -70,7 +70,7 @@ def test_key_chunked_attention_is_exact(vaes):
     budget = _budgets(vae, tuple(z.shape))["smallest"]
     plan = vaekit.plan(vae, tuple(z.shape), budget)
     program = vaekit.arch.program_for(vae, "decode")
-    attention = [p for s, p in zip(program.stages, plan.stages) if isinstance(s, AttentionStage)]
+    attention = [p for s, p in zip(program.stages, plan.stages, strict=True) if isinstance(s, AttentionStage)]
     assert attention and all(p.kv_rows < p.height for p in attention)  # the online-softmax path runs
     assert relative_error(vaekit.decode(vae, z, budget), untiled(vae, z)) <= REL_TOL
 

@@ -138,7 +138,7 @@ def _plot(rows: list[dict], path: Path, meta: dict) -> None:
 
     sizes = sorted({r["size"] for r in rows})
     fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
-    for ax, size in zip(axes[0], sizes):
+    for ax, size in zip(axes[0], sizes, strict=True):
         for r in (r for r in rows if r["size"] == size):
             color = "tab:gray" if r["method"] == "diffusers-untiled" else (
                 "tab:red" if r["method"] == "diffusers-tiling" else "tab:blue")

@@ -238,7 +238,7 @@ def plan_stage(stage, shapes, itemsize: int, tiers, resident: int, budget: int) 
         while kv_options[-1] > 1:
             kv_options.append(math.ceil(kv_options[-1] / 2))
     for kv in kv_options:
-        rows = _most_rows(lambda r: resident + working_bytes(stage, shapes, itemsize, r, tiers, kv) <= budget, height)
+        rows = _most_rows(lambda r, kv=kv: resident + working_bytes(stage, shapes, itemsize, r, tiers, kv) <= budget, height)
         if rows:
             work = working_bytes(stage, shapes, itemsize, rows, tiers, kv)
             return StagePlan(stage.name, height, rows, kv, work, resident)

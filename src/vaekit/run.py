@@ -28,7 +28,7 @@ def execute(program: Program, plan: Plan, x: torch.Tensor, *, scratch_dir: str |
     output = None
     with Store(x.device, scratch_dir) as store:
         store.maps[program.input] = x.permute(0, 2, 3, 1)  # (B, h, w, C)  latent px, a view
-        for i, (stage, sp) in enumerate(zip(program.stages, plan.stages)):
+        for i, (stage, sp) in enumerate(zip(program.stages, plan.stages, strict=True)):
             if stage.dst == program.output and output is None:
                 _, out_h, out_w, out_c = shapes[stage.dst]
                 output = torch.empty(b, out_c, out_h, out_w, dtype=x.dtype, device=x.device)  # image px
