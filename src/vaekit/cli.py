@@ -91,26 +91,34 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--dtype", choices=sorted(DTYPES))
     pl.set_defaults(run=_plan)
 
-    for name, help_text in (("demo", "decode one latent three ways and show the seams"),
-                            ("bench", "benchmark against diffusers (fresh process per run)")):
-        p = sub.add_parser(name, help=help_text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(run=None)
+    # listed for --help; their own parsers (demo.py, bench.py) read their arguments
+    sub.add_parser("demo", help="decode one latent three ways and show the seams (vaekit demo --help)")
+    sub.add_parser("bench", help="benchmark against diffusers, fresh process per run (vaekit bench --help)")
     return parser
+
+
+def _delegated(argv: list[str]):
+    """(main function, its argv) when the command is demo or bench, else None."""
+    rest = [a for a in argv if a != "--debug"]
+    if rest and rest[0] == "demo":
+        from .demo import main as demo_main
+
+        return demo_main, rest[1:]
+    if rest and rest[0] == "bench":
+        from .bench import main as bench_main
+
+        return bench_main, rest[1:]
+    return None
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parser().parse_args(argv)
+    delegated = _delegated(argv)
+    args = _parser().parse_args(argv) if delegated is None else argparse.Namespace(debug="--debug" in argv)
     try:
-        if args.command == "demo":
-            from .demo import main as demo_main
-
-            return demo_main(args.rest)
-        if args.command == "bench":
-            from .bench import main as bench_main
-
-            return bench_main(args.rest)
+        if delegated is not None:
+            run, rest = delegated
+            return run(rest)
         return args.run(args)
     except VaekitError as e:
         if args.debug:
