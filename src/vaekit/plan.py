@@ -197,7 +197,7 @@ def assign_tiers(program: Program, shapes, itemsize: int, budget: int, lower: st
     lives = _lives(program)
     tiers = {name: lower for name in shapes}
     tiers[program.input], tiers[program.output] = "input", "output"
-    resident = [_fixed_bytes(program, shapes, itemsize, i, tiers) for i in range(len(program.stages))]
+    resident = _resident_bytes(program, shapes, itemsize, tiers)
     floor = [
         working_bytes(s, shapes, itemsize, min(TARGET_ROWS, shapes[s.dst][1]), tiers)
         for s in program.stages
@@ -211,13 +211,14 @@ def assign_tiers(program: Program, shapes, itemsize: int, budget: int, lower: st
     return tiers
 
 
-def _fixed_bytes(program: Program, shapes, itemsize: int, index: int, tiers: dict[str, str]) -> int:
-    """Resident bytes of stage ``index``: device-tier maps alive then, plus input and output."""
-    total = 0
+def _resident_bytes(program: Program, shapes, itemsize: int, tiers: dict[str, str]) -> list[int]:
+    """Resident bytes per stage: device-tier maps alive then, plus input and output."""
+    resident = [0] * len(program.stages)
     for name, life in _lives(program).items():
-        if index in life and tiers[name] in ("device", "input", "output"):
-            total += _nbytes(shapes[name], itemsize)
-    return total
+        if tiers[name] in ("device", "input", "output"):
+            for i in life:
+                resident[i] += _nbytes(shapes[name], itemsize)
+    return resident
 
 
 def _most_rows(fits, limit: int) -> int:
@@ -263,9 +264,9 @@ def make_plan(program: Program, in_shape, itemsize: int, dtype: str, device: str
     lower = "host" if device.startswith("cuda") else "disk"
     tiers = assign_tiers(program, shapes, itemsize, limit, lower)
     stages = []
+    resident = _resident_bytes(program, shapes, itemsize, tiers)
     for i, stage in enumerate(program.stages):
-        resident = _fixed_bytes(program, shapes, itemsize, i, tiers)
-        planned = plan_stage(stage, shapes, itemsize, tiers, resident, limit)
+        planned = plan_stage(stage, shapes, itemsize, tiers, resident[i], limit)
         if planned is None:
             smallest = smallest_budget(program, in_shape, itemsize, lower)
             what = "budget" if budget is not None else "free memory"
@@ -286,10 +287,10 @@ def smallest_budget(program: Program, in_shape, itemsize: int, lower: str = "dis
     tiers = {name: lower for name in shapes}
     tiers[program.input], tiers[program.output] = "input", "output"
     need = 0
+    resident = _resident_bytes(program, shapes, itemsize, tiers)
     for i, stage in enumerate(program.stages):
-        fixed = _fixed_bytes(program, shapes, itemsize, i, tiers)
         kv = 1 if isinstance(stage, AttentionStage) else None
-        need = max(need, fixed + working_bytes(stage, shapes, itemsize, 1, tiers, kv))
+        need = max(need, resident[i] + working_bytes(stage, shapes, itemsize, 1, tiers, kv))
     return need
 
 

@@ -118,7 +118,6 @@ class Store:
         self.scratch_parent = scratch_dir
         self.scratch: str | None = None
         self.maps: dict[str, torch.Tensor | _DiskMap] = {}
-        self.tiers: dict[str, str] = {}
         if self.device.type == "cpu":
             _bound_heap()
 
@@ -134,7 +133,6 @@ class Store:
             self.maps[name] = _DiskMap(os.path.join(self.scratch, f"{name}.bin"), shape, dtype)
         else:
             raise ValueError(f"unknown tier {tier!r}; tiers are {TIERS}")
-        self.tiers[name] = tier
 
     def read(self, name: str, r0: int, r1: int) -> torch.Tensor:
         """Rows [r0, r1) of map ``name`` on the device, (B, rows, W, C). Do not modify it in place."""
@@ -152,7 +150,6 @@ class Store:
 
     def free(self, name: str) -> None:
         stored = self.maps.pop(name, None)
-        self.tiers.pop(name, None)
         if isinstance(stored, _DiskMap):
             stored.close()
             os.unlink(os.path.join(self.scratch, f"{name}.bin"))
