@@ -6,19 +6,12 @@ import pytest
 import torch
 
 import vaekit
-from conftest import REL_TOL, relative_error, untiled
+from conftest import REL_TOL, budgets_for, relative_error, untiled
 from vaekit.plan import smallest_budget
 from vaekit.program import AttentionStage
 from vaekit.store import Store
 
 SIZES = [(40, 56), (33, 47)]
-
-
-def _budgets(vae, shape):
-    """Budgets that force: every map on disk with tiny chunks; a mix of tiers; the whole decode."""
-    plan = vaekit.plan(vae, shape, budget=None, device="meta")
-    low = smallest_budget(vaekit.arch.program_for(vae, "decode"), shape, 4)
-    return {"smallest": low, "mixed": (low + plan.whole_peak_bytes) // 2, "whole": plan.whole_peak_bytes}
 
 
 @pytest.mark.parametrize("config", ["sd", "sdxl", "flux", "noattn"])
@@ -27,7 +20,7 @@ def test_streamed_equals_untiled(vaes, config, size):
     vae = vaes(config)
     z = torch.randn(1, vae.config.latent_channels, *size, generator=torch.Generator().manual_seed(1))
     ref = untiled(vae, z)
-    for name, budget in _budgets(vae, tuple(z.shape)).items():
+    for name, budget in budgets_for(vae, tuple(z.shape)).items():
         plan = vaekit.plan(vae, tuple(z.shape), budget)
         assert plan.mode == ("whole" if name == "whole" else "stream")
         out = vaekit.decode(vae, z, budget)
@@ -38,7 +31,7 @@ def test_streamed_equals_untiled(vaes, config, size):
 def test_smallest_budget_uses_disk_and_many_chunks(vaes):
     vae = vaes("sd")
     shape = (1, 4, 40, 56)
-    plan = vaekit.plan(vae, shape, _budgets(vae, shape)["smallest"])
+    plan = vaekit.plan(vae, shape, budgets_for(vae, shape)["smallest"])
     tiers = set(plan.tiers.values())
     assert "disk" in tiers
     assert max(s.chunks for s in plan.stages) > 10
@@ -47,7 +40,7 @@ def test_smallest_budget_uses_disk_and_many_chunks(vaes):
 def test_mixed_budget_keeps_some_maps_resident(vaes):
     vae = vaes("sd")
     shape = (1, 4, 40, 56)
-    plan = vaekit.plan(vae, shape, _budgets(vae, shape)["mixed"])
+    plan = vaekit.plan(vae, shape, budgets_for(vae, shape)["mixed"])
     assert {"device", "disk"} <= set(plan.tiers.values())
 
 
@@ -58,7 +51,7 @@ def test_batch_of_two_normalizes_per_sample(vaes, config):
     z = torch.randn(2, vae.config.latent_channels, 33, 47, generator=g)
     z[1] *= 3  # different statistics per sample: a shared GroupNorm would be visibly wrong
     ref = untiled(vae, z)
-    budget = _budgets(vae, tuple(z.shape))["smallest"]
+    budget = budgets_for(vae, tuple(z.shape))["smallest"]
     out = vaekit.decode(vae, z, budget)
     assert relative_error(out[0], ref[0]) <= REL_TOL
     assert relative_error(out[1], ref[1]) <= REL_TOL
@@ -67,7 +60,7 @@ def test_batch_of_two_normalizes_per_sample(vaes, config):
 def test_key_chunked_attention_is_exact(vaes):
     vae = vaes("sd")
     z = torch.randn(1, 4, 40, 56, generator=torch.Generator().manual_seed(3))
-    budget = _budgets(vae, tuple(z.shape))["smallest"]
+    budget = budgets_for(vae, tuple(z.shape))["smallest"]
     plan = vaekit.plan(vae, tuple(z.shape), budget)
     program = vaekit.arch.program_for(vae, "decode")
     attention = [p for s, p in zip(program.stages, plan.stages, strict=True) if isinstance(s, AttentionStage)]
@@ -80,7 +73,7 @@ def test_the_tolerance_catches_a_one_row_halo_bug(vaes, monkeypatch):
     vae = vaes("sd")
     z = torch.randn(1, 4, 40, 56, generator=torch.Generator().manual_seed(4))
     ref = untiled(vae, z)
-    budget = _budgets(vae, tuple(z.shape))["smallest"]
+    budget = budgets_for(vae, tuple(z.shape))["smallest"]
     read = Store.read
 
     def read_losing_top_row(self, name, r0, r1):
@@ -109,6 +102,6 @@ def test_progress_callback_sees_every_stage(vaes):
     vae = vaes("noattn")
     z = torch.randn(1, 4, 16, 16)
     seen = set()
-    budget = _budgets(vae, tuple(z.shape))["smallest"]
+    budget = budgets_for(vae, tuple(z.shape))["smallest"]
     vaekit.decode(vae, z, budget, progress=lambda stage, done, total: seen.add(stage))
     assert seen == set(range(len(vaekit.plan(vae, tuple(z.shape), budget).stages)))

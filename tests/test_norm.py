@@ -25,6 +25,6 @@ def test_norm_act_matches_group_norm_then_silu():
         norm.bias.normal_()
     stats = GroupStats(2)
     stats.update(x)
-    out = norm_act(x, stats.mean_var(), norm, True, {"weight": norm.weight.detach(), "bias": norm.bias.detach()})
+    out = norm_act(x, stats.mean_var(), norm, "silu", {"weight": norm.weight.detach(), "bias": norm.bias.detach()})
     ref = torch.nn.functional.silu(norm(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
     assert torch.allclose(out, ref, atol=1e-5)

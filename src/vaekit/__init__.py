@@ -4,10 +4,10 @@ with the same pixels as running the whole image at once."""
 from __future__ import annotations
 
 from . import errors
-from .api import decode, plan
+from .api import decode, encode, plan
 from .errors import BudgetError, VaekitError
 from .plan import Plan
 
-__all__ = ["decode", "plan", "Plan", "errors", "VaekitError", "BudgetError", "__version__"]
+__all__ = ["decode", "encode", "plan", "Plan", "errors", "VaekitError", "BudgetError", "__version__"]
 
 __version__ = "0.1.0"

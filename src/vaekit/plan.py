@@ -121,7 +121,8 @@ def _shape(shape) -> str:
 def map_shapes(program: Program, in_shape) -> dict[str, tuple[int, int, int, int]]:
     """Map name -> (B, H, W, C) for an NCHW input of ``in_shape``."""
     b, _, h, w = in_shape
-    return {name: (b, *spec.hw(h, w), spec.channels) for name, spec in program.maps.items()}
+    sizes = program.sizes(h, w)
+    return {name: (b, *sizes[name], spec.channels) for name, spec in program.maps.items()}
 
 
 def _nbytes(shape, itemsize: int) -> int:
@@ -141,12 +142,13 @@ def working_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str]
         return 0 if tiers.get(name) in ("device", "input") else n_rows * shapes[name][2] * shapes[name][3] * b * itemsize
 
     if isinstance(stage, ConvStage):
-        factor = 2 if stage.upsample else 1
-        conv_rows = rows + 2 * stage.halo
-        in_rows = min(math.ceil(conv_rows / factor) + 1, src_h)
+        f = stage.upsample
+        lo, hi = stage.conv_rows(0, rows)
+        conv_rows, conv_w = hi - lo, src_w * f + sum(stage.padding[2:])
+        in_rows = min(math.ceil(conv_rows / f) + 1, src_h)
         total = read_buffer(stage.src, in_rows)
-        total += b * in_rows * src_w * c_in * temp if stage.norm is not None else 0
-        total += b * conv_rows * dst_w * c_in * itemsize * (2 if stage.upsample else 1)  # upsampled / padded copy
+        total += b * in_rows * src_w * c_in * temp if stage.norm is not None or stage.act else 0
+        total += b * conv_rows * conv_w * c_in * itemsize * (2 if f != 1 else 1)  # upsampled / padded copy
         total += 2 * b * rows * dst_w * c_out * itemsize  # conv output + the backend's output reorder
         total += 2 * stage.conv.weight.numel() * itemsize  # the backend's reordered copy of the weights
         if stage.skip is not None:
@@ -173,9 +175,9 @@ def whole_bytes(program: Program, shapes, itemsize: int) -> int:
     for stage in program.stages:
         src, dst = _nbytes(shapes[stage.src], itemsize), _nbytes(shapes[stage.dst], itemsize)
         if isinstance(stage, ConvStage):
-            at_conv = src * (4 if stage.upsample else 1)
+            at_conv = src * stage.upsample**2
             skip = _nbytes(shapes[stage.skip], itemsize) if stage.skip else 0
-            held = src if stage.upsample else 2 * at_conv  # upsample keeps its input; norm+act make two copies
+            held = src if stage.upsample != 1 else 2 * at_conv  # upsample keeps its input; norm+act make two copies
             peak = max(peak, skip + at_conv + held + 2 * dst)
         elif isinstance(stage, AttentionStage):
             peak = max(peak, 6 * src)  # residual, normalized, q, k, v, out (flash-style SDPA keeps no scores)

@@ -1,21 +1,35 @@
-"""One file per model family: each turns a model into a :class:`vaekit.program.Program`."""
+"""One file per model family; each turns a model into a :class:`vaekit.program.Program` per op.
+
+A family module provides ``program(vae, op)``, ``whole(vae, op, x)`` (the model's own modules,
+untiled: used when everything fits) and ``finish(vae, op, out, sample, generator)`` (what the
+public call returns, from the program's output: e.g. the latent distribution's mode).
+"""
 
 from __future__ import annotations
+
+from types import ModuleType
 
 from ..errors import UnsupportedModelError
 from ..program import Program
 from . import kl
 
-__all__ = ["program_for"]
+__all__ = ["family", "program_for", "OPS"]
+
+OPS = ("decode", "encode")
+
+_FAMILIES: dict[str, ModuleType] = {"AutoencoderKL": kl}
+
+
+def family(vae) -> ModuleType:
+    name = type(vae).__name__
+    if name not in _FAMILIES:
+        supported = ", ".join(sorted(_FAMILIES))
+        raise UnsupportedModelError(f"vaekit cannot stream a {name}: supported models are {supported}")
+    return _FAMILIES[name]
 
 
 def program_for(vae, op: str) -> Program:
-    """The stage program of ``vae`` for ``op`` ("decode")."""
-    name = type(vae).__name__
-    if name == "AutoencoderKL":
-        if op == "decode":
-            return kl.decode_program(vae)
-        raise UnsupportedModelError(f"op {op!r} is not supported yet for {name}: use op='decode'")
-    raise UnsupportedModelError(
-        f"vaekit cannot stream a {name} yet: supported models are diffusers AutoencoderKL (decode)"
-    )
+    """The stage program of ``vae`` for ``op`` ("decode" or "encode")."""
+    if op not in OPS:
+        raise UnsupportedModelError(f"unknown op {op!r}: use one of {', '.join(OPS)}")
+    return family(vae).program(vae, op)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from fractions import Fraction
 
 from torch import nn
 
 from ..errors import UnsupportedModelError
-from ..program import MapSpec, Program, Stage
+from ..program import ConvStage, MapSpec, Program, Stage
 
 __all__ = ["ProgramBuilder"]
 
@@ -25,11 +24,11 @@ class ProgramBuilder:
         self.maps: dict[str, MapSpec] = {}
         self.stages: list[Stage] = []
         self._writer: dict[str, int] = {}
-        self.input = self.new_map(in_channels, Fraction(1), name="input")
+        self.input = self.new_map(in_channels, name="input")
 
-    def new_map(self, channels: int, scale: Fraction, name: str | None = None) -> str:
+    def new_map(self, channels: int, name: str | None = None) -> str:
         name = name or f"m{len(self.maps)}"
-        self.maps[name] = MapSpec(name, channels, Fraction(scale))
+        self.maps[name] = MapSpec(name, channels)
         return name
 
     def add(self, stage: Stage, norm: nn.GroupNorm | None = None) -> str:
@@ -45,6 +44,11 @@ class ProgramBuilder:
         self._writer[stage.dst] = len(self.stages)
         self.stages.append(stage)
         return stage.dst
+
+    def conv(self, name: str, src: str, conv: nn.Conv2d, **options) -> str:
+        """Append a ConvStage from ``src`` into a new map; options are ConvStage fields."""
+        dst = self.new_map(conv.out_channels)
+        return self.add(ConvStage(name, src, dst, conv, **options), norm=options.get("norm"))
 
     def build(self, output: str) -> Program:
         return Program(self.op, self.input, output, dict(self.maps), tuple(self.stages))

@@ -8,7 +8,8 @@ of bands beyond float rounding.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from .act import activate
 
 __all__ = ["GroupStats", "norm_act"]
 
@@ -47,8 +48,9 @@ class GroupStats:
         return self.mean, self.m2 / self.count
 
 
-def norm_act(band: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor], norm, act: bool, weights) -> torch.Tensor:
-    """GroupNorm with known global ``stats`` (+ SiLU) of an NHWC band, in one fused multiply-add.
+def norm_act(band: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor], norm, act: str | None,
+             weights) -> torch.Tensor:
+    """GroupNorm with known global ``stats`` (then ``act``) of an NHWC band, in one fused multiply-add.
 
     ``weights`` holds the norm's affine ``weight`` and ``bias`` on the compute device.
     """
@@ -62,6 +64,5 @@ def norm_act(band: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor], norm,
     scale = scale.to(torch.float32).view(b, 1, 1, c)
     shift = shift.to(torch.float32).view(b, 1, 1, c)
     out = torch.addcmul(shift, band, scale)  # fp32 for any compute dtype
-    if act:
-        F.silu(out, inplace=True)
+    out = activate(out, act, inplace=True)
     return out if out.dtype == band.dtype else out.to(band.dtype)

@@ -1,0 +1,25 @@
+"""The element-wise functions a stage applies before its conv or after its skip add (program.ACTIVATIONS)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["activate"]
+
+
+def activate(x: torch.Tensor, name: str | None, inplace: bool = False) -> torch.Tensor:
+    """Apply one of program.ACTIVATIONS; ``inplace`` when ``x`` is a temporary the caller owns."""
+    if name is None:
+        return x
+    if name == "silu":
+        return F.silu(x, inplace=inplace)
+    if name == "relu":
+        return x.relu_() if inplace else x.relu()
+    if name == "tanh_clamp":
+        return torch.tanh(x / 3) * 3
+    if name == "from_signed":
+        return x.add_(1).div_(2) if inplace else x.add(1).div(2)
+    if name == "to_signed":
+        return x.mul_(2).sub_(1) if inplace else x.mul(2).sub(1)
+    raise ValueError(f"unknown activation {name!r}")
