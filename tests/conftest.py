@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import AutoencoderKL
+
+#: real TAESD-family weights shared beside the project (never copied into it)
+TAESD_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "taesd"
+needs_taesd = pytest.mark.skipif(not (TAESD_DIR / "taef2_decoder.pth").is_file(),
+                                 reason=f"real TAESD weights not found in {TAESD_DIR} (../shared/data/taesd)")
 
 #: the tolerance every streamed path is held to: a one-row halo bug is orders of magnitude above it
 REL_TOL = 1e-4
@@ -23,8 +30,8 @@ CONFIGS = {
 }
 
 
-def make_vae(name: str, seed: int = 0) -> AutoencoderKL:
-    config = dict(CONFIGS[name])
+def make_vae(name: str, seed: int = 0, **overrides) -> AutoencoderKL:
+    config = {**CONFIGS[name], **overrides}
     levels = len(config["block_out_channels"])
     config.setdefault("down_block_types", ("DownEncoderBlock2D",) * levels)
     config.setdefault("up_block_types", ("UpDecoderBlock2D",) * levels)

@@ -7,7 +7,6 @@ import torch
 
 import vaekit
 from conftest import REL_TOL, budgets_for, relative_error, untiled
-from vaekit.plan import smallest_budget
 from vaekit.program import AttentionStage
 from vaekit.store import Store
 

@@ -8,7 +8,7 @@ import pytest
 
 import vaekit
 
-PUBLIC = {"decode", "encode", "plan", "Plan", "errors", "VaekitError", "BudgetError", "__version__"}
+PUBLIC = {"decode", "encode", "plan", "load", "Plan", "errors", "VaekitError", "BudgetError", "__version__"}
 ERRORS = {"VaekitError", "InputError", "UnsupportedModelError", "BudgetError", "CheckpointError",
           "PrecisionError", "DeviceError"}
 

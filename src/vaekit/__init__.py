@@ -6,8 +6,9 @@ from __future__ import annotations
 from . import errors
 from .api import decode, encode, plan
 from .errors import BudgetError, VaekitError
+from .loader import load
 from .plan import Plan
 
-__all__ = ["decode", "encode", "plan", "Plan", "errors", "VaekitError", "BudgetError", "__version__"]
+__all__ = ["decode", "encode", "plan", "load", "Plan", "errors", "VaekitError", "BudgetError", "__version__"]
 
 __version__ = "0.1.0"

@@ -11,13 +11,13 @@ from types import ModuleType
 
 from ..errors import UnsupportedModelError
 from ..program import Program
-from . import kl
+from . import kl, tiny
 
 __all__ = ["family", "program_for", "OPS"]
 
 OPS = ("decode", "encode")
 
-_FAMILIES: dict[str, ModuleType] = {"AutoencoderKL": kl}
+_FAMILIES: dict[str, ModuleType] = {"AutoencoderKL": kl, "AutoencoderTiny": tiny, "TinyAutoencoder": tiny}
 
 
 def family(vae) -> ModuleType:

@@ -24,7 +24,7 @@ from ..errors import UnsupportedModelError
 from ..program import AttentionStage, ConvStage, KeyValueStage, Program
 from .builder import ProgramBuilder
 
-__all__ = ["program", "whole", "finish", "decode_program", "encode_program", "DOWNSAMPLE_PAD"]
+__all__ = ["program", "whole", "finish", "scale_factor", "decode_program", "encode_program", "DOWNSAMPLE_PAD"]
 
 #: diffusers Downsample2D with padding=0 pads one zero row and column at the bottom and right
 DOWNSAMPLE_PAD = (0, 1, 0, 1)
@@ -148,3 +148,8 @@ def finish(vae, op: str, out, sample: bool = False, generator=None):
 
     dist = DiagonalGaussianDistribution(out)
     return dist.sample(generator=generator) if sample else dist.mode()
+
+
+def scale_factor(vae) -> int:
+    """Image px per latent px."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)

@@ -1,0 +1,195 @@
+"""``vaekit.load``: any VAE file or folder users have, as a model ``decode``/``encode`` accept.
+
+    a diffusers folder          config.json + safetensors                 -> its diffusers class
+    a TAESD-family .pth         encoder or decoder, variant from the keys  -> taesd.TinyAutoencoder
+    an LDM single-file VAE      A1111 / ComfyUI .safetensors (or .pt/.ckpt) -> AutoencoderKL, converted
+                                by diffusers' own single-file utilities, config derived from the
+                                weights' shapes (nothing fetched)
+
+Weights are read only with safetensors or ``torch.load(weights_only=True)``: a file that needs
+arbitrary unpickling is refused, as is a truncated or empty one, each with a CheckpointError.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError
+from .taesd import VARIANTS, TinyAutoencoder
+
+__all__ = ["load", "read_state_dict", "detect_taesd"]
+
+TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+LDM_PREFIXES = ("first_stage_model.", "vae.")
+
+
+def load(path, *more, dtype: torch.dtype | None = None, device=None):
+    """Load a VAE from ``path`` (a folder or a weights file).
+
+    TAESD-family encoders and decoders come in separate files: pass both (in any order) to get one
+    model that encodes and decodes, e.g. ``load("taef2_encoder.pth", "taef2_decoder.pth")``.
+    """
+    paths = [Path(p) for p in (path, *more)]
+    for p in paths:
+        if not p.exists():
+            raise CheckpointError(f"{p} does not exist")
+    if paths[0].is_dir():
+        if more:
+            raise CheckpointError("a diffusers folder is a whole model: pass it alone")
+        from .models import load_model
+
+        model = load_model(paths[0], dtype)
+    else:
+        model = _load_files(paths)
+        if dtype is not None:
+            model = model.to(dtype)
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
+
+
+def _load_files(paths: list[Path]):
+    states = {p: read_state_dict(p) for p in paths}
+    if all(detect_taesd(s, p.name) for p, s in states.items()):
+        return _taesd(states)
+    if len(paths) == 1 and _is_ldm_vae(states[paths[0]]):
+        return _ldm_vae(states[paths[0]], paths[0])
+    names = ", ".join(p.name for p in paths)
+    raise CheckpointError(f"{names}: not a VAE vaekit recognises (a TAESD-family .pth, or an LDM single-file VAE "
+                          "with encoder./decoder. keys); for a diffusers model pass its folder")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file, through safetensors or torch.load(weights_only=True) only."""
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({e}): truncated or corrupt?") from None
+    elif path.suffix in TORCH_SUFFIXES:
+        state = _torch_load(path)
+    else:
+        raise CheckpointError(f"{path}: unknown weights format {path.suffix!r}: use .safetensors or .pth")
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # Lightning-style checkpoints
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a flat dict of tensors")
+    return state
+
+
+def _torch_load(path: Path):
+    import pickle
+    import zipfile
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).splitlines()[0] if str(e) else "unsafe content"
+        raise CheckpointError(f"{path} was refused: it needs full unpickling, which can run arbitrary code "
+                              f"({reason}); convert it to .safetensors") from None
+    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {e}): truncated or corrupt?") from None
+
+
+# ---- TAESD family ---------------------------------------------------------------------------------
+
+
+def detect_taesd(state: dict[str, torch.Tensor], file_name: str = "") -> tuple[str, str] | None:
+    """("encoder" | "decoder", variant) from the keys and shapes, or None if not a TAESD-family file.
+
+    Variants with the same architecture (taesd / taesdxl, taesd3 / taef1) are told apart by the file
+    name, defaulting to the first of each pair.
+    """
+    if not state or not all(re.match(r"\d+\.", k) for k in state):
+        return None
+    if "0.weight" in state and state["0.weight"].shape[1] == 3:
+        part, first = "encoder", state["0.weight"]
+        last_conv = max((k for k in state if re.fullmatch(r"\d+\.weight", k)), key=lambda k: int(k.split(".")[0]))
+        latent = state[last_conv].shape[0]
+        f32 = first.shape[0] == 32
+    elif "1.weight" in state and "0.weight" not in state:
+        part, latent = "decoder", state["1.weight"].shape[1]
+        f32 = state["1.weight"].shape[0] == 256
+    else:
+        return None
+    pooled = any(".pool." in k for k in state)
+    name = file_name.lower()
+    for variant in VARIANTS.values():
+        if (variant.latent_channels, variant.scale == 32, variant.pooled) != (latent, f32, pooled):
+            continue
+        twins = [v.name for v in VARIANTS.values() if (v.latent_channels, v.scale, v.pooled) ==
+                 (variant.latent_channels, variant.scale, variant.pooled)]
+        named = [t for t in twins if t in name.replace("-", "").replace("_", "")]
+        return part, (named[-1] if named else twins[0])  # taesdxl contains "taesd": prefer the longer match
+    return None
+
+
+def _taesd(states: dict[Path, dict]) -> TinyAutoencoder:
+    found = {p: detect_taesd(s, p.name) for p, s in states.items()}
+    parts = [part for part, _ in found.values()]
+    variants = {variant for _, variant in found.values()}
+    if len(parts) != len(set(parts)) or len(variants) != 1:
+        described = ", ".join(f"{p.name}: {v} {part}" for p, (part, v) in found.items())
+        raise CheckpointError(f"these files do not make one TAESD model ({described}): pass one encoder and/or "
+                              "one decoder of the same variant")
+    model = TinyAutoencoder(variants.pop(), encoder="encoder" in parts, decoder="decoder" in parts)
+    for path, (part, variant) in found.items():
+        try:
+            getattr(model, part).load_state_dict(states[path], strict=True)
+        except RuntimeError as e:
+            detail = str(e).splitlines()[1:3]
+            raise CheckpointError(f"{path.name} looks like a {variant} {part} but its weights do not fit: "
+                                  f"{' '.join(d.strip() for d in detail)}") from None
+    return model
+
+
+# ---- LDM single-file AutoencoderKL ----------------------------------------------------------------
+
+
+def _strip_prefix(state: dict) -> dict:
+    for prefix in LDM_PREFIXES:
+        if any(k.startswith(prefix) for k in state):
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+def _is_ldm_vae(state: dict) -> bool:
+    vae = _strip_prefix(state)
+    return "decoder.conv_in.weight" in vae and any(k.startswith("decoder.up.") for k in vae)
+
+
+def _ldm_vae(state: dict, path: Path):
+    """Convert with diffusers' single-file utilities; the ddconfig they need comes from the shapes."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
+
+    vae = _strip_prefix(state)
+    levels = sorted({int(k.split(".")[2]) for k in vae if k.startswith("encoder.down.")})
+    ch = vae["encoder.conv_in.weight"].shape[0]
+    ch_mult = [vae[f"encoder.down.{i}.block.0.conv2.weight"].shape[0] // ch for i in levels]
+    blocks = {int(k.split(".")[4]) for k in vae if k.startswith("encoder.down.0.block.")}
+    ddconfig = dict(ch=ch, ch_mult=ch_mult, num_res_blocks=len(blocks),
+                    in_channels=vae["encoder.conv_in.weight"].shape[1], out_ch=vae["decoder.conv_out.weight"].shape[0],
+                    z_channels=vae["decoder.conv_in.weight"].shape[1])
+    original = {"model": {"params": {"first_stage_config": {"params": {"ddconfig": ddconfig}}}}}
+    try:
+        config = create_vae_diffusers_config_from_ldm(original, state)
+        config["use_quant_conv"] = "quant_conv.weight" in vae
+        config["use_post_quant_conv"] = "post_quant_conv.weight" in vae
+        converted = convert_ldm_vae_checkpoint(state, config)
+        with torch.device("meta"):
+            model = AutoencoderKL(**config)
+        model.load_state_dict(converted, strict=True, assign=True)
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path.name} has encoder./decoder. keys but is not a VAE diffusers can convert: "
+                              f"{str(e).splitlines()[0]}") from None
+    return model

@@ -1,0 +1,148 @@
+"""vaekit.load: diffusers folders, TAESD-family .pth (detected from keys), LDM single files, bad files."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import vaekit
+from conftest import REL_TOL, TAESD_DIR, make_vae, needs_taesd, relative_error, untiled
+from vaekit.errors import CheckpointError
+from vaekit.loader import detect_taesd
+from vaekit.taesd import TinyAutoencoder
+
+
+def to_ldm(vae, prefix: str = "first_stage_model.") -> dict[str, torch.Tensor]:
+    """A diffusers AutoencoderKL's weights in the original LDM key layout (as A1111/ComfyUI files have)."""
+    levels = len(vae.config.block_out_channels)
+    rules = [
+        (r"encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block."),
+        (r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample."),
+        (r"mid_block\.resnets\.0\.", "mid.block_1."), (r"mid_block\.resnets\.1\.", "mid.block_2."),
+        (r"mid_block\.attentions\.0\.group_norm\.", "mid.attn_1.norm."),
+        (r"mid_block\.attentions\.0\.to_(q|k|v)\.", r"mid.attn_1.\1."),
+        (r"mid_block\.attentions\.0\.to_out\.0\.", "mid.attn_1.proj_out."),
+        (r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.upsample."),
+        (r"decoder\.up_blocks\.(\d+)\.resnets\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.block."),
+        (r"conv_norm_out", "norm_out"), (r"conv_shortcut", "nin_shortcut"),
+    ]
+    out = {}
+    for key, value in vae.state_dict().items():
+        for pattern, repl in rules:
+            key = re.sub(pattern, repl, key)
+        if ".attn_1." in key and value.dim() == 2:
+            value = value[:, :, None, None]  # LDM attention projections are 1x1 convs
+        out[prefix + key] = value.clone()
+    return out
+
+
+def test_diffusers_folder(tmp_path):
+    vae = make_vae("sd")
+    vae.save_pretrained(tmp_path / "vae")
+    loaded = vaekit.load(tmp_path / "vae")
+    z = torch.randn(1, 4, 9, 11)
+    assert relative_error(vaekit.decode(loaded, z, "2MiB"), untiled(vae, z)) <= REL_TOL
+
+
+@pytest.mark.parametrize("config", ["sdxl", "flux"])
+def test_ldm_single_file_is_converted_offline(tmp_path, config):
+    vae = make_vae(config, norm_num_groups=32)  # LDM files always have 32 groups
+    path = tmp_path / "vae.safetensors"
+    save_file(to_ldm(vae, prefix="" if config == "flux" else "first_stage_model."), path)
+    loaded = vaekit.load(path)
+    assert type(loaded).__name__ == "AutoencoderKL"
+    assert loaded.config.latent_channels == vae.config.latent_channels
+    z = torch.randn(1, vae.config.latent_channels, 9, 11)
+    assert relative_error(vaekit.decode(loaded, z, "2MiB"), untiled(vae, z)) <= REL_TOL
+
+
+def _taesd_state(variant: str, part: str) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return getattr(TinyAutoencoder(variant), part).state_dict()
+
+
+@pytest.mark.parametrize("variant", ["taesd", "taesdxl", "taesd3", "taef1", "taef2", "taesana"])
+@pytest.mark.parametrize("part", ["encoder", "decoder"])
+def test_taesd_variant_detected_from_keys(variant, part):
+    state = _taesd_state(variant, part)
+    # twins share an architecture: the file name tells them apart, the keys tell everything else
+    assert detect_taesd(state, f"{variant}_{part}.pth") == (part, variant)
+    family_default = {"taesdxl": "taesd", "taef1": "taesd3"}.get(variant, variant)
+    assert detect_taesd(state, "weights.pth") == (part, family_default)
+
+
+def test_taesd_file_name_does_not_override_the_keys(tmp_path):
+    path = tmp_path / "taesd_decoder.pth"  # named taesd, holds a taef2 decoder
+    torch.save(_taesd_state("taef2", "decoder"), path)
+    model = vaekit.load(path)
+    assert model.variant.name == "taef2" and model.encoder is None
+
+
+def test_taesd_halves_combine(tmp_path):
+    for part in ("encoder", "decoder"):
+        torch.save(_taesd_state("taesd3", part), tmp_path / f"taesd3_{part}.pth")
+    model = vaekit.load(tmp_path / "taesd3_decoder.pth", tmp_path / "taesd3_encoder.pth")
+    assert model.encoder is not None and model.decoder is not None and model.latent_channels == 16
+
+
+@needs_taesd
+def test_real_taesd_weights_load_strictly():
+    model = vaekit.load(TAESD_DIR / "taef2_encoder.pth", TAESD_DIR / "taef2_decoder.pth")
+    assert model.variant.name == "taef2"
+    sana = vaekit.load(TAESD_DIR / "taesana_encoder.pth")
+    assert sana.variant.name == "taesana" and sana.decoder is None
+
+
+def _bad(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def test_bad_files_raise_checkpoint_errors(tmp_path):
+    good = tmp_path / "good.safetensors"
+    save_file(to_ldm(make_vae("sd")), good)
+    data = good.read_bytes()
+    torch.save(_taesd_state("taesd", "decoder"), tmp_path / "good.pth")
+    pth = (tmp_path / "good.pth").read_bytes()
+
+    cases = {
+        "missing": (tmp_path / "nope.safetensors", "does not exist"),
+        "empty": (_bad(tmp_path, "empty.safetensors", b""), "empty"),
+        "truncated": (_bad(tmp_path, "half.safetensors", data[: len(data) // 2]), "truncated or corrupt"),
+        "truncated pth": (_bad(tmp_path, "half.pth", pth[: len(pth) // 2]), "truncated or corrupt"),
+        "junk": (_bad(tmp_path, "junk.pth", b"not a checkpoint at all" * 10), "truncated or corrupt|refused"),
+        "format": (_bad(tmp_path, "vae.onnx", b"1234"), "unknown weights format"),
+    }
+    for name, (path, message) in cases.items():
+        with pytest.raises(CheckpointError, match=message):
+            vaekit.load(path)
+        assert name
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this would run on load",))
+
+
+def test_pickle_only_file_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"0.weight": torch.zeros(1), "payload": _Evil()}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        vaekit.load(path)
+
+
+def test_wrong_architecture_is_refused(tmp_path):
+    path = tmp_path / "unet.safetensors"
+    save_file({"down_blocks.0.attentions.0.proj_in.weight": torch.zeros(4, 4)}, path)
+    with pytest.raises(CheckpointError, match="not a VAE vaekit recognises"):
+        vaekit.load(path)
+    state = _taesd_state("taesd", "decoder")
+    state["3.conv.0.weight"] = torch.zeros(64, 64, 5, 5)  # right keys, wrong shape
+    torch.save(state, tmp_path / "bad_taesd_decoder.pth")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        vaekit.load(tmp_path / "bad_taesd_decoder.pth")
