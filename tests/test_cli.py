@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REL_TOL, make_vae, relative_error, untiled
+from conftest import REL_TOL, TAESD_DIR, make_vae, needs_taesd, relative_error, untiled
 from vaekit.cli import main
 
 
@@ -90,3 +90,48 @@ def test_python_dash_m_entry_point(model_dir):
     result = subprocess.run([sys.executable, "-m", "vaekit", "plan", "--model", str(model_dir), "--size", "64x64",
                              "--budget", "1GiB"], capture_output=True, text=True, env={**os.environ})
     assert result.returncode == 0 and "mode whole" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    from skimage.data import astronaut
+
+    path = tmp_path_factory.mktemp("img") / "astronaut.png"
+    Image.fromarray(astronaut()[:200, 100:356]).save(path)  # 256x200, an 8x multiple both ways
+    return path
+
+
+def test_encode_to_safetensors_is_exact(model_dir, photo, tmp_path):
+    from safetensors.torch import load_file
+
+    from vaekit.io import load_image
+
+    out = tmp_path / "z.safetensors"
+    assert main(["encode", str(photo), str(out), "--model", str(model_dir), "--budget", "6MiB", "--quiet"]) == 0
+    with torch.no_grad():
+        ref = make_vae("sd").encode(load_image(photo)).latent_dist.mode()
+    assert relative_error(load_file(out)["latents"], ref) <= REL_TOL
+
+
+def test_roundtrip_prints_psnr(model_dir, photo, tmp_path, capsys):
+    out = tmp_path / "rt.png"
+    assert main(["roundtrip", str(photo), str(out), "--model", str(model_dir), "--budget", "6MiB", "--quiet"]) == 0
+    assert "PSNR" in capsys.readouterr().out and Image.open(out).size == (256, 200)
+
+
+@needs_taesd
+def test_taesd_files_as_the_model(photo, tmp_path, capsys):
+    halves = [str(TAESD_DIR / "taef2_encoder.pth"), str(TAESD_DIR / "taef2_decoder.pth")]
+    out = tmp_path / "rt.png"
+    assert main(["roundtrip", str(photo), str(out), "--model", *halves, "--budget", "16MiB", "--quiet"]) == 0
+    psnr = float(capsys.readouterr().out.split("PSNR")[1].split()[0])
+    assert psnr > 25  # trained weights on a real photo
+    z = tmp_path / "z.safetensors"
+    assert main(["encode", str(photo), str(z), "--model", halves[0], "--quiet"]) == 0
+    assert main(["decode", str(z), str(tmp_path / "d.png"), "--model", halves[1], "--quiet"]) == 0
+    assert Image.open(tmp_path / "d.png").size == (256, 200)
+
+
+def test_encode_refuses_a_wrong_output_suffix_before_work(model_dir, photo, tmp_path, capsys):
+    code = main(["encode", str(photo), str(tmp_path / "z.png"), "--model", str(model_dir)])
+    assert code == 2 and ".safetensors" in capsys.readouterr().err

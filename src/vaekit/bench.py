@@ -36,11 +36,12 @@ def _worker(method: str, size: int, ref_path: Path) -> dict:
 
     import vaekit
     from vaekit.measure import PeakMemory
-    from vaekit.models import latent_factor, sd_vae
+    from vaekit.arch import scale_factor
+    from vaekit.models import sd_vae
 
     torch.set_num_threads(THREADS)
     vae = sd_vae(seed=0)
-    n = size // latent_factor(vae)
+    n = size // scale_factor(vae)
     z = torch.randn(1, vae.config.latent_channels, n, n, generator=torch.Generator().manual_seed(1))
     budget = method.split(":", 1)[1] if method.startswith("vaekit") else None
     budget = None if budget == "none" else budget

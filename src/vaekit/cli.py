@@ -1,7 +1,11 @@
 """The ``vaekit`` command: a thin layer over the public API.
 
-    vaekit decode LATENTS OUT --model DIR [--budget 2GiB] [--device cpu|cuda] [--dtype float32]
-    vaekit plan --model DIR --size 4096x4096 [--budget 4GiB]
+    vaekit decode LATENTS OUT --model MODEL [--budget 2GiB] [--device cpu|cuda] [--dtype float32]
+    vaekit encode IMAGE OUT.safetensors --model MODEL [--budget 2GiB] [--sample --seed 0]
+    vaekit roundtrip IMAGE OUT.png --model MODEL [--budget 2GiB]      (prints the PSNR)
+    vaekit plan --model MODEL --size 4096x4096 [--budget 4GiB] [--op encode]
+
+MODEL is a diffusers folder, an LDM single-file VAE (.safetensors) or TAESD .pth files.
     vaekit demo
     vaekit bench
 
@@ -31,64 +35,135 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def _model(args, *, meta_ok: bool = False):
+    """What --model names: a diffusers folder, or weights files (TAESD halves, LDM single file)."""
+    from pathlib import Path
+
+    from .loader import load
+
+    if meta_ok and len(args.model) == 1 and Path(args.model[0]).is_dir():
+        from .models import meta_model
+
+        return meta_model(args.model[0])  # planning reads config.json only
+    return load(*args.model, dtype=DTYPES[args.dtype] if args.dtype else None)
+
+
+def _run_options(args) -> dict:
+    return dict(device=args.device, progress=not args.quiet, scratch_dir=args.scratch_dir)
+
+
 def _decode(args) -> int:
     from . import api
     from .io import check_output, load_latents, save_output
-    from .models import load_model
 
     check_output(args.out)  # fail before any work
     latents = load_latents(args.latents)
     if latents.dim() == 3:
         latents = latents[None]  # (C, h, w) -> (1, C, h, w)
-    vae = load_model(args.model, DTYPES[args.dtype] if args.dtype else None)
-    images = api.decode(vae, latents, args.budget, device=args.device, progress=not args.quiet,
-                        scratch_dir=args.scratch_dir)
+    images = api.decode(_model(args), latents, args.budget, **_run_options(args))
     for path in save_output(images, args.out):
         print(path)
     return 0
 
 
+def _encode(args) -> int:
+    from . import api
+    from .io import load_image, save_latents
+
+    _check_suffix(args.out, (".safetensors", ".npy", ".pt"))
+    images = load_image(args.image)
+    generator = torch.Generator().manual_seed(args.seed) if args.sample else None
+    latents = api.encode(_model(args), images, args.budget, sample=args.sample, generator=generator,
+                         **_run_options(args))
+    print(save_latents(latents, args.out))
+    return 0
+
+
+def _roundtrip(args) -> int:
+    from . import api
+    from .io import load_image, save_output
+    from .measure import psnr
+
+    _check_suffix(args.out, (".png",))
+    images = load_image(args.image)
+    vae = _model(args)
+    latents = api.encode(vae, images, args.budget, **_run_options(args))
+    decoded = api.decode(vae, latents, args.budget, **_run_options(args))
+    if decoded.shape != images.shape:
+        decoded = decoded[..., : images.shape[2], : images.shape[3]]  # sizes not a multiple of the scale
+    for path in save_output(decoded, args.out):
+        print(path)
+    print(f"PSNR {psnr(decoded, images):.2f} dB")
+    return 0
+
+
+def _check_suffix(out: str, suffixes: tuple[str, ...]) -> None:
+    if not out.lower().endswith(suffixes):
+        raise InputError(f"cannot write {out}: the output must end in {', '.join(suffixes)}")
+
+
 def _plan(args) -> int:
     from . import api
-    from .models import latent_factor, meta_model
+    from .arch import latent_channels, scale_factor
 
-    vae = meta_model(args.model)
+    vae = _model(args, meta_ok=True)
     width, height = _size(args.size)
-    factor = latent_factor(vae)
-    if width % factor or height % factor:
-        raise InputError(f"size {width}x{height} is not a multiple of the VAE's {factor}x scale")
-    shape = (args.batch, vae.config.latent_channels, height // factor, width // factor)
+    if args.op == "encode":
+        shape = (args.batch, 3, height, width)
+    else:
+        factor = scale_factor(vae)
+        if width % factor or height % factor:
+            raise InputError(f"size {width}x{height} is not a multiple of the VAE's {factor}x scale")
+        shape = (args.batch, latent_channels(vae), height // factor, width // factor)
     dtype = DTYPES[args.dtype] if args.dtype else torch.float32
     budget = args.budget
     if budget is None and args.device != "cpu":
         raise InputError("planning for a device other than this machine's CPU needs --budget")
-    print(api.plan(vae, shape, budget, device=args.device, dtype=dtype))
+    print(api.plan(vae, shape, budget, args.op, device=args.device, dtype=dtype))
     return 0
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vaekit", description="Exact streaming VAE decode within a memory budget.")
+    parser = argparse.ArgumentParser(prog="vaekit", description="Exact streaming VAE decode and encode within a memory budget.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    dec = sub.add_parser("decode", help="decode latents to an image")
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--model", required=True, nargs="+",
+                       help="a diffusers VAE folder, an LDM single-file VAE, or TAESD .pth files (encoder and/or decoder)")
+    model.add_argument("--dtype", choices=sorted(DTYPES), help="compute dtype (default: the checkpoint's)")
+    run = argparse.ArgumentParser(add_help=False)
+    run.add_argument("--budget", help="activation memory budget, e.g. 768MiB, 2GiB (default: free memory)")
+    run.add_argument("--device", help="cpu or cuda (default: cpu)")
+    run.add_argument("--scratch-dir", help="where the disk tier writes scratch files (default: system temp)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    dec = sub.add_parser("decode", parents=[model, run], help="decode latents to an image")
     dec.add_argument("latents", help=".safetensors, .pt or .npy (already divided by the scaling factor)")
     dec.add_argument("out", help=".png, .npy or .pt")
-    dec.add_argument("--model", required=True, help="a diffusers VAE folder (config.json + safetensors)")
-    dec.add_argument("--budget", help="activation memory budget, e.g. 768MiB, 2GiB (default: free memory)")
-    dec.add_argument("--device", help="cpu or cuda (default: cpu)")
-    dec.add_argument("--dtype", choices=sorted(DTYPES), help="compute dtype (default: the checkpoint's)")
-    dec.add_argument("--scratch-dir", help="where the disk tier writes scratch files (default: system temp)")
-    dec.add_argument("--quiet", action="store_true", help="no progress bar")
     dec.set_defaults(run=_decode)
 
+    enc = sub.add_parser("encode", parents=[model, run], help="encode an image to latents")
+    enc.add_argument("image", help=".png, .jpg, .tif, ...")
+    enc.add_argument("out", help=".safetensors (key 'latents'), .npy or .pt")
+    enc.add_argument("--sample", action="store_true", help="sample the latent distribution instead of its mode")
+    enc.add_argument("--seed", type=int, default=0, help="seed for --sample")
+    enc.set_defaults(run=_encode)
+
+    rt = sub.add_parser("roundtrip", parents=[model, run], help="encode then decode an image; print the PSNR")
+    rt.add_argument("image", help=".png, .jpg, .tif, ...")
+    rt.add_argument("out", help=".png")
+    rt.set_defaults(run=_roundtrip)
+
     pl = sub.add_parser("plan", help="print the plan for an image size and budget")
-    pl.add_argument("--model", required=True, help="a diffusers VAE folder (only config.json is read)")
+    pl.add_argument("--model", required=True, nargs="+", help="a diffusers VAE folder (only config.json is read) "
+                    "or weights files")
+    pl.add_argument("--op", choices=("decode", "encode"), default="decode")
     pl.add_argument("--size", required=True, help="image size WIDTHxHEIGHT, e.g. 4096x4096")
     pl.add_argument("--budget", help="e.g. 4GiB (default: this machine's free memory)")
     pl.add_argument("--batch", type=int, default=1)
     pl.add_argument("--device", default="cpu", help="device to plan for (cpu, cuda): sets the store tiers")
-    pl.add_argument("--dtype", choices=sorted(DTYPES))
+    pl.add_argument("--dtype", choices=sorted(DTYPES), help="dtype to plan for (default: float32)")
     pl.set_defaults(run=_plan)
 
     # listed for --help; their own parsers (demo.py, bench.py) read their arguments

@@ -13,10 +13,12 @@ import torch
 
 from .errors import CheckpointError, InputError
 
-__all__ = ["load_latents", "save_output", "atomic_path", "to_uint8"]
+__all__ = ["load_latents", "load_image", "save_output", "save_latents", "atomic_path", "to_uint8"]
 
 LATENT_SUFFIXES = (".safetensors", ".pt", ".pth", ".npy")
 OUTPUT_SUFFIXES = (".png", ".npy", ".pt")
+LATENT_OUTPUT_SUFFIXES = (".safetensors", ".npy", ".pt")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def load_latents(path) -> torch.Tensor:
@@ -47,6 +49,35 @@ def _pick(tensors, path: Path) -> torch.Tensor:
         if len(tensors) == 1:
             return next(iter(tensors.values()))
     raise InputError(f"{path} holds several tensors and none is named 'latents'")
+
+
+def load_image(path) -> torch.Tensor:
+    """An RGB image file as (1, 3, H, W) float32 in [-1, 1] (8- or 16-bit; TIFF through tifffile)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise InputError(f"cannot read an image from {path}: use one of {', '.join(IMAGE_SUFFIXES)}")
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            pixels = tifffile.imread(path)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InputError(f"cannot read an image from {path}: {e}") from None
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, axis=2)  # grey -> RGB
+    if pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
+        raise InputError(f"{path} has shape {pixels.shape}: expected an RGB image")
+    peak = 65535.0 if pixels.dtype == np.uint16 else 255.0 if pixels.dtype == np.uint8 else 1.0
+    image = torch.from_numpy(pixels[..., :3].astype(np.float32) / peak)  # (H, W, 3) in [0, 1]
+    return (image * 2 - 1).permute(2, 0, 1)[None].contiguous()  # (1, 3, H, W) image px
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -99,3 +130,23 @@ def save_output(images: torch.Tensor, out) -> list[Path]:
             else:
                 torch.save(images.cpu(), tmp)
     return paths
+
+
+def save_latents(latents: torch.Tensor, out) -> Path:
+    """Write latents to .safetensors (key "latents"), .npy or .pt, atomically."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in LATENT_OUTPUT_SUFFIXES:
+        raise InputError(f"cannot write latents to {out}: use one of {', '.join(LATENT_OUTPUT_SUFFIXES)}")
+    latents = latents.detach().cpu().contiguous()
+    with atomic_path(out) as tmp:
+        if suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file({"latents": latents}, str(tmp))
+        elif suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, latents.float().numpy())
+        else:
+            torch.save(latents, tmp)
+    return out

@@ -35,7 +35,8 @@ def load(path, *more, dtype: torch.dtype | None = None, device=None):
     paths = [Path(p) for p in (path, *more)]
     for p in paths:
         if not p.exists():
-            raise CheckpointError(f"{p} does not exist")
+            raise CheckpointError(f"{p} does not exist: pass a diffusers VAE folder (with config.json) "
+                                  "or a weights file (.safetensors, .pth)")
     if paths[0].is_dir():
         if more:
             raise CheckpointError("a diffusers folder is a whole model: pass it alone")

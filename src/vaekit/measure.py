@@ -1,13 +1,21 @@
-"""Peak memory of a block of code: resident set on CPU (Linux VmHWM), allocator peak on CUDA."""
+"""What runs are measured by: peak memory of a block of code (resident set on CPU via Linux VmHWM,
+allocator peak on CUDA) and image fidelity (PSNR)."""
 
 from __future__ import annotations
 
+import math
 import os
 
 import psutil
 import torch
 
-__all__ = ["PeakMemory", "rss_bytes"]
+__all__ = ["PeakMemory", "rss_bytes", "psnr"]
+
+
+def psnr(image: torch.Tensor, reference: torch.Tensor) -> float:
+    """PSNR in dB of [-1, 1] images, measured on the [0, 1] scale (image clamped to [-1, 1] first)."""
+    mse = float(((image.float().clamp(-1, 1) - reference.float()) / 2).square().mean())
+    return float("inf") if mse == 0 else 10 * math.log10(1 / mse)
 
 
 def rss_bytes() -> int:

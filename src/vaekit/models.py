@@ -9,7 +9,7 @@ import torch
 
 from .errors import CheckpointError
 
-__all__ = ["SD_VAE_CONFIG", "sd_vae", "load_model", "meta_model", "latent_factor"]
+__all__ = ["SD_VAE_CONFIG", "sd_vae", "load_model", "meta_model"]
 
 #: Stable Diffusion 1.x/2.x VAE architecture (diffusers AutoencoderKL config)
 SD_VAE_CONFIG = dict(
@@ -65,8 +65,3 @@ def meta_model(path):
     cls = _model_class(config, path)
     with torch.device("meta"):
         return cls.from_config(config)
-
-
-def latent_factor(vae) -> int:
-    """Image px per latent px."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)

@@ -13,7 +13,7 @@ from ..errors import UnsupportedModelError
 from ..program import Program
 from . import kl, tiny
 
-__all__ = ["family", "program_for", "OPS"]
+__all__ = ["family", "program_for", "scale_factor", "latent_channels", "OPS"]
 
 OPS = ("decode", "encode")
 
@@ -33,3 +33,13 @@ def program_for(vae, op: str) -> Program:
     if op not in OPS:
         raise UnsupportedModelError(f"unknown op {op!r}: use one of {', '.join(OPS)}")
     return family(vae).program(vae, op)
+
+
+def scale_factor(vae) -> int:
+    """Image px per latent px."""
+    return family(vae).scale_factor(vae)
+
+
+def latent_channels(vae) -> int:
+    config = getattr(vae, "config", None)
+    return config.latent_channels if config is not None else vae.latent_channels
