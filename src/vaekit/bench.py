@@ -35,8 +35,8 @@ def _worker(method: str, size: int, ref_path: Path) -> dict:
     import torch
 
     import vaekit
-    from vaekit.measure import PeakMemory
     from vaekit.arch import scale_factor
+    from vaekit.measure import PeakMemory
     from vaekit.models import sd_vae
 
     torch.set_num_threads(THREADS)

@@ -124,7 +124,7 @@ def _plan(args) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vaekit", description="Exact streaming VAE decode and encode within a memory budget.")
+    parser = argparse.ArgumentParser(prog="vaekit", description="Exact streaming VAE decode and encode in a budget.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
