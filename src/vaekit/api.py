@@ -128,7 +128,11 @@ def _check_shape(program: Program, vae, shape, op: str) -> tuple[int, int, int, 
         raise InputError(f"{what} have {shape[1]} channels but this {type(vae).__name__} expects {channels}")
     if min(shape) < 1:
         raise InputError(f"{what} shape {shape} has an empty dimension")
-    out_h, out_w = program.sizes(*shape[2:])[program.output]
+    try:
+        out_h, out_w = program.sizes(*shape[2:])[program.output]
+    except ValueError as e:  # e.g. a pixel unshuffle of an odd size
+        raise InputError(f"{what} of {shape[3]}x{shape[2]} do not fit this {type(vae).__name__} ({e}): use sizes "
+                         f"that are multiples of {family(vae).scale_factor(vae)}") from None
     if min(out_h, out_w) < 1:
         raise InputError(f"{what} of {shape[3]}x{shape[2]} are too small for this {type(vae).__name__}")
     return shape

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 from .errors import BudgetError
-from .program import AttentionStage, ConvStage, KeyValueStage, Program
+from .program import AttentionStage, ConvStage, GLUStage, KeyValueStage, LinearKVStage, LinearQueryStage, Program
 from .units import format_bytes
 
 __all__ = ["StagePlan", "MapPlan", "Plan", "make_plan", "validate", "smallest_budget", "TARGET_ROWS",
@@ -135,7 +135,7 @@ def _nbytes(shape, itemsize: int) -> int:
 def working_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str], kv_rows: int | None = None) -> int:
     """Bytes one chunk of ``rows`` output rows holds on the device while ``stage`` runs it."""
     b, src_h, src_w, c_in = shapes[stage.src]
-    _, dst_h, dst_w, c_out = shapes[stage.dst]
+    _, dst_h, dst_w, c_out = shapes[stage.dst or stage.src]
     temp = max(itemsize, PROLOGUE_ITEMSIZE)
 
     def read_buffer(name: str, n_rows: int) -> int:  # a view when resident, a copy otherwise
@@ -150,10 +150,12 @@ def working_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str]
         total += b * in_rows * src_w * c_in * temp if stage.norm is not None or stage.act else 0
         total += b * conv_rows * conv_w * c_in * itemsize * (2 if f != 1 else 1)  # upsampled / padded copy
         total += 2 * b * rows * dst_w * c_out * itemsize  # conv output + the backend's output reorder
+        total += b * rows * dst_w * c_out * temp if stage.shuffle != 1 or stage.unshuffle != 1 or stage.out_norm else 0
         total += 2 * stage.conv.weight.numel() * itemsize  # the backend's reordered copy of the weights
         if stage.skip is not None:
-            total += read_buffer(stage.skip, rows)
-            total += b * rows * dst_w * c_out * itemsize if stage.shortcut is not None else 0
+            s0, s1 = stage.shortcut.skip_rows(0, rows) if stage.shortcut else (0, rows)
+            total += read_buffer(stage.skip, s1 - s0)
+            total += 2 * b * rows * dst_w * c_out * itemsize if stage.shortcut is not None else 0
         return total
     if isinstance(stage, KeyValueStage):
         return read_buffer(stage.src, rows) + b * rows * src_w * (c_in * temp + c_out * itemsize)
@@ -166,6 +168,26 @@ def working_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str]
         total += read_buffer(stage.kv, kv_rows) + b * tokens_k * 2 * inner * 4  # K, V (and fp32 copies)
         total += 2 * b * tokens_q * tokens_k * 4  # scores and their exp, fp32
         return total
+    if isinstance(stage, GLUStage):
+        hidden = stage.block.conv_point.in_channels
+        halo_rows = min(rows + 2 * stage.halo, src_h)
+        total = read_buffer(stage.src, halo_rows)
+        total += b * halo_rows * src_w * 2 * hidden * itemsize * 2  # expanded, and its padded copy
+        total += b * rows * src_w * hidden * itemsize * 4  # depthwise out (2 hidden), gate product
+        total += b * rows * src_w * c_in * temp * 3  # projection, norm (fp32), sum
+        return total + 2 * sum(p.numel() for p in stage.block.parameters()) * itemsize
+    if isinstance(stage, LinearKVStage | LinearQueryStage):
+        attn = stage.attn
+        inner = attn.to_q.out_features
+        scales = len(attn.to_qkv_multiscale)
+        halo_rows = min(rows + 2 * stage.halo, src_h)
+        if src_h * src_w <= attn.attention_head_dim:  # the quadratic path, over the whole (tiny) map
+            halo_rows = rows = src_h
+        total = read_buffer(stage.src, halo_rows) + b * halo_rows * src_w * 3 * inner * itemsize * 2  # qkv, padded
+        total += b * rows * src_w * 3 * inner * (1 + scales) * (itemsize * (2 * scales + 1) + 4)  # scales, cat, fp32
+        total += b * rows * src_w * inner * (1 + scales) * 4 * 2  # S q (fp32) and its normalized copy
+        total += b * rows * src_w * c_in * temp * 3  # projection, norm, sum
+        return total + sum(p.numel() for p in attn.parameters()) * itemsize
     raise TypeError(f"unknown stage {stage!r}")
 
 
@@ -173,14 +195,18 @@ def whole_bytes(program: Program, shapes, itemsize: int) -> int:
     """Peak of the untiled forward (the model's own modules): a few full maps alive per layer."""
     peak = 0
     for stage in program.stages:
-        src, dst = _nbytes(shapes[stage.src], itemsize), _nbytes(shapes[stage.dst], itemsize)
+        src, dst = _nbytes(shapes[stage.src], itemsize), _nbytes(shapes[stage.dst or stage.src], itemsize)
         if isinstance(stage, ConvStage):
-            at_conv = src * stage.upsample**2
+            at_conv = src * stage.upsample**2 + (dst if stage.shuffle != 1 or stage.unshuffle != 1 else 0)
             skip = _nbytes(shapes[stage.skip], itemsize) if stage.skip else 0
             held = src if stage.upsample != 1 else 2 * at_conv  # upsample keeps its input; norm+act make two copies
             peak = max(peak, skip + at_conv + held + 2 * dst)
         elif isinstance(stage, AttentionStage):
             peak = max(peak, 6 * src)  # residual, normalized, q, k, v, out (flash-style SDPA keeps no scores)
+        elif isinstance(stage, GLUStage):
+            peak = max(peak, 14 * src)  # x, the 8x expansion and its depthwise output, the gated half, out
+        elif isinstance(stage, LinearKVStage | LinearQueryStage):
+            peak = max(peak, 2 * src + 6 * src * (1 + len(stage.attn.to_qkv_multiscale)))  # qkv, scales, fp32
         else:
             peak = max(peak, 2 * src + dst)
     return peak + _nbytes(shapes[program.output], itemsize)
@@ -201,7 +227,7 @@ def assign_tiers(program: Program, shapes, itemsize: int, budget: int, lower: st
     tiers[program.input], tiers[program.output] = "input", "output"
     resident = _resident_bytes(program, shapes, itemsize, tiers)
     floor = [
-        working_bytes(s, shapes, itemsize, min(TARGET_ROWS, shapes[s.dst][1]), tiers)
+        working_bytes(s, shapes, itemsize, min(TARGET_ROWS, shapes[s.dst or s.src][1]), tiers)
         for s in program.stages
     ]
     for name in sorted((n for n in shapes if tiers[n] == lower), key=lambda n: _nbytes(shapes[n], itemsize)):
@@ -234,14 +260,17 @@ def _most_rows(fits, limit: int) -> int:
 
 def plan_stage(stage, shapes, itemsize: int, tiers, resident: int, budget: int) -> StagePlan | None:
     """The most rows (and key rows) of ``stage`` that fit next to ``resident``; None if none fit."""
-    height = shapes[stage.dst][1]
+    height = shapes[stage.dst or stage.src][1]
+    step = getattr(stage, "row_multiple", 1)  # rows come in multiples of this (pixel shuffle)
     kv_options = [None]
     if isinstance(stage, AttentionStage):
         kv_options = [height]
         while kv_options[-1] > 1:
             kv_options.append(math.ceil(kv_options[-1] / 2))
     for kv in kv_options:
-        rows = _most_rows(lambda r, kv=kv: resident + working_bytes(stage, shapes, itemsize, r, tiers, kv) <= budget, height)
+        rows = step * _most_rows(
+            lambda r, kv=kv: resident + working_bytes(stage, shapes, itemsize, r * step, tiers, kv) <= budget,
+            math.ceil(height / step))
         if rows:
             work = working_bytes(stage, shapes, itemsize, rows, tiers, kv)
             return StagePlan(stage.name, height, rows, kv, work, resident)
@@ -292,7 +321,8 @@ def smallest_budget(program: Program, in_shape, itemsize: int, lower: str = "dis
     resident = _resident_bytes(program, shapes, itemsize, tiers)
     for i, stage in enumerate(program.stages):
         kv = 1 if isinstance(stage, AttentionStage) else None
-        need = max(need, resident[i] + working_bytes(stage, shapes, itemsize, 1, tiers, kv))
+        rows = getattr(stage, "row_multiple", 1)
+        need = max(need, resident[i] + working_bytes(stage, shapes, itemsize, rows, tiers, kv))
     return need
 
 

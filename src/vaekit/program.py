@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-__all__ = ["MapSpec", "ConvStage", "KeyValueStage", "AttentionStage", "Program", "Stage", "ACTIVATIONS"]
+__all__ = ["MapSpec", "Shortcut", "ConvStage", "KeyValueStage", "AttentionStage", "GLUStage", "LinearKVStage",
+           "LinearQueryStage", "Program", "Stage", "ACTIVATIONS"]
 
 #: element-wise functions a stage may apply before its conv (``act``) or after its skip add (``post``)
 ACTIVATIONS = (
@@ -36,12 +37,35 @@ class MapSpec:
 
 
 @dataclass(frozen=True, eq=False)
-class ConvStage:
-    """dst = post(shortcut(skip) + conv(upsample(act(norm(src)))) / out_scale).
+class Shortcut:
+    """What a residual stage adds: shuffle(mean(repeat(conv(unshuffle(skip))))), each step optional.
 
-    ``norm`` uses global statistics of ``src`` collected by the stage that wrote it. ``pad`` is the
-    zero padding (top, bottom, left, right) at the conv's input, "same" by default; it applies only
-    at the true image border, halo rows from the neighbours everywhere else.
+    The skip map is read at the rows matching the output rows: ``unshuffle`` times as many when it is
+    at a finer resolution (DC-AE down blocks), 1/``shuffle`` as many when coarser (DC-AE up blocks).
+    """
+
+    conv: nn.Conv2d | None = None  # 1x1
+    unshuffle: int = 1  # pixel_unshuffle factor, first
+    repeat: int = 1  # repeat_interleave of channels
+    mean: int = 1  # average of groups of this many channels
+    shuffle: int = 1  # pixel_shuffle factor, last
+
+    @classmethod
+    def of(cls, conv: nn.Conv2d | None) -> Shortcut | None:
+        return None if conv is None else cls(conv=conv)
+
+    def skip_rows(self, r0: int, r1: int) -> tuple[int, int]:
+        return r0 * self.unshuffle // self.shuffle, r1 * self.unshuffle // self.shuffle
+
+
+@dataclass(frozen=True, eq=False)
+class ConvStage:
+    """dst = post(shortcut(skip) + out_norm(shuffle(conv(upsample(act(norm(src))))) / out_scale)).
+
+    ``norm`` is a GroupNorm (with global statistics of ``src``, collected by the stage that wrote it)
+    or a per-pixel RMSNorm. ``pad`` is the zero padding (top, bottom, left, right) at the conv's
+    input, "same" by default; it applies only at the true image border, halo rows from the
+    neighbours everywhere else. ``shuffle``/``unshuffle`` are pixel (un)shuffles of the conv output.
     ``dst`` may be ``skip`` itself: the stage then writes its output over its input, band by band
     (the skip rows are read once, at the same rows), so a residual block needs two maps, not three.
     """
@@ -50,12 +74,15 @@ class ConvStage:
     src: str
     dst: str
     conv: nn.Conv2d
-    norm: nn.GroupNorm | None = None
+    norm: nn.Module | None = None
     act: str | None = None
     upsample: int = 1  # nearest-neighbour factor before the conv
     pad: tuple[int, int, int, int] | None = None
+    shuffle: int = 1
+    unshuffle: int = 1
+    out_norm: nn.Module | None = None  # RMSNorm or (eval) BatchNorm2d of the conv output
     skip: str | None = None
-    shortcut: nn.Conv2d | None = None
+    shortcut: Shortcut | None = None
     out_scale: float = 1.0
     post: str | None = None
     stats_groups: int | None = None  # groups of the GroupNorm that reads dst next, if any
@@ -76,16 +103,29 @@ class ConvStage:
     def reads(self) -> tuple[str, ...]:
         return (self.src,) if self.skip is None else (self.src, self.skip)
 
+    @property
+    def row_multiple(self) -> int:
+        """Chunks start and end on multiples of this (a pixel shuffle makes rows in pairs)."""
+        return max(self.shuffle, self.shortcut.shuffle if self.shortcut else 1)
+
     def out_hw(self, h: int, w: int) -> tuple[int, int]:
         top, bottom, left, right = self.padding
         k, s, f = self.kernel, self.stride, self.upsample
-        return (h * f + top + bottom - k) // s + 1, (w * f + left + right - k) // s + 1
+        conv_h, conv_w = (h * f + top + bottom - k) // s + 1, (w * f + left + right - k) // s + 1
+        if conv_h % self.unshuffle or conv_w % self.unshuffle:
+            raise ValueError(f"{self.name}: a {conv_w}x{conv_h} map cannot be pixel-unshuffled by {self.unshuffle}")
+        return conv_h * self.shuffle // self.unshuffle, conv_w * self.shuffle // self.unshuffle
 
     def conv_rows(self, r0: int, r1: int) -> tuple[int, int]:
         """Rows [lo, hi) of the conv's (upsampled, unpadded) input that output rows [r0, r1) read;
         they run past [0, height) where the border padding is."""
-        lo = r0 * self.stride - self.padding[0]
-        return lo, lo + (r1 - 1 - r0) * self.stride + self.kernel
+        c0, c1 = self.conv_out_rows(r0, r1)
+        lo = c0 * self.stride - self.padding[0]
+        return lo, lo + (c1 - 1 - c0) * self.stride + self.kernel
+
+    def conv_out_rows(self, r0: int, r1: int) -> tuple[int, int]:
+        """Rows of the conv's own output behind output rows [r0, r1) (before any pixel (un)shuffle)."""
+        return r0 * self.unshuffle // self.shuffle, r1 * self.unshuffle // self.shuffle
 
     def src_rows(self, r0: int, r1: int, src_h: int) -> tuple[int, int]:
         """Rows [a, b) of ``src`` that output rows [r0, r1) need (halo included, clipped)."""
@@ -133,7 +173,68 @@ class AttentionStage:
         return h, w
 
 
-Stage = ConvStage | KeyValueStage | AttentionStage
+@dataclass(frozen=True, eq=False)
+class GLUStage:
+    """DC-AE's GLUMBConv, one band: 1x1 expand + SiLU, depthwise 3x3, gate, 1x1, RMSNorm, + src."""
+
+    name: str
+    src: str
+    dst: str
+    block: nn.Module  # diffusers GLUMBConv
+    stats_groups: int | None = None
+    halo: int = 1
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return (self.src,)
+
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        return h, w
+
+
+@dataclass(frozen=True, eq=False)
+class LinearKVStage:
+    """Pass one of DC-AE's ReLU linear attention: sum over all tokens of [V; 1] K^T per head, into
+    the run's state ``state``. It writes no map (``dst`` is None); q, k, v (and their multiscale
+    depthwise projections, ``halo`` rows each side) are recomputed from ``src`` rather than stored."""
+
+    name: str
+    src: str
+    attn: nn.Module  # diffusers SanaMultiscaleLinearAttention
+    state: str
+    halo: int
+    dst: None = None
+    stats_groups: None = None
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return (self.src,)
+
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        return h, w
+
+
+@dataclass(frozen=True, eq=False)
+class LinearQueryStage:
+    """Pass two: queries of a band against the summed state, output projection, norm, + src."""
+
+    name: str
+    src: str
+    dst: str
+    attn: nn.Module
+    state: str
+    halo: int
+    stats_groups: int | None = None
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return (self.src,)
+
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        return h, w
+
+
+Stage = ConvStage | KeyValueStage | AttentionStage | GLUStage | LinearKVStage | LinearQueryStage
 
 
 @dataclass(frozen=True)
@@ -150,6 +251,8 @@ class Program:
         """Map name -> (height, width) for an input of h x w."""
         sizes = {self.input: (h, w)}
         for stage in self.stages:
+            if stage.dst is None:
+                continue
             hw = stage.out_hw(*sizes[stage.src])
             if sizes.setdefault(stage.dst, hw) != hw:
                 raise ValueError(f"{stage.name}: writes {hw} into {stage.dst} of size {sizes[stage.dst]}")
@@ -159,7 +262,8 @@ class Program:
         """Map name -> index of the stage that first writes it (-1 for the input)."""
         first = {self.input: -1}
         for i, stage in enumerate(self.stages):
-            first.setdefault(stage.dst, i)
+            if stage.dst is not None:
+                first.setdefault(stage.dst, i)
         return first
 
     def last_use(self) -> dict[str, int]:
@@ -167,5 +271,6 @@ class Program:
         last: dict[str, int] = {}
         for i, stage in enumerate(self.stages):
             for name in (*stage.reads, stage.dst):
-                last[name] = i
+                if name is not None:
+                    last[name] = i
         return last

@@ -11,13 +11,14 @@ from types import ModuleType
 
 from ..errors import UnsupportedModelError
 from ..program import Program
-from . import kl, tiny
+from . import dc, kl, tiny
 
 __all__ = ["family", "program_for", "scale_factor", "latent_channels", "OPS"]
 
 OPS = ("decode", "encode")
 
-_FAMILIES: dict[str, ModuleType] = {"AutoencoderKL": kl, "AutoencoderTiny": tiny, "TinyAutoencoder": tiny}
+_FAMILIES: dict[str, ModuleType] = {"AutoencoderKL": kl, "AutoencoderDC": dc, "AutoencoderTiny": tiny,
+                                     "TinyAutoencoder": tiny}
 
 
 def family(vae) -> ModuleType:

@@ -31,9 +31,10 @@ class ProgramBuilder:
         self.maps[name] = MapSpec(name, channels)
         return name
 
-    def add(self, stage: Stage, norm: nn.GroupNorm | None = None) -> str:
-        """Append ``stage``; ``norm`` is the GroupNorm it applies to its source, if any."""
-        if norm is not None:
+    def add(self, stage: Stage, norm: nn.Module | None = None) -> str:
+        """Append ``stage``; ``norm`` is the norm it applies to its source, if any (a GroupNorm needs
+        statistics from the stage that writes the source)."""
+        if isinstance(norm, nn.GroupNorm):
             writer = self._writer.get(stage.src)
             if writer is None:
                 raise UnsupportedModelError(f"{stage.name}: GroupNorm on the program input is not supported")
@@ -41,7 +42,8 @@ class ProgramBuilder:
             if previous.stats_groups not in (None, norm.num_groups):
                 raise UnsupportedModelError(f"{stage.name}: two GroupNorms with different groups read one map")
             self.stages[writer] = dataclasses.replace(previous, stats_groups=norm.num_groups)
-        self._writer[stage.dst] = len(self.stages)
+        if stage.dst is not None:
+            self._writer[stage.dst] = len(self.stages)
         self.stages.append(stage)
         return stage.dst
 

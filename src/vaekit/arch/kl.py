@@ -21,7 +21,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import UnsupportedModelError
-from ..program import AttentionStage, ConvStage, KeyValueStage, Program
+from ..program import AttentionStage, ConvStage, KeyValueStage, Program, Shortcut
 from .builder import ProgramBuilder
 
 __all__ = ["program", "whole", "finish", "scale_factor", "decode_program", "encode_program", "DOWNSAMPLE_PAD"]
@@ -93,7 +93,7 @@ def _resnet(b: ProgramBuilder, name: str, x: str, resnet: nn.Module) -> str:
     same = resnet.conv_shortcut is None and resnet.conv2.out_channels == b.maps[x].channels
     out = x if same else b.new_map(resnet.conv2.out_channels)
     stage = ConvStage(f"{name}.conv2", h, out, resnet.conv2, norm=resnet.norm2, act=act, skip=x,
-                      shortcut=resnet.conv_shortcut, out_scale=resnet.output_scale_factor)
+                      shortcut=Shortcut.of(resnet.conv_shortcut), out_scale=resnet.output_scale_factor)
     return b.add(stage, norm=resnet.norm2)
 
 

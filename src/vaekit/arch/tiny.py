@@ -20,7 +20,7 @@ import dataclasses
 from torch import nn
 
 from ..errors import InputError, UnsupportedModelError
-from ..program import ConvStage, Program
+from ..program import ConvStage, Program, Shortcut
 from .builder import ProgramBuilder
 
 __all__ = ["program", "whole", "finish", "scale_factor", "layers_program"]
@@ -87,7 +87,8 @@ def _block(b: ProgramBuilder, name: str, x: str, block: nn.Module) -> str:
     shortcut = None if isinstance(block.skip, nn.Identity) else _checked(name, block.skip)
     same = shortcut is None and x != b.input  # never write over the caller's input
     out = x if same else b.new_map(conv[4].out_channels)
-    return b.add(ConvStage(f"{name}.conv.4", h, out, _checked(name, conv[4]), skip=x, shortcut=shortcut, post="relu"))
+    return b.add(ConvStage(f"{name}.conv.4", h, out, _checked(name, conv[4]), skip=x, shortcut=Shortcut.of(shortcut),
+                           post="relu"))
 
 
 def _set_post(b: ProgramBuilder, name: str, x: str, post: str) -> None:

@@ -1,4 +1,5 @@
-"""One band of a ConvStage: prologue (norm, act) -> body (upsample, conv with halo) -> epilogue (skip, post).
+"""One band of a ConvStage: prologue (norm, act) -> body (upsample, conv with halo, pixel (un)shuffle)
+-> epilogue (out norm, shortcut, post).
 
 Bands are NHWC tensors (B, rows, W, C); the conv runs on their NCHW view, which is channels_last
 in memory, the fast layout for CPU convolutions.
@@ -8,22 +9,25 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from ..program import ConvStage
+from ..program import ConvStage, Shortcut
 from .act import activate
-from .norm import norm_act
+from .norm import local_norm, norm_act
 
-__all__ = ["conv_band"]
+__all__ = ["conv_band", "apply_shortcut"]
 
 
 def conv_band(stage: ConvStage, w: dict, read, stats: dict, r0: int, r1: int, src_h: int, dst_h: int) -> torch.Tensor:
     """Output rows [r0, r1) of ``stage`` as an NHWC tensor (B, r1 - r0, W, C_out)."""
     a, b = stage.src_rows(r0, r1, src_h)
     x = read(stage.src, a, b)  # (B, b - a, W, C_in)  src px
-    if stage.norm is not None:
+    if isinstance(stage.norm, nn.GroupNorm):
         x = norm_act(x, stats[stage.src], stage.norm, stage.act, w["norm"])
     else:
-        x = activate(x, stage.act)  # not in place: x may be a view of a stored map
+        if stage.norm is not None:
+            x = local_norm(x, stage.norm, w["norm"])
+        x = activate(x, stage.act, inplace=stage.norm is not None)  # x may be a view of a stored map
     x = x.permute(0, 3, 1, 2)  # (B, C_in, rows, W), channels_last in memory
     f = stage.upsample
     if f != 1:
@@ -37,12 +41,35 @@ def conv_band(stage: ConvStage, w: dict, read, stats: dict, r0: int, r1: int, sr
     if top or bottom or left != right:  # zero rows only at the true image border, halo rows elsewhere
         x = F.pad(x, (left, right, top, bottom))
         left = right = 0
-    out = F.conv2d(x, w["conv"]["weight"], w["conv"].get("bias"), stride=stage.stride, padding=(0, left))
+    out = F.conv2d(x, w["conv"]["weight"], w["conv"].get("bias"), stride=stage.stride, padding=(0, left),
+                   groups=stage.conv.groups)  # (B, C_conv, conv rows, W_conv)
+    if stage.shuffle != 1:
+        out = F.pixel_shuffle(out, stage.shuffle)  # (B, C_out, rows, W)  dst px
+    if stage.unshuffle != 1:
+        out = F.pixel_unshuffle(out, stage.unshuffle)
+    if stage.out_norm is not None:
+        out = local_norm(out.permute(0, 2, 3, 1), stage.out_norm, w["out_norm"]).permute(0, 3, 1, 2)
     if stage.skip is not None:
-        skip = read(stage.skip, r0, r1).permute(0, 3, 1, 2)  # (B, C_skip, rows, W)  dst px
-        if stage.shortcut is not None:
-            skip = F.conv2d(skip, w["shortcut"]["weight"], w["shortcut"].get("bias"))
-        out.add_(skip)
+        s0, s1 = stage.shortcut.skip_rows(r0, r1) if stage.shortcut else (r0, r1)
+        skip = read(stage.skip, s0, s1).permute(0, 3, 1, 2)  # (B, C_skip, skip rows, W_skip)
+        out = out.add_(apply_shortcut(skip, stage.shortcut, w.get("shortcut")))
     if stage.out_scale != 1.0:
         out.div_(stage.out_scale)
     return activate(out, stage.post, inplace=True).permute(0, 2, 3, 1)  # (B, rows, W, C_out)
+
+
+def apply_shortcut(skip: torch.Tensor, shortcut: Shortcut | None, weights: dict | None) -> torch.Tensor:
+    """shuffle(mean(repeat(conv(unshuffle(skip))))) of an NCHW band, each step only where asked."""
+    if shortcut is None:
+        return skip
+    if shortcut.unshuffle != 1:
+        skip = F.pixel_unshuffle(skip, shortcut.unshuffle)  # (B, C * u^2, rows / u, W / u)
+    if shortcut.conv is not None:
+        skip = F.conv2d(skip, weights["weight"], weights.get("bias"))
+    if shortcut.repeat != 1:
+        skip = skip.repeat_interleave(shortcut.repeat, dim=1)  # (B, C * r, rows, W)
+    if shortcut.mean != 1:
+        skip = skip.unflatten(1, (-1, shortcut.mean)).mean(dim=2)  # (B, C / m, rows, W)
+    if shortcut.shuffle != 1:
+        skip = F.pixel_shuffle(skip, shortcut.shuffle)  # (B, C / s^2, rows * s, W * s)
+    return skip

@@ -11,7 +11,7 @@ import torch
 
 from .act import activate
 
-__all__ = ["GroupStats", "norm_act"]
+__all__ = ["GroupStats", "norm_act", "local_norm"]
 
 
 class GroupStats:
@@ -66,3 +66,20 @@ def norm_act(band: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor], norm,
     out = torch.addcmul(shift, band, scale)  # fp32 for any compute dtype
     out = activate(out, act, inplace=True)
     return out if out.dtype == band.dtype else out.to(band.dtype)
+
+
+def local_norm(band: torch.Tensor, norm, weights: dict) -> torch.Tensor:
+    """A per-pixel norm of an NHWC band: diffusers' RMSNorm over channels, or an eval-mode BatchNorm2d
+    (a per-channel affine map with the running statistics). Both are local: no statistics to gather."""
+    if isinstance(norm, torch.nn.BatchNorm2d):
+        out = torch.nn.functional.batch_norm(band.permute(0, 3, 1, 2), weights["running_mean"], weights["running_var"],
+                                             weights.get("weight"), weights.get("bias"), False, 0.0, norm.eps)
+        return out.permute(0, 2, 3, 1)  # (B, rows, W, C)
+    variance = band.to(torch.float32).pow(2).mean(-1, keepdim=True)  # as diffusers' RMSNorm computes it
+    out = band * torch.rsqrt(variance + norm.eps)
+    if "weight" not in weights:
+        return out.to(band.dtype)
+    if weights["weight"].dtype in (torch.float16, torch.bfloat16):
+        out = out.to(weights["weight"].dtype)
+    out = out * weights["weight"]
+    return out + weights["bias"] if "bias" in weights else out
