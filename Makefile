@@ -25,7 +25,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/vaekit bench --out benchmarks/results
+	$(BIN)/vaekit bench --model sd --out benchmarks/results
+	$(BIN)/vaekit bench --model sana --out benchmarks/results
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -1,8 +1,10 @@
-"""`vaekit bench`: vaekit against diffusers on the SD-architecture VAE, each run in a fresh process.
+"""`vaekit bench`: vaekit against diffusers, decoding with seeded random weights, each run in a fresh process.
 
-For every image size: diffusers untiled (the reference), diffusers ``enable_tiling()``, and vaekit
-at several budgets. Reports seconds, peak RSS growth over the RSS after loading, max abs error and
-PSNR against untiled, writes ``bench.json`` and ``bench.png``.
+Models: ``sd`` (the SD-architecture AutoencoderKL, 512² and 1024²) and ``sana`` (Sana's DC-AE
+f32c32 AutoencoderDC, 2048²). For every image size: diffusers untiled (the reference), diffusers
+``enable_tiling()`` (its default tiles: 512 px for DC-AE), and vaekit at several budgets. Reports
+seconds, peak RSS growth over the RSS after loading, max abs error and PSNR against untiled; writes
+``bench[-MODEL].json``, ``.md`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from pathlib import Path
 
 __all__ = ["main", "run_benchmark", "psnr"]
 
-METHODS = ("diffusers-untiled", "diffusers-tiling", "vaekit:768MiB", "vaekit:1.5GiB", "vaekit:none")
+#: model -> (default sizes, default methods)
+MODELS = {
+    "sd": ((512, 1024), ("diffusers-untiled", "diffusers-tiling", "vaekit:768MiB", "vaekit:1.5GiB", "vaekit:none")),
+    "sana": ((2048,), ("diffusers-untiled", "diffusers-tiling", "vaekit:1GiB", "vaekit:3GiB")),
+}
 THREADS = 2
 
 
@@ -29,7 +35,7 @@ def psnr(out, ref, peak_to_peak: float = 2.0) -> float:
     return math.inf if mse == 0 else 10 * math.log10(peak_to_peak**2 / mse)
 
 
-def _worker(method: str, size: int, ref_path: Path) -> dict:
+def _worker(model: str, method: str, size: int, ref_path: Path) -> dict:
     """One measurement, in this (fresh) process."""
     import numpy as np
     import torch
@@ -37,10 +43,10 @@ def _worker(method: str, size: int, ref_path: Path) -> dict:
     import vaekit
     from vaekit.arch import scale_factor
     from vaekit.measure import PeakMemory
-    from vaekit.models import sd_vae
+    from vaekit.models import sana_dc, sd_vae
 
     torch.set_num_threads(THREADS)
-    vae = sd_vae(seed=0)
+    vae = sd_vae(seed=0) if model == "sd" else sana_dc(seed=0)
     n = size // scale_factor(vae)
     z = torch.randn(1, vae.config.latent_channels, n, n, generator=torch.Generator().manual_seed(1))
     budget = method.split(":", 1)[1] if method.startswith("vaekit") else None
@@ -59,7 +65,7 @@ def _worker(method: str, size: int, ref_path: Path) -> dict:
         start = time.perf_counter()
         out = run(z)
         seconds = time.perf_counter() - start
-    row = {"method": method, "size": size, "seconds": seconds, "peak_rss_growth": mem.growth}
+    row = {"model": model, "method": method, "size": size, "seconds": seconds, "peak_rss_growth": mem.growth}
     if method.startswith("vaekit"):
         row["plan_mode"] = vaekit.plan(vae, tuple(z.shape), budget).mode
     if method == "diffusers-untiled":
@@ -72,13 +78,15 @@ def _worker(method: str, size: int, ref_path: Path) -> dict:
     return row
 
 
-def run_benchmark(sizes, methods, out_dir: Path) -> list[dict]:
+def run_benchmark(model: str, sizes, methods, out_dir: Path) -> list[dict]:
     out_dir.mkdir(parents=True, exist_ok=True)
+    stem = "bench" if model == "sd" else f"bench-{model}"
     rows = []
     for size in sizes:
-        ref_path = out_dir / f"reference-{size}.npy"
+        ref_path = out_dir / f"reference-{model}-{size}.npy"
         for method in methods:  # untiled first: it writes the reference
-            cmd = [sys.executable, "-m", "vaekit.bench", "--worker", method, "--size", str(size), "--ref", str(ref_path)]
+            cmd = [sys.executable, "-m", "vaekit.bench", "--model", model, "--worker", method, "--size", str(size),
+                   "--ref", str(ref_path)]
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(f"benchmark worker {method} at {size} failed:\n{result.stderr}")
@@ -87,11 +95,15 @@ def run_benchmark(sizes, methods, out_dir: Path) -> list[dict]:
             print(_format_row(row), file=sys.stderr, flush=True)
         ref_path.unlink(missing_ok=True)
     _add_ratios(rows)
-    meta = {"date": date.today().isoformat(), "machine": _machine(), "threads": THREADS, "dtype": "float32"}
-    (out_dir / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    _plot(rows, out_dir / "bench.png", meta)
-    (out_dir / "bench.md").write_text(markdown_table(rows, meta))
+    meta = {"date": date.today().isoformat(), "machine": _machine(), "threads": THREADS, "dtype": "float32",
+            "model": MODEL_NAMES[model]}
+    (out_dir / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    _plot(rows, out_dir / f"{stem}.png", meta)
+    (out_dir / f"{stem}.md").write_text(markdown_table(rows, meta))
     return rows
+
+
+MODEL_NAMES = {"sd": "SD VAE (AutoencoderKL)", "sana": "Sana DC-AE f32c32 (AutoencoderDC)"}
 
 
 def _add_ratios(rows: list[dict]) -> None:
@@ -108,7 +120,8 @@ def _format_row(r: dict) -> str:
 
 
 def markdown_table(rows: list[dict], meta: dict) -> str:
-    lines = [f"Measured {meta['date']} on {meta['machine']}, fp32, {meta['threads']} threads, each run a fresh process.",
+    lines = [f"{meta.get('model', 'SD VAE')} decode, random weights. Measured {meta['date']} on {meta['machine']}, "
+             f"fp32, {meta['threads']} threads, each run a fresh process.",
              "", "| image | method | time | × untiled | peak RSS growth | × untiled | max abs error | PSNR |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -150,7 +163,7 @@ def _plot(rows: list[dict], path: Path, meta: dict) -> None:
                         textcoords="offset points", xytext=(6, 4), fontsize=8)
         ax.set_xlabel("peak RSS growth (MiB)")
         ax.set_ylabel("seconds")
-        ax.set_title(f"SD VAE decode {size}x{size}, fp32 CPU")
+        ax.set_title(f"{meta.get('model', 'SD VAE')} decode {size}x{size}, fp32 CPU", fontsize=9)
         ax.margins(0.3)
     fig.suptitle(f"vaekit vs diffusers — {meta['date']}, {meta['machine']}", fontsize=9)
     fig.tight_layout()
@@ -161,18 +174,21 @@ def _plot(rows: list[dict], path: Path, meta: dict) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="vaekit bench", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--model", choices=sorted(MODELS), default="sd")
+    parser.add_argument("--sizes", type=int, nargs="+", help="image sizes (default: sd 512 1024, sana 2048)")
+    parser.add_argument("--methods", nargs="+", help="diffusers-untiled, diffusers-tiling, vaekit:BUDGET ...")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ref", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(_worker(args.worker, args.size, args.ref)))
+        print(json.dumps(_worker(args.model, args.worker, args.size, args.ref)))
         return 0
-    methods = ["diffusers-untiled"] + [m for m in args.methods if m != "diffusers-untiled"]
-    run_benchmark(args.sizes, methods, args.out)
-    print((args.out / "bench.md").read_text())
+    sizes, methods = MODELS[args.model]
+    methods = ["diffusers-untiled"] + [m for m in (args.methods or methods) if m != "diffusers-untiled"]
+    run_benchmark(args.model, args.sizes or sizes, methods, args.out)
+    stem = "bench" if args.model == "sd" else f"bench-{args.model}"
+    print((args.out / f"{stem}.md").read_text())
     return 0
 
 

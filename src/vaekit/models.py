@@ -9,7 +9,7 @@ import torch
 
 from .errors import CheckpointError
 
-__all__ = ["SD_VAE_CONFIG", "sd_vae", "load_model", "meta_model"]
+__all__ = ["SD_VAE_CONFIG", "SANA_DC_CONFIG", "sd_vae", "sana_dc", "load_model", "meta_model"]
 
 #: Stable Diffusion 1.x/2.x VAE architecture (diffusers AutoencoderKL config)
 SD_VAE_CONFIG = dict(
@@ -25,6 +25,27 @@ def sd_vae(seed: int = 0, **overrides):
 
     torch.manual_seed(seed)
     return AutoencoderKL(**{**SD_VAE_CONFIG, **overrides}).eval()
+
+
+#: Sana's DC-AE (mit-han-lab/dc-ae-f32c32-sana-1.0, diffusers AutoencoderDC config): 32x down, 32 latent channels
+SANA_DC_CONFIG = dict(
+    in_channels=3, latent_channels=32, attention_head_dim=32,
+    encoder_block_types=("ResBlock",) * 3 + ("EfficientViTBlock",) * 3,
+    decoder_block_types=("ResBlock",) * 3 + ("EfficientViTBlock",) * 3,
+    encoder_block_out_channels=(128, 256, 512, 512, 1024, 1024), decoder_block_out_channels=(128, 256, 512, 512, 1024, 1024),
+    encoder_layers_per_block=(2, 2, 2, 3, 3, 3), decoder_layers_per_block=(3, 3, 3, 3, 3, 3),
+    encoder_qkv_multiscales=((), (), (), (5,), (5,), (5,)), decoder_qkv_multiscales=((), (), (), (5,), (5,), (5,)),
+    downsample_block_type="conv", upsample_block_type="interpolate", decoder_norm_types="rms_norm",
+    decoder_act_fns="silu", scaling_factor=0.41407,
+)
+
+
+def sana_dc(seed: int = 0):
+    """A Sana-architecture AutoencoderDC with seeded random weights (no download)."""
+    from diffusers import AutoencoderDC
+
+    torch.manual_seed(seed)
+    return AutoencoderDC(**SANA_DC_CONFIG).eval()
 
 
 def _config(path: Path) -> dict:
