@@ -101,27 +101,44 @@ def test_format_bytes():
 
 MEASURE = textwrap.dedent("""
     import json, sys, torch, vaekit
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderDC, AutoencoderKL
     from vaekit.measure import PeakMemory
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(64, 128, 128), layers_per_block=1, norm_num_groups=32,
-                        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3).eval()
-    z = torch.randn(1, 4, 96, 96)
-    budget = sys.argv[1]
-    vaekit.decode(vae, z[..., :16, :16], budget)  # kernels and thread pools loaded before measuring
-    plan = vaekit.plan(vae, tuple(z.shape), budget)
+    model, op, budget = sys.argv[1:]
+    if model == "kl":
+        vae = AutoencoderKL(block_out_channels=(64, 128, 128), layers_per_block=1, norm_num_groups=32,
+                            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3)
+    else:  # Sana's block types at a third of the width
+        vae = AutoencoderDC(latent_channels=32, attention_head_dim=32, encoder_block_out_channels=(32, 64, 128, 256),
+                            decoder_block_out_channels=(32, 64, 128, 256),
+                            encoder_block_types=("ResBlock",) * 2 + ("EfficientViTBlock",) * 2,
+                            decoder_block_types=("ResBlock",) * 2 + ("EfficientViTBlock",) * 2,
+                            encoder_layers_per_block=(1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1),
+                            encoder_qkv_multiscales=((), (), (5,), (5,)), decoder_qkv_multiscales=((), (), (5,), (5,)),
+                            downsample_block_type="conv", upsample_block_type="interpolate")
+    vae = vae.eval()
+    run = vaekit.decode if op == "decode" else vaekit.encode
+    factor = vaekit.arch.scale_factor(vae)
+    x = torch.randn(1, 4 if model == "kl" else 32, 96, 96) if op == "decode" else torch.rand(1, 3, 512, 512) * 2 - 1
+    small = x[..., :16, :16] if op == "decode" else x[..., :8 * factor, :8 * factor]
+    run(vae, small, budget)  # kernels and thread pools loaded before measuring
+    plan = vaekit.plan(vae, tuple(x.shape), budget, op=op)
     with PeakMemory() as mem:
-        vaekit.decode(vae, z, budget)
+        run(vae, x, budget)
     print(json.dumps({"predicted": plan.peak_bytes, "measured": mem.growth, "mode": plan.mode}))
 """)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS is read from Linux /proc")
-@pytest.mark.parametrize("budget", ["48MiB", "160MiB"])
-def test_measured_peak_stays_within_the_plan(budget):
+@pytest.mark.parametrize("model,op,budget", [
+    ("kl", "decode", "48MiB"), ("kl", "decode", "160MiB"), ("kl", "encode", "48MiB"),
+    ("dc", "decode", "64MiB"), ("dc", "encode", "64MiB"),
+])
+def test_measured_peak_stays_within_the_plan(model, op, budget):
     """Fresh process; measured = peak RSS growth. Allowed: +10% plus FIXED_ALLOWANCE (documented)."""
-    result = subprocess.run([sys.executable, "-c", MEASURE, budget], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", MEASURE, model, op, budget], capture_output=True, text=True,
+                            check=True)
     row = json.loads(result.stdout.strip().splitlines()[-1])
     assert row["mode"] == "stream"
     assert row["measured"] <= 1.10 * row["predicted"] + FIXED_ALLOWANCE, row

@@ -8,7 +8,8 @@ import pytest
 
 import vaekit
 
-PUBLIC = {"decode", "encode", "plan", "load", "Plan", "errors", "VaekitError", "BudgetError", "__version__"}
+PUBLIC = {"decode", "encode", "plan", "load", "audit", "Plan", "RunReport", "errors", "testing", "VaekitError",
+          "BudgetError", "__version__"}
 ERRORS = {"VaekitError", "InputError", "UnsupportedModelError", "BudgetError", "CheckpointError",
           "PrecisionError", "DeviceError"}
 
@@ -28,8 +29,9 @@ def test_error_tree_has_one_root():
 
 
 @pytest.mark.parametrize("module", ["api", "plan", "program", "run", "store", "units", "measure", "models", "io",
-                                    "cli", "demo", "bench", "arch", "arch.kl", "ops.conv", "ops.norm",
-                                    "ops.attention"])
+                                    "cli", "demo", "bench", "arch", "arch.kl", "arch.dc", "arch.tiny", "arch.builder",
+                                    "ops.conv", "ops.norm", "ops.attention", "ops.linear_attention", "ops.glu",
+                                    "ops.act", "taesd", "loader", "recovery", "testing", "precision"])
 def test_every_module_declares_all(module):
     mod = importlib.import_module(f"vaekit.{module}")
     assert isinstance(mod.__all__, list)
@@ -49,3 +51,7 @@ def test_input_errors_are_typed(vaes):
         vaekit.decode(vae, torch.zeros(1, 4, 8, 8, dtype=torch.long))
     with pytest.raises(vaekit.errors.UnsupportedModelError):
         vaekit.decode(torch.nn.Linear(2, 2), torch.randn(1, 4, 8, 8))
+    bad = torch.randn(1, 4, 8, 8)
+    bad[0, 2, 3, 4] = float("nan")
+    with pytest.raises(vaekit.errors.InputError, match=r"NaN or Inf \(first at index \(0, 2, 3, 4\)\)"):
+        vaekit.decode(vae, bad)

@@ -49,3 +49,24 @@ def test_no_scratch_file_left_after_an_error(tmp_path, exc):
         vaekit.decode(vae, z, budget, scratch_dir=tmp_path, progress=fail_midway)
     assert any(seen), "the run should have been using the scratch dir"
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("start", ["device", "disk"])
+def test_retype_keeps_the_rows(start, tmp_path):
+    data = torch.randn(2, 5, 3, 4).half()
+    with Store("cpu", tmp_path) as store:
+        store.alloc("m", tuple(data.shape), data.dtype, start)
+        store.write("m", 0, data)
+        store.retype("m", torch.float32)
+        band = store.read("m", 0, 5)
+        assert band.dtype == torch.float32 and torch.equal(band, data.float())
+
+
+def test_demote_moves_a_device_map_to_disk(tmp_path):
+    data = torch.randn(1, 130, 3, 4)  # more rows than one copy step
+    with Store("cpu", tmp_path) as store:
+        store.alloc("m", tuple(data.shape), data.dtype, "device")
+        store.write("m", 0, data)
+        store.demote("m", "disk")
+        assert os.listdir(store.scratch) == ["m.bin"]
+        assert torch.equal(store.read("m", 0, 130), data)

@@ -3,12 +3,15 @@ with the same pixels as running the whole image at once."""
 
 from __future__ import annotations
 
-from . import errors
+from . import errors, testing
 from .api import decode, encode, plan
 from .errors import BudgetError, VaekitError
 from .loader import load
 from .plan import Plan
+from .precision import audit
+from .recovery import RunReport
 
-__all__ = ["decode", "encode", "plan", "load", "Plan", "errors", "VaekitError", "BudgetError", "__version__"]
+__all__ = ["decode", "encode", "plan", "load", "audit", "Plan", "RunReport", "errors", "testing", "VaekitError",
+           "BudgetError", "__version__"]
 
 __version__ = "0.1.0"

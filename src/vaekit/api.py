@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
 import torch
 
 from .arch import family, program_for
-from .errors import DeviceError, InputError
+from .errors import DeviceError, InputError, PrecisionError
+from .measure import PeakMemory
 from .plan import Plan, make_plan
+from .precision import check_dtype
 from .program import Program
+from .recovery import Event, RunReport, free_caches, is_oom
 from .run import execute
 from .units import parse_bytes
 
@@ -27,18 +31,22 @@ def plan(vae, shape, budget=None, op: str = "decode", *, device=None, dtype=None
     e.g. (1, 3, 1024, 1024). Works for a model on the meta
     device. ``budget``: bytes, or a string like "768MiB"; None plans for the free memory of the device.
     """
-    program = program_for(vae, op)
-    device = _device(vae, device, check=False)  # planning for a device needs no such device here
+    return _plan(program_for(vae, op), vae, shape, budget, op, _device(vae, device, check=False), dtype)
+
+
+def _plan(program: Program, vae, shape, budget, op: str, device: torch.device, dtype=None,
+          force_stream: bool = False) -> Plan:
     dtype = dtype or _model_dtype(vae)
     shape = _check_shape(program, vae, shape, op)
     limit = None if budget is None else parse_bytes(budget)
-    free = free_memory(device) if limit is None and device.type != "meta" else None
+    free = free_memory(device) if limit is None and device.type != "meta" else None  # planning needs no device
     itemsize = torch.empty((), dtype=dtype).element_size()
-    return make_plan(program, shape, itemsize, str(dtype).removeprefix("torch."), str(device), limit, free_bytes=free)
+    return make_plan(program, shape, itemsize, str(dtype).removeprefix("torch."), str(device), limit, free_bytes=free,
+                     force_stream=force_stream)
 
 
 def decode(vae, latents: torch.Tensor, budget=None, *, device=None, progress=None, compile: bool = False,
-           scratch_dir: str | os.PathLike | None = None) -> torch.Tensor:
+           scratch_dir: str | os.PathLike | None = None, report: RunReport | None = None) -> torch.Tensor:
     """``vae.decode(latents).sample``, exactly, while holding at most ``budget`` bytes of activations.
 
     latents: NCHW, already divided by the scaling factor, as for ``vae.decode``.
@@ -47,15 +55,16 @@ def decode(vae, latents: torch.Tensor, budget=None, *, device=None, progress=Non
     device: where to compute (default: the model's device); weights move there stage by stage.
     progress: True for a progress bar on stderr, or a callable(stage_index, rows_done, rows_total).
     scratch_dir: where the disk tier writes its scratch files (default: the system temp dir).
+    report: a RunReport to fill with what happened (mode, plan, out-of-memory retries, tiers, peak).
     Returns the image (in [-1, 1] for a trained model) on the latents' device, in the model's dtype.
     """
     return _run(vae, "decode", latents, budget, device=device, progress=progress, compile=compile,
-                scratch_dir=scratch_dir)
+                scratch_dir=scratch_dir, report=report)
 
 
 def encode(vae, images: torch.Tensor, budget=None, *, sample: bool = False, generator: torch.Generator | None = None,
-           device=None, progress=None, compile: bool = False,
-           scratch_dir: str | os.PathLike | None = None) -> torch.Tensor:
+           device=None, progress=None, compile: bool = False, scratch_dir: str | os.PathLike | None = None,
+           report: RunReport | None = None) -> torch.Tensor:
     """The latents of ``images`` (NCHW in [-1, 1]), exactly as the untiled encoder gives them.
 
     AutoencoderKL: the latent distribution's mode (its mean), or with ``sample=True`` a sample drawn
@@ -63,12 +72,13 @@ def encode(vae, images: torch.Tensor, budget=None, *, sample: bool = False, gene
     Latents are not multiplied by the scaling factor. Other arguments as for :func:`decode`.
     """
     out = _run(vae, "encode", images, budget, device=device, progress=progress, compile=compile,
-               scratch_dir=scratch_dir)
+               scratch_dir=scratch_dir, report=report)
     with torch.inference_mode():
         return family(vae).finish(vae, "encode", out, sample=sample, generator=generator)
 
 
-def _run(vae, op: str, x: torch.Tensor, budget, *, device, progress, compile: bool, scratch_dir) -> torch.Tensor:
+def _run(vae, op: str, x: torch.Tensor, budget, *, device, progress, compile: bool, scratch_dir,
+         report: RunReport | None) -> torch.Tensor:
     if compile:
         raise InputError("compile=True is not available yet: pass compile=False")
     program = program_for(vae, op)
@@ -78,19 +88,49 @@ def _run(vae, op: str, x: torch.Tensor, budget, *, device, progress, compile: bo
     _check_shape(program, vae, tuple(x.shape), op)
     if not x.is_floating_point():
         raise InputError(f"{what} must be floating point, got {x.dtype}")
-    if op == "encode":
-        _check_range(x)
+    _check_values(x, op)
     compute = _device(vae, device)
-    dtype = _model_dtype(vae)
-    the_plan = plan(vae, tuple(x.shape), budget, op, device=compute, dtype=dtype)
-    inp = x.to(device=compute, dtype=dtype)
-    with torch.inference_mode():
-        if the_plan.mode == "whole":
-            out = family(vae).whole(vae, op, inp)
-        else:
+    check_dtype(_model_dtype(vae), compute)
+    measure = report is not None  # measuring resets the process's (or CUDA's) peak counters: only when asked
+    report = report if report is not None else RunReport()
+    # the model's own modules run where the model is; elsewhere, stages move their weights themselves
+    elsewhere = not _same_device(next(vae.parameters()).device, compute)
+    the_plan = _plan(program, vae, tuple(x.shape), budget, op, compute, force_stream=elsewhere)
+    inp = x.to(device=compute, dtype=_model_dtype(vae))
+    peak = PeakMemory(compute, strict=False) if measure else contextlib.nullcontext()
+    with peak, torch.inference_mode():
+        out = _whole(vae, op, inp, report) if the_plan.mode == "whole" else None
+        if out is None:  # streaming, planned so or because the whole model ran out of memory
+            if the_plan.mode == "whole":
+                the_plan = _plan(program, vae, tuple(x.shape), budget, op, compute, force_stream=True)
             with _progress(progress, the_plan) as callback:
-                out = execute(program, the_plan, inp, scratch_dir=scratch_dir, progress=callback)
+                out = execute(program, the_plan, inp, scratch_dir=scratch_dir, progress=callback, report=report)
+    report.mode, report.plan = the_plan.mode, the_plan
+    report.peak_bytes = peak.growth if measure else None
+    if not bool(torch.isfinite(out).all()):
+        raise PrecisionError(f"the {op} produced NaN or Inf from finite {'latents' if op == 'decode' else 'images'} "
+                             f"in {out.dtype}: the model's weights are out of range for this input")
     return out.to(x.device)
+
+
+def _whole(vae, op: str, x: torch.Tensor, report: RunReport) -> torch.Tensor | None:
+    """The model's own modules, untiled; None when they run out of memory (the caller streams)."""
+    error = None
+    try:
+        out = family(vae).whole(vae, op, x)
+    except Exception as e:  # only out-of-memory is handled; anything else goes up as it is
+        if not is_oom(e):
+            raise
+        error = e.with_traceback(None)  # drop the frames: they hold the failed run's tensors
+    if error is None:
+        if x.dtype == torch.float32 or bool(torch.isfinite(out).all()):
+            return out
+        del out  # float16/bfloat16 overflow: streaming recomputes the overflowing bands in float32
+        report.upcasts.append(Event("whole", (0, x.shape[2]), f"the untiled {op} overflowed {x.dtype}: streaming"))
+        return None
+    free_caches(x.device)
+    report.retries.append(Event("whole", (0, x.shape[2]), f"the untiled {op} ran out of memory ({error}): streaming"))
+    return None
 
 
 def free_memory(device: torch.device) -> int:
@@ -112,6 +152,10 @@ def _device(vae, device, check: bool = True) -> torch.device:
     if check and device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {device} was asked for but CUDA is not available here; use device='cpu'")
     return device
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 def _model_dtype(vae) -> torch.dtype:
@@ -138,11 +182,15 @@ def _check_shape(program: Program, vae, shape, op: str) -> tuple[int, int, int, 
     return shape
 
 
-def _check_range(images: torch.Tensor) -> None:
-    low, high = (float(v) for v in torch.aminmax(images.detach()))
+def _check_values(x: torch.Tensor, op: str) -> None:
+    """NaN/Inf anywhere, and for encode images outside [-1, 1]: say so before any work."""
+    low, high = (float(v) for v in torch.aminmax(x.detach()))
     if not (math.isfinite(low) and math.isfinite(high)):
-        raise InputError("images contain NaN or Inf")
-    if low < -IMAGE_RANGE_SLACK or high > IMAGE_RANGE_SLACK:
+        bad = (~torch.isfinite(x)).nonzero()[0].tolist()
+        what = "latents" if op == "decode" else "images"
+        raise InputError(f"{what} contain NaN or Inf (first at index {tuple(bad)}): the step before vaekit "
+                         "produced them, e.g. an fp16 model that overflowed; vaekit cannot decode them")
+    if op == "encode" and (low < -IMAGE_RANGE_SLACK or high > IMAGE_RANGE_SLACK):
         raise InputError(f"images must be in [-1, 1], got values in [{low:.4g}, {high:.4g}]: "
                          "for 0-255 pixels use x / 127.5 - 1, for [0, 1] use x * 2 - 1")
 

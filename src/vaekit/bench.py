@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import subprocess
 import sys
 import time
 from datetime import date
 from pathlib import Path
+
+from .measure import machine
 
 __all__ = ["main", "run_benchmark", "psnr"]
 
@@ -95,7 +96,7 @@ def run_benchmark(model: str, sizes, methods, out_dir: Path) -> list[dict]:
             print(_format_row(row), file=sys.stderr, flush=True)
         ref_path.unlink(missing_ok=True)
     _add_ratios(rows)
-    meta = {"date": date.today().isoformat(), "machine": _machine(), "threads": THREADS, "dtype": "float32",
+    meta = {"date": date.today().isoformat(), "machine": machine(), "threads": THREADS, "dtype": "float32",
             "model": MODEL_NAMES[model]}
     (out_dir / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     _plot(rows, out_dir / f"{stem}.png", meta)
@@ -130,18 +131,6 @@ def markdown_table(rows: list[dict], meta: dict) -> str:
         lines.append(f"| {r['size']}² | {r['method']} | {r['seconds']:.1f} s | {r['time_ratio']:.2f} | "
                      f"{r['peak_rss_growth'] / 2**20:.0f} MiB | {r['memory_ratio']:.2f} | {err} | {db} |")
     return "\n".join(lines) + "\n"
-
-
-def _machine() -> str:
-    import os
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
 
 
 def _plot(rows: list[dict], path: Path, meta: dict) -> None:

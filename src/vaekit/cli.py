@@ -4,6 +4,7 @@
     vaekit encode IMAGE OUT.safetensors --model MODEL [--budget 2GiB] [--sample --seed 0]
     vaekit roundtrip IMAGE OUT.png --model MODEL [--budget 2GiB]      (prints the PSNR)
     vaekit plan --model MODEL --size 4096x4096 [--budget 4GiB] [--op encode]
+    vaekit doctor
 
 MODEL is a diffusers folder, an LDM single-file VAE (.safetensors) or TAESD .pth files.
     vaekit demo
@@ -45,7 +46,12 @@ def _model(args, *, meta_ok: bool = False):
         from .models import meta_model
 
         return meta_model(args.model[0])  # planning reads config.json only
-    return load(*args.model, dtype=DTYPES[args.dtype] if args.dtype else None)
+    model = load(*args.model, dtype=DTYPES[args.dtype] if args.dtype else None)
+    if not args.dtype and not meta_ok:
+        from .precision import choose_dtype
+
+        model = model.to(choose_dtype(model, args.device or "cpu"))
+    return model
 
 
 def _run_options(args) -> dict:
@@ -100,6 +106,13 @@ def _roundtrip(args) -> int:
 def _check_suffix(out: str, suffixes: tuple[str, ...]) -> None:
     if not out.lower().endswith(suffixes):
         raise InputError(f"cannot write {out}: the output must end in {', '.join(suffixes)}")
+
+
+def _doctor(args) -> int:
+    from .doctor import doctor
+
+    print(doctor())
+    return 0
 
 
 def _plan(args) -> int:
@@ -165,6 +178,9 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--device", default="cpu", help="device to plan for (cpu, cuda): sets the store tiers")
     pl.add_argument("--dtype", choices=sorted(DTYPES), help="dtype to plan for (default: float32)")
     pl.set_defaults(run=_plan)
+
+    doc = sub.add_parser("doctor", help="versions, devices, free memory, bf16 capability, what vaekit would choose")
+    doc.set_defaults(run=_doctor)
 
     # listed for --help; their own parsers (demo.py, bench.py) read their arguments
     sub.add_parser("demo", help="decode one latent three ways and show the seams (vaekit demo --help)")

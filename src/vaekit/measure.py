@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 
 import psutil
 import torch
 
-__all__ = ["PeakMemory", "rss_bytes", "psnr"]
+__all__ = ["PeakMemory", "rss_bytes", "psnr", "machine"]
 
 
 def psnr(image: torch.Tensor, reference: torch.Tensor) -> float:
@@ -46,9 +47,11 @@ class PeakMemory:
     CPU: the process's peak resident set (exact, via /proc, Linux only). CUDA: the allocator's peak.
     """
 
-    def __init__(self, device: torch.device | str = "cpu"):
+    def __init__(self, device: torch.device | str = "cpu", strict: bool = True):
         self.device = torch.device(device)
         self.start = self.peak = 0
+        self.strict = strict  # False: where peak RSS cannot be read, ``growth`` is None instead of an error
+        self.available = True
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
@@ -57,7 +60,9 @@ class PeakMemory:
             self.start = torch.cuda.memory_allocated(self.device)
         else:
             if not _reset_hwm():
-                raise OSError("peak RSS needs Linux /proc/<pid>/clear_refs")
+                if self.strict:
+                    raise OSError("peak RSS needs Linux /proc/<pid>/clear_refs")
+                self.available = False
             self.start = rss_bytes()
         return self
 
@@ -65,9 +70,20 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.peak = torch.cuda.max_memory_allocated(self.device)
-        else:
+        elif self.available:
             self.peak = _hwm_bytes()
 
     @property
-    def growth(self) -> int:
-        return max(self.peak - self.start, 0)
+    def growth(self) -> int | None:
+        return max(self.peak - self.start, 0) if self.available else None
+
+
+def machine() -> str:
+    """CPU model, core count and OS, for benchmark tables."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"

@@ -1,5 +1,6 @@
 """Executes a Plan. The loop is the schedule: for each stage, load its weights, then for each
-chunk compute a band and store it, collecting the statistics the next GroupNorm needs."""
+chunk compute a band and store it, collecting the statistics the next GroupNorm needs. A chunk that
+runs out of memory takes the next rung of the recovery ladder (recovery.py) and is retried."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import torch
 from torch import nn
 
+from .errors import PrecisionError
 from .ops.attention import attention_band, kv_band
 from .ops.conv import conv_band
 from .ops.glu import glu_band
@@ -15,56 +17,128 @@ from .ops.linear_attention import linear_kv_band, linear_query_band
 from .ops.norm import GroupStats
 from .plan import Plan
 from .program import AttentionStage, ConvStage, GLUStage, KeyValueStage, LinearKVStage, LinearQueryStage, Program
+from .recovery import Event, Ladder, RunReport, is_oom
 from .store import Store
 
 __all__ = ["execute", "stage_weights"]
 
 
+#: called before every chunk's compute (None: nothing); vaekit.testing swaps it to inject failures
+BEFORE_CHUNK = None
+#: largest finite float16: a band beyond it cannot be stored in a float16 map
+FP16_MAX = torch.finfo(torch.float16).max
+
+
 def execute(program: Program, plan: Plan, x: torch.Tensor, *, scratch_dir: str | os.PathLike | None = None,
-            progress=None) -> torch.Tensor:
+            progress=None, report: RunReport | None = None) -> torch.Tensor:
     """Run ``program`` on NCHW ``x`` (already on the compute device, in the compute dtype) by ``plan``."""
-    tiers, shapes = plan.tiers, {m.name: m.shape for m in plan.maps}
-    last_use = program.last_use()
-    stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    b = x.shape[0]
-    output = None
+    report = report if report is not None else RunReport()
     with Store(x.device, scratch_dir) as store:
-        store.maps[program.input] = x.permute(0, 2, 3, 1)  # (B, h, w, C)  latent px, a view
+        run = _Run(program, plan, x, store, report)
         for i, (stage, sp) in enumerate(zip(program.stages, plan.stages, strict=True)):
+            run.alloc(stage)
+            weights = stage_weights(stage, x.device, run.dtype)  # load
+            on_rows = None if progress is None else (lambda done, total, i=i: progress(i, done, total))
+            run.stats.update(run.stage(stage, sp, weights, on_rows))  # compute and store, chunk by chunk
+            run.release(i, stage)
+    report.tiers = run.tiers
+    return run.output
+
+
+class _Run:
+    """The state of one execution: the store, statistics, where maps live, the compute dtype."""
+
+    def __init__(self, program: Program, plan: Plan, x: torch.Tensor, store: Store, report: RunReport):
+        self.program, self.store, self.report = program, store, report
+        self.shapes = {m.name: m.shape for m in plan.maps}
+        self.tiers = dict(plan.tiers)  # the recovery ladder may move maps down
+        self.last_use = program.last_use()
+        self.stats: dict[str, object] = {}  # GroupNorm statistics by map, attention states by name
+        self.dtype, self.device, self.output = x.dtype, x.device, None  # dtype turns float32 after an overflow
+        self.out_dtype = x.dtype  # the result stays in the model's dtype
+        self.ladder = Ladder(store, self.tiers, "host" if x.device.type == "cuda" else "disk", report)
+        store.maps[program.input] = x.permute(0, 2, 3, 1)  # (B, h, w, C)  input px, a view
+
+    def alloc(self, stage) -> None:
+        if stage.dst == self.program.output and self.output is None:
+            b, out_h, out_w, out_c = self.shapes[stage.dst]
+            self.output = torch.empty(b, out_c, out_h, out_w, dtype=self.out_dtype, device=self.device)  # output px
+            self.store.maps[stage.dst] = self.output.permute(0, 2, 3, 1)  # written band by band through this view
+        elif stage.dst is not None and stage.dst not in self.store.maps:
+            self.store.alloc(stage.dst, self.shapes[stage.dst], self.dtype, self.tiers[stage.dst])
+
+    def read(self, name: str, r0: int, r1: int) -> torch.Tensor:
+        band = self.store.read(name, r0, r1)
+        return band if band.dtype == self.dtype else band.to(self.dtype)  # maps written before an upcast
+
+    def release(self, i: int, stage) -> None:
+        for name in [n for n, last in self.last_use.items() if last == i and n != self.program.output]:
+            self.store.free(name)
+            self.stats.pop(name, None)
+        if isinstance(stage, LinearQueryStage):
+            self.stats.pop(stage.state, None)
+        self.store.end_stage()
+
+    def stage(self, stage, sp, weights, on_rows) -> dict:
+        """Every chunk of one stage, resuming at a failed chunk after an out-of-memory error.
+        Returns what the stage gathered: the next GroupNorm's statistics, or a reduction's state."""
+        src_h, dst_h = self.shapes[stage.src][1], self.shapes[stage.dst or stage.src][1]
+        collector = GroupStats(stage.stats_groups) if stage.stats_groups else None
+        rows, kv_rows, total, r0 = sp.rows, sp.kv_rows, None, 0
+        while r0 < dst_h:
+            r1 = min(r0 + rows, dst_h)
+            error = None
+            try:
+                if BEFORE_CHUNK is not None:
+                    BEFORE_CHUNK()
+                band = _compute(stage, weights, self.read, self.stats, r0, r1, src_h, dst_h, kv_rows)
+            except Exception as e:  # only out-of-memory is handled; anything else goes up as it is
+                if not is_oom(e):
+                    raise
+                error = e.with_traceback(None)  # drop the frames: they hold the failed chunk's tensors
+            if error is not None:
+                rows, kv_rows = self.ladder.step(stage, r0, r1, rows, kv_rows, error)
+                continue
+            if self.dtype != torch.float32 and not bool(torch.isfinite(band).all()):
+                band, weights = self.upcast(stage, r0, r1, src_h, dst_h, kv_rows, weights)
             if stage.dst is None:  # a reduction: sums a state over the bands, writes no map
-                pass
-            elif stage.dst == program.output and output is None:
-                _, out_h, out_w, out_c = shapes[stage.dst]
-                output = torch.empty(b, out_c, out_h, out_w, dtype=x.dtype, device=x.device)  # image px
-                store.maps[stage.dst] = output.permute(0, 2, 3, 1)  # written band by band through this view
-            elif stage.dst not in store.maps:
-                store.alloc(stage.dst, shapes[stage.dst], x.dtype, tiers[stage.dst])
-            weights = stage_weights(stage, x.device, x.dtype)  # load
-            collector = GroupStats(stage.stats_groups) if stage.stats_groups else None
-            src_h, dst_h = shapes[stage.src][1], shapes[stage.dst or stage.src][1]
-            total = None
-            for r0 in range(0, dst_h, sp.rows):
-                r1 = min(r0 + sp.rows, dst_h)
-                band = _compute(stage, weights, store.read, stats, r0, r1, src_h, dst_h, sp.kv_rows)  # compute
-                if stage.dst is None:
-                    total = band if total is None else total.add_(band)
-                    continue
-                store.write(stage.dst, r0, band)  # store
+                total = band if total is None else total.add_(band)
+            else:
+                self.store.write(stage.dst, r0, band)
                 if collector is not None:
                     collector.update(band)
-                if progress is not None:
-                    progress(i, r1, dst_h)
-            if collector is not None:
-                stats[stage.dst] = collector.mean_var()
-            if stage.dst is None:
-                stats[stage.state] = total
-            for name in [n for n, last in last_use.items() if last == i and n != program.output]:
-                store.free(name)
-                stats.pop(name, None)
-            if isinstance(stage, LinearQueryStage):
-                stats.pop(stage.state, None)
-            store.end_stage()
-    return output
+            if on_rows is not None:
+                on_rows(r1, dst_h)
+            r0 = r1
+        if stage.dst is None:
+            return {stage.state: total}
+        return {stage.dst: collector.mean_var()} if collector is not None else {}
+
+    def upcast(self, stage, r0: int, r1: int, src_h: int, dst_h: int, kv_rows, weights):
+        """A band overflowed in float16/bfloat16: recompute it in float32. When the float32 values do
+        not fit the map's dtype either, the rest of the run continues in float32. Returns the band
+        and the weights to go on with."""
+        dtype, self.dtype = self.dtype, torch.float32
+        band = _compute(stage, stage_weights(stage, self.device, torch.float32), self.read, self.stats, r0, r1,
+                        src_h, dst_h, kv_rows)
+        if not bool(torch.isfinite(band).all()):
+            raise PrecisionError(f"stage {stage.name} overflows even in float32 (rows {r0}-{r1}): the input "
+                                 "or the weights are out of range")
+        fits = dtype == torch.bfloat16 or float(band.abs().max()) <= FP16_MAX
+        if fits:
+            self.dtype = dtype
+            action = f"recomputed in float32 ({_name(dtype)} overflowed)"
+        else:  # from here on float32: this map and every later one
+            if stage.dst is not None and stage.dst != self.program.output:
+                self.store.retype(stage.dst, torch.float32)
+            weights = stage_weights(stage, self.device, torch.float32)
+            action = f"{_name(dtype)} cannot hold these values: float32 from here on"
+        self.report.upcasts.append(Event(stage.name, (r0, r1), action))
+        return band.to(self.dtype if fits else band.dtype), weights
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 _KERNELS = {ConvStage: conv_band, KeyValueStage: kv_band, GLUStage: glu_band, LinearKVStage: linear_kv_band,

@@ -148,6 +148,32 @@ class Store:
         else:
             stored[:, r0 : r0 + band.shape[1]].copy_(band)
 
+    def demote(self, name: str, tier: str) -> None:
+        """Move map ``name`` (a tensor tier) to a slower tier."""
+        self._move(name, tier, self.maps[name].dtype)
+
+    def retype(self, name: str, dtype: torch.dtype) -> None:
+        """Store map ``name`` in ``dtype`` from now on, keeping its rows (an upcast after an overflow)."""
+        stored = self.maps[name]
+        tier = "disk" if isinstance(stored, _DiskMap) else ("device" if stored.device == self.device else "host")
+        self._move(name, tier, dtype)
+
+    def _move(self, name: str, tier: str, dtype: torch.dtype, rows_per_copy: int = 64) -> None:
+        """Re-store a map, a few rows at a time (no second full copy in flight)."""
+        stored = self.maps.pop(name)
+        if isinstance(stored, _DiskMap):
+            old_path = os.path.join(self.scratch, f"{name}.bin")
+            tmp_path = old_path + ".old"
+            os.rename(old_path, tmp_path)  # the new map takes the name
+        self.alloc(name, tuple(stored.shape), dtype, tier)
+        for r0 in range(0, stored.shape[1], rows_per_copy):
+            r1 = min(r0 + rows_per_copy, stored.shape[1])
+            band = stored.read(r0, r1) if isinstance(stored, _DiskMap) else stored[:, r0:r1]
+            self.write(name, r0, band.to(dtype))
+        if isinstance(stored, _DiskMap):
+            stored.close()
+            os.unlink(tmp_path)
+
     def free(self, name: str) -> None:
         stored = self.maps.pop(name, None)
         if isinstance(stored, _DiskMap):

@@ -1,0 +1,92 @@
+"""Precision: dtype policy, pipeline audit, and the NaN/Inf guard that recomputes overflowing bands."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vaekit
+from conftest import make_vae
+from vaekit.errors import PrecisionError
+from vaekit.precision import audit, check_dtype, choose_dtype
+
+
+def _overflowing(kind: str):
+    """A VAE whose float16 decode overflows: at one conv ("activations"), or only inside a residual
+    stage before its output scale brings the values back ("intermediate")."""
+    vae = make_vae("noattn")
+    with torch.no_grad():
+        resnet = vae.decoder.up_blocks[0].resnets[0]
+        if kind == "activations":
+            resnet.conv1.weight.mul_(1e5)  # the next GroupNorm brings it back, float16 cannot hold it
+        else:
+            resnet.conv2.weight.mul_(3e4)
+            resnet.conv2.bias.mul_(3e4)
+            resnet.output_scale_factor = 3e4  # (skip + conv) / 3e4: fine in the end, not on the way
+    return vae
+
+
+@pytest.mark.parametrize("kind", ["activations", "intermediate"])
+def test_float16_overflow_gives_a_finite_image_close_to_float32(kind):
+    vae = _overflowing(kind)
+    z = torch.randn(1, 4, 12, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = vae.decode(z).sample
+        half = vae.half()
+        assert not bool(torch.isfinite(half.decode(z.half()).sample).all())  # diffusers: NaN/Inf
+    for budget in (None, "2MiB"):
+        report = vaekit.RunReport()
+        out = vaekit.decode(half, z.half(), budget, report=report)
+        assert out.dtype == torch.float16 and bool(torch.isfinite(out).all())
+        assert float((out.float() - ref).abs().max()) < 0.02  # float16 rounding, not garbage
+        assert report.upcasts, report
+        expected = "from here on" if kind == "activations" else "recomputed in float32"
+        assert any(expected in e.action for e in report.upcasts), report
+
+
+def test_float32_overflow_is_a_precision_error():
+    vae = make_vae("noattn")
+    with torch.no_grad():
+        vae.decoder.conv_in.weight.mul_(1e38)
+    with pytest.raises(PrecisionError, match="NaN or Inf"):
+        vaekit.decode(vae, torch.randn(1, 4, 8, 8), "2MiB")
+
+
+def test_choose_dtype(monkeypatch):
+    vae = make_vae("noattn")
+    assert choose_dtype(vae, "cpu") == torch.float32
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))  # a T4
+    assert choose_dtype(vae, "cuda") == torch.float32  # SD-style VAE: force_upcast
+    vae.register_to_config(force_upcast=False)
+    assert choose_dtype(vae, "cuda") == torch.float16
+    with pytest.raises(PrecisionError, match="emulated"):
+        check_dtype(torch.bfloat16, "cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # an A100
+    assert choose_dtype(vae, "cuda") == torch.bfloat16
+
+
+class _Pipe:
+    """What audit reads from a diffusers pipeline: ``components``."""
+
+    def __init__(self, **components):
+        self.components = components
+
+
+def test_audit_flags_and_fixes_a_vae_that_disagrees_with_the_denoiser():
+    transformer = torch.nn.Linear(4, 4).half()
+    vae = make_vae("noattn").to(torch.bfloat16)
+    vae.register_to_config(force_upcast=False)
+    pipe = _Pipe(transformer=transformer, vae=vae, scheduler=object())
+    findings = {f.component: f for f in audit(pipe)}
+    assert set(findings) == {"transformer", "vae"}
+    assert "denoiser is float16" in findings["vae"].problem and not findings["transformer"].problem
+    assert vae.dtype == torch.bfloat16  # audit alone changes nothing
+    fixed = {f.component: f for f in audit(pipe, fix=True)}
+    assert fixed["vae"].fixed == "now float16" and vae.dtype == torch.float16
+    assert not any(f.problem for f in audit(pipe))
+
+
+def test_audit_sends_an_fp16_unsafe_vae_to_float32():
+    pipe = _Pipe(unet=torch.nn.Linear(4, 4).half(), vae=make_vae("noattn").half())  # SD: force_upcast
+    vae_finding = next(f for f in audit(pipe, fix=True) if f.component == "vae")
+    assert vae_finding.fixed == "now float32" and pipe.components["vae"].dtype == torch.float32
