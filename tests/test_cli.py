@@ -135,3 +135,38 @@ def test_taesd_files_as_the_model(photo, tmp_path, capsys):
 def test_encode_refuses_a_wrong_output_suffix_before_work(model_dir, photo, tmp_path, capsys):
     code = main(["encode", str(photo), str(tmp_path / "z.png"), "--model", str(model_dir)])
     assert code == 2 and ".safetensors" in capsys.readouterr().err
+
+
+def test_doctor_prints_versions_devices_and_choices(capsys):
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "diffusers" in out and "RAM" in out and "would use" in out
+    assert ("cuda    not available" in out) != ("bf16 units" in out)
+
+
+def test_each_error_class_has_its_exit_code(model_dir, latents_file, tmp_path, capsys):
+    from vaekit import errors
+
+    codes = {cls.exit_code for cls in (errors.VaekitError, errors.InputError, errors.UnsupportedModelError,
+                                       errors.BudgetError, errors.CheckpointError, errors.PrecisionError,
+                                       errors.DeviceError)}
+    assert len(codes) == 7  # distinct per class
+    if not torch.cuda.is_available():  # a device that is not there: DeviceError, exit 7
+        code = main(["decode", str(latents_file), str(tmp_path / "x.png"), "--model", str(model_dir),
+                     "--device", "cuda", "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 7 and "CUDA is not available" in err and err.count("\n") == 1
+    junk = tmp_path / "vae.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    assert main(["decode", str(latents_file), str(tmp_path / "y.png"), "--model", str(junk), "--quiet"]) == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae.safetensors"]  # nothing half-written
+
+
+def test_recoveries_are_told_on_stderr(model_dir, latents_file, tmp_path, capsys):
+    from vaekit.testing import oom_after
+
+    with oom_after(2):
+        assert main(["decode", str(latents_file), str(tmp_path / "x.npy"), "--model", str(model_dir),
+                     "--budget", "3MiB", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "vaekit: note: " in err and "retried after freeing caches" in err

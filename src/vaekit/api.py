@@ -18,7 +18,7 @@ from .recovery import Event, RunReport, free_caches, is_oom
 from .run import execute
 from .units import parse_bytes
 
-__all__ = ["decode", "encode", "plan", "free_memory"]
+__all__ = ["decode", "encode", "plan", "free_memory", "usable_device"]
 
 #: images past +-this are certainly not in [-1, 1] (resampling may overshoot 1 a little)
 IMAGE_RANGE_SLACK = 1.5
@@ -145,12 +145,24 @@ def free_memory(device: torch.device) -> int:
 def _device(vae, device, check: bool = True) -> torch.device:
     if device is None:
         return next(vae.parameters()).device
+    return usable_device(device) if check else _parse_device(device)
+
+
+def usable_device(device) -> torch.device:
+    """``device`` as a torch.device, or DeviceError when it does not exist here."""
+    device = _parse_device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {device} was asked for but CUDA is not available here; use device='cpu'")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise DeviceError(f"device {device} does not exist: this machine has {torch.cuda.device_count()} CUDA devices")
+    return device
+
+
+def _parse_device(device) -> torch.device:
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise DeviceError(f"cannot use device {device!r}: {e}; try 'cpu' or 'cuda'") from None
-    if check and device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device {device} was asked for but CUDA is not available here; use device='cpu'")
     return device
 
 

@@ -40,8 +40,11 @@ def _model(args, *, meta_ok: bool = False):
     """What --model names: a diffusers folder, or weights files (TAESD halves, LDM single file)."""
     from pathlib import Path
 
+    from .api import usable_device
     from .loader import load
 
+    if not meta_ok and args.device:
+        usable_device(args.device)  # before loading: a missing GPU is a one-line error, not a traceback
     if meta_ok and len(args.model) == 1 and Path(args.model[0]).is_dir():
         from .models import meta_model
 
@@ -55,7 +58,15 @@ def _model(args, *, meta_ok: bool = False):
 
 
 def _run_options(args) -> dict:
-    return dict(device=args.device, progress=not args.quiet, scratch_dir=args.scratch_dir)
+    from .recovery import RunReport
+
+    args.report = RunReport()  # what happened besides the plan: told on stderr (_tell)
+    return dict(device=args.device, progress=not args.quiet, scratch_dir=args.scratch_dir, report=args.report)
+
+
+def _tell(args) -> None:
+    for event in args.report.retries + args.report.upcasts:
+        print(f"vaekit: note: {event.stage} rows {event.rows[0]}-{event.rows[1]}: {event.action}", file=sys.stderr)
 
 
 def _decode(args) -> int:
@@ -67,6 +78,7 @@ def _decode(args) -> int:
     if latents.dim() == 3:
         latents = latents[None]  # (C, h, w) -> (1, C, h, w)
     images = api.decode(_model(args), latents, args.budget, **_run_options(args))
+    _tell(args)
     for path in save_output(images, args.out):
         print(path)
     return 0
@@ -81,6 +93,7 @@ def _encode(args) -> int:
     generator = torch.Generator().manual_seed(args.seed) if args.sample else None
     latents = api.encode(_model(args), images, args.budget, sample=args.sample, generator=generator,
                          **_run_options(args))
+    _tell(args)
     print(save_latents(latents, args.out))
     return 0
 
@@ -94,7 +107,9 @@ def _roundtrip(args) -> int:
     images = load_image(args.image)
     vae = _model(args)
     latents = api.encode(vae, images, args.budget, **_run_options(args))
+    _tell(args)
     decoded = api.decode(vae, latents, args.budget, **_run_options(args))
+    _tell(args)
     if decoded.shape != images.shape:
         decoded = decoded[..., : images.shape[2], : images.shape[3]]  # sizes not a multiple of the scale
     for path in save_output(decoded, args.out):
