@@ -8,7 +8,7 @@ import pytest
 
 import vaekit
 
-PUBLIC = {"decode", "encode", "plan", "load", "audit", "Plan", "RunReport", "errors", "testing", "VaekitError",
+PUBLIC = {"decode", "encode", "plan", "load", "apply", "unapply", "audit", "Plan", "RunReport", "errors", "testing", "VaekitError",
           "BudgetError", "__version__"}
 ERRORS = {"VaekitError", "InputError", "UnsupportedModelError", "BudgetError", "CheckpointError",
           "PrecisionError", "DeviceError"}
@@ -31,7 +31,8 @@ def test_error_tree_has_one_root():
 @pytest.mark.parametrize("module", ["api", "plan", "program", "run", "store", "units", "measure", "models", "io",
                                     "cli", "demo", "bench", "arch", "arch.kl", "arch.dc", "arch.tiny", "arch.builder",
                                     "ops.conv", "ops.norm", "ops.attention", "ops.linear_attention", "ops.glu",
-                                    "ops.act", "taesd", "loader", "recovery", "testing", "precision"])
+                                    "ops.act", "taesd", "loader", "recovery", "testing", "precision", "integrations",
+                                    "integrations.diffusers", "doctor"])
 def test_every_module_declares_all(module):
     mod = importlib.import_module(f"vaekit.{module}")
     assert isinstance(mod.__all__, list)

@@ -6,12 +6,13 @@ from __future__ import annotations
 from . import errors, testing
 from .api import decode, encode, plan
 from .errors import BudgetError, VaekitError
+from .integrations import apply, unapply
 from .loader import load
 from .plan import Plan
 from .precision import audit
 from .recovery import RunReport
 
-__all__ = ["decode", "encode", "plan", "load", "audit", "Plan", "RunReport", "errors", "testing", "VaekitError",
+__all__ = ["decode", "encode", "plan", "load", "apply", "unapply", "audit", "Plan", "RunReport", "errors", "testing", "VaekitError",
            "BudgetError", "__version__"]
 
 __version__ = "0.1.0"

@@ -18,7 +18,7 @@ from .recovery import Event, RunReport, free_caches, is_oom
 from .run import execute
 from .units import parse_bytes
 
-__all__ = ["decode", "encode", "plan", "free_memory", "usable_device"]
+__all__ = ["decode", "encode", "plan", "run", "free_memory", "usable_device"]
 
 #: images past +-this are certainly not in [-1, 1] (resampling may overshoot 1 a little)
 IMAGE_RANGE_SLACK = 1.5
@@ -58,7 +58,7 @@ def decode(vae, latents: torch.Tensor, budget=None, *, device=None, progress=Non
     report: a RunReport to fill with what happened (mode, plan, out-of-memory retries, tiers, peak).
     Returns the image (in [-1, 1] for a trained model) on the latents' device, in the model's dtype.
     """
-    return _run(vae, "decode", latents, budget, device=device, progress=progress, compile=compile,
+    return run(vae, "decode", latents, budget, device=device, progress=progress, compile=compile,
                 scratch_dir=scratch_dir, report=report)
 
 
@@ -71,14 +71,16 @@ def encode(vae, images: torch.Tensor, budget=None, *, sample: bool = False, gene
     as diffusers draws it (reproducible with ``generator``). Tiny autoencoders: the encoder output.
     Latents are not multiplied by the scaling factor. Other arguments as for :func:`decode`.
     """
-    out = _run(vae, "encode", images, budget, device=device, progress=progress, compile=compile,
+    out = run(vae, "encode", images, budget, device=device, progress=progress, compile=compile,
                scratch_dir=scratch_dir, report=report)
     with torch.inference_mode():
         return family(vae).finish(vae, "encode", out, sample=sample, generator=generator)
 
 
-def _run(vae, op: str, x: torch.Tensor, budget, *, device, progress, compile: bool, scratch_dir,
-         report: RunReport | None) -> torch.Tensor:
+def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=None, compile: bool = False,
+        scratch_dir=None, report: RunReport | None = None, stream: bool = False) -> torch.Tensor:
+    """The program's own output for ``op``: for AutoencoderKL encode the moments (mean | logvar), not
+    yet the latents. ``stream=True`` never runs the model whole. Used by decode, encode and apply."""
     if compile:
         raise InputError("compile=True is not available yet: pass compile=False")
     program = program_for(vae, op)
@@ -95,7 +97,7 @@ def _run(vae, op: str, x: torch.Tensor, budget, *, device, progress, compile: bo
     report = report if report is not None else RunReport()
     # the model's own modules run where the model is; elsewhere, stages move their weights themselves
     elsewhere = not _same_device(next(vae.parameters()).device, compute)
-    the_plan = _plan(program, vae, tuple(x.shape), budget, op, compute, force_stream=elsewhere)
+    the_plan = _plan(program, vae, tuple(x.shape), budget, op, compute, force_stream=elsewhere or stream)
     inp = x.to(device=compute, dtype=_model_dtype(vae))
     peak = PeakMemory(compute, strict=False) if measure else contextlib.nullcontext()
     with peak, torch.inference_mode():

@@ -119,7 +119,8 @@ def whole(vae, op: str, x):
     """The model's own layers, untiled (diffusers' encode/decode would honour enable_tiling())."""
     if type(vae).__name__ == "AutoencoderTiny":
         return vae.encoder(x) if op == "encode" else vae.decoder(x)
-    return vae.encode(x) if op == "encode" else vae.decode(x)
+    cls = type(vae)  # the class's methods: vaekit.apply may shadow the instance's
+    return cls.encode(vae, x) if op == "encode" else cls.decode(vae, x)
 
 
 def finish(vae, op: str, out, sample: bool = False, generator=None):
