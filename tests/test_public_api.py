@@ -8,8 +8,8 @@ import pytest
 
 import vaekit
 
-PUBLIC = {"decode", "encode", "plan", "load", "apply", "unapply", "audit", "Plan", "RunReport", "errors", "testing", "VaekitError",
-          "BudgetError", "__version__"}
+PUBLIC = {"decode", "encode", "plan", "load", "apply", "unapply", "audit", "Plan", "RunReport", "errors", "testing",
+          "VaekitError", "BudgetError", "__version__"}
 ERRORS = {"VaekitError", "InputError", "UnsupportedModelError", "BudgetError", "CheckpointError",
           "PrecisionError", "DeviceError"}
 

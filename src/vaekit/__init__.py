@@ -12,7 +12,7 @@ from .plan import Plan
 from .precision import audit
 from .recovery import RunReport
 
-__all__ = ["decode", "encode", "plan", "load", "apply", "unapply", "audit", "Plan", "RunReport", "errors", "testing", "VaekitError",
-           "BudgetError", "__version__"]
+__all__ = ["decode", "encode", "plan", "load", "apply", "unapply", "audit", "Plan", "RunReport", "errors", "testing",
+           "VaekitError", "BudgetError", "__version__"]
 
 __version__ = "0.1.0"
