@@ -8,8 +8,8 @@ import pytest
 
 import vaekit
 
-PUBLIC = {"decode", "encode", "plan", "load", "apply", "unapply", "audit", "Plan", "RunReport", "errors", "testing",
-          "VaekitError", "BudgetError", "__version__"}
+PUBLIC = {"decode", "encode", "plan", "load", "apply", "unapply", "audit", "VaeManager", "Plan", "RunReport",
+          "errors", "testing", "VaekitError", "BudgetError", "__version__"}
 ERRORS = {"VaekitError", "InputError", "UnsupportedModelError", "BudgetError", "CheckpointError",
           "PrecisionError", "DeviceError"}
 
@@ -32,7 +32,7 @@ def test_error_tree_has_one_root():
                                     "cli", "demo", "bench", "arch", "arch.kl", "arch.dc", "arch.tiny", "arch.builder",
                                     "ops.conv", "ops.norm", "ops.attention", "ops.linear_attention", "ops.glu",
                                     "ops.act", "taesd", "loader", "recovery", "testing", "precision", "integrations",
-                                    "integrations.diffusers", "doctor"])
+                                    "integrations.diffusers", "doctor", "lifecycle"])
 def test_every_module_declares_all(module):
     mod = importlib.import_module(f"vaekit.{module}")
     assert isinstance(mod.__all__, list)

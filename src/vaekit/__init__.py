@@ -7,12 +7,13 @@ from . import errors, testing
 from .api import decode, encode, plan
 from .errors import BudgetError, VaekitError
 from .integrations import apply, unapply
+from .lifecycle import VaeManager
 from .loader import load
 from .plan import Plan
 from .precision import audit
 from .recovery import RunReport
 
-__all__ = ["decode", "encode", "plan", "load", "apply", "unapply", "audit", "Plan", "RunReport", "errors", "testing",
-           "VaekitError", "BudgetError", "__version__"]
+__all__ = ["decode", "encode", "plan", "load", "apply", "unapply", "audit", "VaeManager", "Plan", "RunReport",
+           "errors", "testing", "VaekitError", "BudgetError", "__version__"]
 
 __version__ = "0.1.0"

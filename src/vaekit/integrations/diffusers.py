@@ -46,7 +46,7 @@ def apply(pipe_or_vae, budget=None, **options):
     if is_applied(vae):
         unapply(vae)
     before = {name: vars(vae)[name] for name in ("encode", "decode") if name in vars(vae)}
-    state = {"before": before, "told": False}
+    state = {"before": before, "told": False, "options": {"budget": budget, **options}}
 
     def stream_requested() -> bool:
         if getattr(vae, "use_tiling", False):
