@@ -46,13 +46,13 @@ def make_vae(name: str, seed: int = 0, **overrides) -> AutoencoderKL:
     return vae
 
 
-def budgets_for(vae, shape, op: str = "decode") -> dict[str, int]:
+def budgets_for(vae, shape, op: str = "decode", compiled: bool = False) -> dict[str, int]:
     """Budgets that force: every map on disk with tiny chunks; a mix of tiers; the whole model."""
     import vaekit
     from vaekit.plan import smallest_budget
 
     plan = vaekit.plan(vae, shape, budget=None, op=op, device="meta", dtype=torch.float32)
-    low = smallest_budget(vaekit.arch.program_for(vae, op), shape, 4)
+    low = smallest_budget(vaekit.arch.program_for(vae, op), shape, 4, compiled=compiled)
     return {"smallest": low, "mixed": (low + plan.whole_peak_bytes) // 2, "whole": plan.whole_peak_bytes}
 
 

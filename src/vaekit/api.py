@@ -35,14 +35,14 @@ def plan(vae, shape, budget=None, op: str = "decode", *, device=None, dtype=None
 
 
 def _plan(program: Program, vae, shape, budget, op: str, device: torch.device, dtype=None,
-          force_stream: bool = False) -> Plan:
+          force_stream: bool = False, compiled: bool = False) -> Plan:
     dtype = dtype or _model_dtype(vae)
     shape = _check_shape(program, vae, shape, op)
     limit = None if budget is None else parse_bytes(budget)
     free = free_memory(device) if limit is None and device.type != "meta" else None  # planning needs no device
     itemsize = torch.empty((), dtype=dtype).element_size()
     return make_plan(program, shape, itemsize, str(dtype).removeprefix("torch."), str(device), limit, free_bytes=free,
-                     force_stream=force_stream)
+                     force_stream=force_stream or compiled, compiled=compiled)
 
 
 def decode(vae, latents: torch.Tensor, budget=None, *, device=None, progress=None, compile: bool = False,
@@ -56,6 +56,8 @@ def decode(vae, latents: torch.Tensor, budget=None, *, device=None, progress=Non
     progress: True for a progress bar on stderr, or a callable(stage_index, rows_done, rows_total).
     scratch_dir: where the disk tier writes its scratch files (default: the system temp dir).
     report: a RunReport to fill with what happened (mode, plan, out-of-memory retries, tiers, peak).
+    compile: run the conv stages through torch.compile graphs made once and shared by every image
+        size (always streams; the first call compiles, later sizes reuse the graphs).
     Returns the image (in [-1, 1] for a trained model) on the latents' device, in the model's dtype.
     """
     return run(vae, "decode", latents, budget, device=device, progress=progress, compile=compile,
@@ -81,8 +83,6 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
         scratch_dir=None, report: RunReport | None = None, stream: bool = False) -> torch.Tensor:
     """The program's own output for ``op``: for AutoencoderKL encode the moments (mean | logvar), not
     yet the latents. ``stream=True`` never runs the model whole. Used by decode, encode and apply."""
-    if compile:
-        raise InputError("compile=True is not available yet: pass compile=False")
     program = program_for(vae, op)
     what = "latents" if op == "decode" else "images"
     if not isinstance(x, torch.Tensor):
@@ -97,16 +97,18 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
     report = report if report is not None else RunReport()
     # the model's own modules run where the model is; elsewhere, stages move their weights themselves
     elsewhere = not _same_device(next(vae.parameters()).device, compute)
-    the_plan = _plan(program, vae, tuple(x.shape), budget, op, compute, force_stream=elsewhere or stream)
+    the_plan = _plan(program, vae, tuple(x.shape), budget, op, compute, force_stream=elsewhere or stream,
+                     compiled=compile)
     inp = x.to(device=compute, dtype=_model_dtype(vae))
     peak = PeakMemory(compute, strict=False) if measure else contextlib.nullcontext()
     with peak, torch.inference_mode():
         out = _whole(vae, op, inp, report) if the_plan.mode == "whole" else None
         if out is None:  # streaming, planned so or because the whole model ran out of memory
             if the_plan.mode == "whole":
-                the_plan = _plan(program, vae, tuple(x.shape), budget, op, compute, force_stream=True)
+                the_plan = _plan(program, vae, tuple(x.shape), budget, op, compute, force_stream=True, compiled=compile)
             with _progress(progress, the_plan) as callback:
-                out = execute(program, the_plan, inp, scratch_dir=scratch_dir, progress=callback, report=report)
+                out = execute(program, the_plan, inp, scratch_dir=scratch_dir, progress=callback, report=report,
+                              compiled=compile)
     report.mode, report.plan = the_plan.mode, the_plan
     report.peak_bytes = peak.growth if measure else None
     if not bool(torch.isfinite(out).all()):

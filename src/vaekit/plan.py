@@ -258,10 +258,11 @@ def _most_rows(fits, limit: int) -> int:
     return lo
 
 
-def plan_stage(stage, shapes, itemsize: int, tiers, resident: int, budget: int) -> StagePlan | None:
+def plan_stage(stage, shapes, itemsize: int, tiers, resident: int, budget: int,
+               compiled: bool = False) -> StagePlan | None:
     """The most rows (and key rows) of ``stage`` that fit next to ``resident``; None if none fit."""
     height = shapes[stage.dst or stage.src][1]
-    step = getattr(stage, "row_multiple", 1)  # rows come in multiples of this (pixel shuffle)
+    step = row_step(stage, compiled)
     kv_options = [None]
     if isinstance(stage, AttentionStage):
         kv_options = [height]
@@ -277,8 +278,15 @@ def plan_stage(stage, shapes, itemsize: int, tiers, resident: int, budget: int) 
     return None
 
 
+def row_step(stage, compiled: bool = False) -> int:
+    """Chunks of ``stage`` are multiples of this many rows: pixel shuffles make rows in pairs, and
+    compiled upsampling stages take even chunks (ops/compiled.py)."""
+    step = getattr(stage, "row_multiple", 1)
+    return math.lcm(step, 2) if compiled and getattr(stage, "upsample", 1) == 2 else step
+
+
 def make_plan(program: Program, in_shape, itemsize: int, dtype: str, device: str, budget: int | None,
-              *, free_bytes: int | None = None, force_stream: bool = False) -> Plan:
+              *, free_bytes: int | None = None, force_stream: bool = False, compiled: bool = False) -> Plan:
     """Plan ``program`` on an NCHW input of ``in_shape``.
 
     ``budget`` None means "what is free" (``free_bytes``). Raises BudgetError when nothing fits.
@@ -297,9 +305,9 @@ def make_plan(program: Program, in_shape, itemsize: int, dtype: str, device: str
     stages = []
     resident = _resident_bytes(program, shapes, itemsize, tiers)
     for i, stage in enumerate(program.stages):
-        planned = plan_stage(stage, shapes, itemsize, tiers, resident[i], limit)
+        planned = plan_stage(stage, shapes, itemsize, tiers, resident[i], limit, compiled)
         if planned is None:
-            smallest = smallest_budget(program, in_shape, itemsize, lower)
+            smallest = smallest_budget(program, in_shape, itemsize, lower, compiled)
             what = "budget" if budget is not None else "free memory"
             raise BudgetError(
                 f"{program.op} of {_shape(in_shape)} cannot fit in {format_bytes(limit)} ({what}): stage "
@@ -312,7 +320,7 @@ def make_plan(program: Program, in_shape, itemsize: int, dtype: str, device: str
     return Plan(mode="stream", stages=tuple(stages), maps=maps, **common)
 
 
-def smallest_budget(program: Program, in_shape, itemsize: int, lower: str = "disk") -> int:
+def smallest_budget(program: Program, in_shape, itemsize: int, lower: str = "disk", compiled: bool = False) -> int:
     """The least budget any streamed plan fits in: every map a tier down, one row per chunk."""
     shapes = map_shapes(program, in_shape)
     tiers = {name: lower for name in shapes}
@@ -321,8 +329,7 @@ def smallest_budget(program: Program, in_shape, itemsize: int, lower: str = "dis
     resident = _resident_bytes(program, shapes, itemsize, tiers)
     for i, stage in enumerate(program.stages):
         kv = 1 if isinstance(stage, AttentionStage) else None
-        rows = getattr(stage, "row_multiple", 1)
-        need = max(need, resident[i] + working_bytes(stage, shapes, itemsize, rows, tiers, kv))
+        need = max(need, resident[i] + working_bytes(stage, shapes, itemsize, row_step(stage, compiled), tiers, kv))
     return need
 
 

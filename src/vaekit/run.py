@@ -11,6 +11,7 @@ from torch import nn
 
 from .errors import PrecisionError
 from .ops.attention import attention_band, kv_band
+from .ops.compiled import compiled_conv_band
 from .ops.conv import conv_band
 from .ops.glu import glu_band
 from .ops.linear_attention import linear_kv_band, linear_query_band
@@ -30,11 +31,13 @@ FP16_MAX = torch.finfo(torch.float16).max
 
 
 def execute(program: Program, plan: Plan, x: torch.Tensor, *, scratch_dir: str | os.PathLike | None = None,
-            progress=None, report: RunReport | None = None) -> torch.Tensor:
-    """Run ``program`` on NCHW ``x`` (already on the compute device, in the compute dtype) by ``plan``."""
+            progress=None, report: RunReport | None = None, compiled: bool = False) -> torch.Tensor:
+    """Run ``program`` on NCHW ``x`` (already on the compute device, in the compute dtype) by ``plan``.
+    ``compiled``: conv stages run through torch.compile graphs shared by every image size (plan with
+    ``compiled=True`` too: their chunks must be even where they upsample)."""
     report = report if report is not None else RunReport()
     with Store(x.device, scratch_dir) as store:
-        run = _Run(program, plan, x, store, report)
+        run = _Run(program, plan, x, store, report, compiled)
         for i, (stage, sp) in enumerate(zip(program.stages, plan.stages, strict=True)):
             run.alloc(stage)
             weights = stage_weights(stage, x.device, run.dtype)  # load
@@ -48,8 +51,11 @@ def execute(program: Program, plan: Plan, x: torch.Tensor, *, scratch_dir: str |
 class _Run:
     """The state of one execution: the store, statistics, where maps live, the compute dtype."""
 
-    def __init__(self, program: Program, plan: Plan, x: torch.Tensor, store: Store, report: RunReport):
+    def __init__(self, program: Program, plan: Plan, x: torch.Tensor, store: Store, report: RunReport,
+                 compiled: bool = False):
         self.program, self.store, self.report = program, store, report
+        self.kernels = {**_KERNELS, ConvStage: compiled_conv_band} if compiled else _KERNELS
+        self.compiled = compiled
         self.shapes = {m.name: m.shape for m in plan.maps}
         self.tiers = dict(plan.tiers)  # the recovery ladder may move maps down
         self.last_use = program.last_use()
@@ -87,11 +93,13 @@ class _Run:
         rows, kv_rows, total, r0 = sp.rows, sp.kv_rows, None, 0
         while r0 < dst_h:
             r1 = min(r0 + rows, dst_h)
+            if self.compiled and dst_h - r1 == 1 and r1 - r0 > 2:
+                r1 -= 1  # no one-row last chunk: torch.compile specializes sizes of 1 (a new graph)
             error = None
             try:
                 if BEFORE_CHUNK is not None:
                     BEFORE_CHUNK()
-                band = _compute(stage, weights, self.read, self.stats, r0, r1, src_h, dst_h, kv_rows)
+                band = _compute(stage, weights, self.read, self.stats, r0, r1, src_h, dst_h, kv_rows, self.kernels)
             except Exception as e:  # only out-of-memory is handled; anything else goes up as it is
                 if not is_oom(e):
                     raise
@@ -145,10 +153,10 @@ _KERNELS = {ConvStage: conv_band, KeyValueStage: kv_band, GLUStage: glu_band, Li
             LinearQueryStage: linear_query_band}
 
 
-def _compute(stage, weights, read, stats, r0, r1, src_h, dst_h, kv_rows):
+def _compute(stage, weights, read, stats, r0, r1, src_h, dst_h, kv_rows, kernels=None):
     if isinstance(stage, AttentionStage):
         return attention_band(stage, weights, read, stats, r0, r1, src_h, dst_h, kv_rows)
-    return _KERNELS[type(stage)](stage, weights, read, stats, r0, r1, src_h, dst_h)
+    return (kernels or _KERNELS)[type(stage)](stage, weights, read, stats, r0, r1, src_h, dst_h)
 
 
 def _params(module: nn.Module | None, device, dtype) -> dict[str, torch.Tensor]:

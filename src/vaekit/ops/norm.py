@@ -11,7 +11,7 @@ import torch
 
 from .act import activate
 
-__all__ = ["GroupStats", "norm_act", "local_norm"]
+__all__ = ["GroupStats", "norm_act", "local_norm", "pixel_norm"]
 
 
 class GroupStats:
@@ -71,12 +71,17 @@ def norm_act(band: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor], norm,
 def local_norm(band: torch.Tensor, norm, weights: dict) -> torch.Tensor:
     """A per-pixel norm of an NHWC band: diffusers' RMSNorm over channels, or an eval-mode BatchNorm2d
     (a per-channel affine map with the running statistics). Both are local: no statistics to gather."""
-    if isinstance(norm, torch.nn.BatchNorm2d):
+    return pixel_norm(band, isinstance(norm, torch.nn.BatchNorm2d), norm.eps, weights)
+
+
+def pixel_norm(band: torch.Tensor, batch: bool, eps: float, weights: dict) -> torch.Tensor:
+    """local_norm by kind (``batch``: BatchNorm2d, else RMSNorm) rather than by module."""
+    if batch:
         out = torch.nn.functional.batch_norm(band.permute(0, 3, 1, 2), weights["running_mean"], weights["running_var"],
-                                             weights.get("weight"), weights.get("bias"), False, 0.0, norm.eps)
+                                             weights.get("weight"), weights.get("bias"), False, 0.0, eps)
         return out.permute(0, 2, 3, 1)  # (B, rows, W, C)
     variance = band.to(torch.float32).pow(2).mean(-1, keepdim=True)  # as diffusers' RMSNorm computes it
-    out = band * torch.rsqrt(variance + norm.eps)
+    out = band * torch.rsqrt(variance + eps)
     if "weight" not in weights:
         return out.to(band.dtype)
     if weights["weight"].dtype in (torch.float16, torch.bfloat16):

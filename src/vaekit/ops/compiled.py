@@ -1,0 +1,196 @@
+"""ConvStage bands through ``torch.compile``, one graph per kind of stage for every image size.
+
+What varies with the chunk's position (which rows exist, where the border padding goes) is settled
+eagerly: the band is read with its halo, rows outside the image are zero rows and a row mask says
+which rows are real. What the compiled body sees is then the same computation for every chunk and
+every resolution: prologue (GroupNorm as a precomputed scale and shift, activation) times the mask,
+nearest upsampling, the conv, pixel (un)shuffle, out norm, shortcut, post. Shapes are dynamic
+(``dynamic=True``), so a new width or chunk height reuses the graph; upsampling stages run in chunks
+of even rows so the halo offset after upsampling is the same for every chunk.
+
+Graphs are cached by the stage's static configuration (the "kind"): stages of one kind share a graph
+whatever their channels. The weights are inputs, not constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..program import ConvStage
+from .act import activate
+from .conv import apply_shortcut, conv_band
+from .norm import pixel_norm
+
+__all__ = ["compiled_conv_band", "compilable", "kind_of", "MIN_RECOMPILE_LIMIT"]
+
+#: dynamo keeps this many graphs per code object; every kind of stage is one (vaekit raises the limit)
+MIN_RECOMPILE_LIMIT = 64
+
+_GRAPHS: dict[tuple, object] = {}
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """Everything static about a ConvStage's band computation."""
+
+    norm: str  # "group" | "rms" | "batch" | ""
+    eps: float
+    act: str | None
+    upsample: int
+    stride: int
+    left: int
+    right: int
+    groups: int
+    shuffle: int
+    unshuffle: int
+    out_norm: str
+    out_eps: float
+    shortcut: tuple | None
+    out_scale: float
+    post: str | None
+
+
+def _norm_name(norm: nn.Module | None) -> str:
+    if norm is None:
+        return ""
+    return {"GroupNorm": "group", "BatchNorm2d": "batch"}.get(type(norm).__name__, "rms")
+
+
+def kind_of(stage: ConvStage) -> _Kind:
+    sc = stage.shortcut
+    shortcut = None if stage.skip is None else (
+        () if sc is None else (sc.conv is not None, sc.unshuffle, sc.repeat, sc.mean, sc.shuffle))
+    _, _, left, right = stage.padding
+    return _Kind(_norm_name(stage.norm), getattr(stage.norm, "eps", 0.0), stage.act, stage.upsample, stage.stride,
+                 left, right, stage.conv.groups, stage.shuffle, stage.unshuffle, _norm_name(stage.out_norm),
+                 getattr(stage.out_norm, "eps", 0.0), shortcut, stage.out_scale, stage.post)
+
+
+def _prologue(kind: _Kind, x, mask, scale, shift, norm_w):
+    """NHWC band with halo rows -> the conv's NCHW input: norm, activation, mask, upsampling, padding."""
+    if kind.norm == "group":
+        x = activate(torch.addcmul(shift, x, scale), kind.act, inplace=True)
+    elif kind.norm:
+        x = activate(pixel_norm(x, kind.norm == "batch", kind.eps, norm_w), kind.act, inplace=True)
+    else:
+        x = activate(x, kind.act)
+    x = (x * mask).permute(0, 3, 1, 2)  # (B, C, rows, W); rows outside the image are zeros again
+    if kind.upsample != 1:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        x = x[:, :, 1 : x.shape[2] - 1]  # even chunks: the halo starts one row into the first pair
+    if kind.left != kind.right:
+        x = F.pad(x, (kind.left, kind.right, 0, 0))
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _epilogue(kind: _Kind, out, out_norm_w, skip):
+    """The conv's NCHW output -> the NHWC band: pixel (un)shuffle, out norm, + skip, scale, post."""
+    if kind.shuffle != 1:
+        out = F.pixel_shuffle(out, kind.shuffle)
+    if kind.unshuffle != 1:
+        out = F.pixel_unshuffle(out, kind.unshuffle)
+    if kind.out_norm:
+        out = pixel_norm(out.permute(0, 2, 3, 1), kind.out_norm == "batch", kind.out_eps, out_norm_w).permute(0, 3, 1, 2)
+    if kind.shortcut is not None:
+        out = out + (skip if kind.shortcut and kind.shortcut[0] else _shortcut(kind.shortcut, skip))
+    if kind.out_scale != 1.0:
+        out = out / kind.out_scale
+    return activate(out, kind.post, inplace=True).permute(0, 2, 3, 1)
+
+
+def _shortcut(spec: tuple, skip):
+    """apply_shortcut without a conv, from the kind's static description (program.Shortcut's order)."""
+    if not spec:
+        return skip
+    _, unshuffle, repeat, mean, shuffle = spec
+    if unshuffle != 1:
+        skip = F.pixel_unshuffle(skip, unshuffle)
+    if repeat != 1:
+        skip = skip.repeat_interleave(repeat, dim=1)
+    if mean != 1:
+        skip = skip.unflatten(1, (-1, mean)).mean(dim=2)
+    if shuffle != 1:
+        skip = F.pixel_shuffle(skip, shuffle)
+    return skip
+
+
+def _graphs(kind: _Kind):
+    """The compiled prologue and epilogue of this kind (the conv between them stays eager: its
+    backend choice depends on sizes, which would make a graph per size)."""
+    if kind not in _GRAPHS:
+        import torch._dynamo.config as dynamo_config
+
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, MIN_RECOMPILE_LIMIT)
+
+        def prologue(x, mask, scale, shift, norm_w):
+            return _prologue(kind, x, mask, scale, shift, norm_w)
+
+        def epilogue(out, out_norm_w, skip):
+            return _epilogue(kind, out, out_norm_w, skip)
+
+        _GRAPHS[kind] = torch.compile(prologue, dynamic=True), torch.compile(epilogue, dynamic=True)
+    return _GRAPHS[kind]
+
+
+def compilable(stage) -> bool:
+    """ConvStages whose upsampling (if any) is 2x before a 3x3 'same' conv: every one vaekit builds."""
+    return isinstance(stage, ConvStage) and (stage.upsample == 1 or (
+        stage.upsample == 2 and stage.kernel == 3 and stage.stride == 1 and stage.padding[:2] == (1, 1)))
+
+
+def compiled_conv_band(stage: ConvStage, w: dict, read, stats: dict, r0: int, r1: int, src_h: int,
+                       dst_h: int) -> torch.Tensor:
+    """conv_band's contract, computed by the compiled graph of the stage's kind."""
+    if not compilable(stage):
+        return conv_band(stage, w, read, stats, r0, r1, src_h, dst_h)
+    kind = kind_of(stage)
+    lo, hi = stage.conv_rows(r0, r1)  # conv-input rows, past the border where the padding is
+    a, b = ((lo - 1) // 2, (hi + 1) // 2) if kind.upsample == 2 else (lo, hi)  # even r0: whole pairs of rows
+    x = read(stage.src, max(a, 0), min(b, src_h))  # (B, rows, W, C)  src px
+    top, bottom = max(-a, 0), max(b - src_h, 0)
+    mask = torch.ones(1, b - a, 1, 1, dtype=x.dtype, device=x.device)
+    if top or bottom:
+        x = F.pad(x, (0, 0, 0, 0, top, bottom))  # zero rows past the border; the mask zeroes them after the prologue
+        mask[:, :top] = 0
+        mask[:, mask.shape[1] - bottom :] = 0
+    scale = shift = None
+    if kind.norm == "group":
+        scale, shift = _scale_shift(stats[stage.src], stage.norm, w["norm"], x.shape[0], x.shape[3])
+    skip = None
+    if stage.skip is not None:
+        s0, s1 = stage.shortcut.skip_rows(r0, r1) if stage.shortcut else (r0, r1)
+        # the skip is the source itself in DC-AE's resampling blocks: a second read would reuse the store's buffer
+        skip = x[:, s0 - a : s1 - a] if stage.skip == stage.src else read(stage.skip, s0, s1)
+    if skip is not None and stage.shortcut is not None and stage.shortcut.conv is not None:
+        skip = apply_shortcut(skip.permute(0, 3, 1, 2), stage.shortcut, w["shortcut"])  # a conv: eager
+    elif skip is not None:
+        skip = skip.permute(0, 3, 1, 2)
+    prologue, epilogue = _graphs(kind)
+    # contiguous inputs: a band of a resident map is a view with the whole map's strides, and the
+    # graphs would otherwise guard on (and recompile for) those strides
+    x, skip = _dense(x), None if skip is None else _dense(skip)
+    x = prologue(x, mask, scale, shift, None if kind.norm in ("", "group") else w["norm"])
+    left = kind.left if kind.left == kind.right else 0
+    out = F.conv2d(x, w["conv"]["weight"], w["conv"].get("bias"), stride=kind.stride, padding=(0, left),
+                   groups=kind.groups)
+    return epilogue(out, w["out_norm"] or None, skip)
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with the strides of a fresh tensor (``contiguous()`` keeps odd strides of size-1 dims)."""
+    b, rows, w, c = t.shape
+    return t if t.stride() == (rows * w * c, w * c, c, 1) else t.clone(memory_format=torch.contiguous_format)
+
+
+def _scale_shift(stats, norm, weights, b: int, c: int):
+    """GroupNorm with global statistics as y = x * scale + shift (float32, (B, 1, 1, C))."""
+    mean, var = stats
+    per_channel = c // mean.shape[1]
+    rstd = torch.rsqrt(var + norm.eps).repeat_interleave(per_channel, dim=1)
+    scale = rstd * weights["weight"].double()
+    shift = weights["bias"].double() - mean.repeat_interleave(per_channel, dim=1) * scale
+    return scale.float().view(b, 1, 1, c), shift.float().view(b, 1, 1, c)
