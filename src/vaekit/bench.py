@@ -79,6 +79,63 @@ def _worker(model: str, method: str, size: int, ref_path: Path) -> dict:
     return row
 
 
+COMPILE_SIZES = (256, 384, 320, 448)
+COMPILE_BUDGET = "256MiB"
+
+
+def _compile_worker(method: str, sizes) -> list[dict]:
+    """One process: decode each size twice in a row (first call: compile or recompile; second: warm)."""
+    import os
+    import tempfile
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="vaekit-inductor-")  # cold caches
+    import torch
+
+    import vaekit
+    from vaekit.models import sd_vae
+
+    torch.set_num_threads(THREADS)
+    vae = sd_vae(seed=0)
+    decoder = torch.compile(vae.decoder) if method == "diffusers-compile" else None
+    rows = []
+    for size in sizes:
+        z = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(1))
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            with torch.inference_mode():
+                if decoder is not None:
+                    decoder(vae.post_quant_conv(z))
+                else:
+                    vaekit.decode(vae, z, COMPILE_BUDGET, compile=True)
+            times.append(time.perf_counter() - start)
+        rows.append({"method": method, "size": size, "first_seconds": times[0], "warm_seconds": times[1]})
+    return rows
+
+
+def run_compile_benchmark(sizes, out_dir: Path) -> list[dict]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for method in ("diffusers-compile", "vaekit-compile"):
+        cmd = [sys.executable, "-m", "vaekit.bench", "--compile-worker", method, "--sizes", *map(str, sizes)]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"compile benchmark worker {method} failed:\n{result.stderr}")
+        for row in json.loads(result.stdout.strip().splitlines()[-1]):
+            rows.append(row)
+            print(f"{row['size']:>5}  {method:<18} first {row['first_seconds']:7.1f} s  warm {row['warm_seconds']:6.1f} s",
+                  file=sys.stderr, flush=True)
+    meta = {"date": date.today().isoformat(), "machine": machine(), "threads": THREADS, "dtype": "float32",
+            "model": MODEL_NAMES["sd"], "sizes_in_order": list(sizes), "vaekit_budget": COMPILE_BUDGET}
+    (out_dir / "bench-compile.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    lines = [f"{meta['model']} decode under torch.compile, sizes in this order in one process, cold inductor cache. "
+             f"Measured {meta['date']} on {meta['machine']}, fp32, {THREADS} threads.", "",
+             "| image | method | first call (compiles if it must) | second call |", "|---|---|---|---|"]
+    lines += [f"| {r['size']}² | {r['method']} | {r['first_seconds']:.1f} s | {r['warm_seconds']:.1f} s |" for r in rows]
+    (out_dir / "bench-compile.md").write_text("\n".join(lines) + "\n")
+    return rows
+
+
 def run_benchmark(model: str, sizes, methods, out_dir: Path) -> list[dict]:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "bench" if model == "sd" else f"bench-{model}"
@@ -166,12 +223,22 @@ def main(argv=None) -> int:
     parser.add_argument("--model", choices=sorted(MODELS), default="sd")
     parser.add_argument("--sizes", type=int, nargs="+", help="image sizes (default: sd 512 1024, sana 2048)")
     parser.add_argument("--methods", nargs="+", help="diffusers-untiled, diffusers-tiling, vaekit:BUDGET ...")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile across resolutions: vaekit compile=True against diffusers' decoder compiled")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--compile-worker", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ref", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(_worker(args.model, args.worker, args.size, args.ref)))
+        return 0
+    if args.compile_worker:
+        print(json.dumps(_compile_worker(args.compile_worker, args.sizes)))
+        return 0
+    if args.compile:
+        run_compile_benchmark(args.sizes or COMPILE_SIZES, args.out)
+        print((args.out / "bench-compile.md").read_text())
         return 0
     sizes, methods = MODELS[args.model]
     methods = ["diffusers-untiled"] + [m for m in (args.methods or methods) if m != "diffusers-untiled"]
