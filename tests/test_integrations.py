@@ -134,3 +134,40 @@ def test_enable_tiling_is_honoured_by_exact_streaming(vaes, caplog):
         vae.disable_tiling()
     assert report.mode == "stream" and relative_error(out1, ref) <= REL_TOL and torch.equal(out1, out2)
     assert sum("enable_tiling" in r.message for r in caplog.records) == 1  # said once
+
+
+def test_sdxl():
+    import diffusers
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, norm_num_groups=8, attention_head_dim=8, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=32 + 6 * 8).eval()
+    pipe = diffusers.StableDiffusionXLPipeline(vae=make_vae("sdxl"), text_encoder=None, text_encoder_2=None,
+                                               tokenizer=None, tokenizer_2=None, unet=unet,
+                                               scheduler=diffusers.EulerDiscreteScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    pooled = torch.randn(1, 32, generator=torch.Generator().manual_seed(4))
+    _same_with_apply(pipe, lambda: pipe(prompt_embeds=EMB, pooled_prompt_embeds=pooled, num_inference_steps=2,
+                                        guidance_scale=1.0, height=40, width=56, output_type="pt",
+                                        generator=torch.Generator().manual_seed(0)).images)
+
+
+def test_sd3():
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(sample_size=16, patch_size=1, in_channels=16, out_channels=16, num_layers=1,
+                                        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+                                        caption_projection_dim=16, pooled_projection_dim=32).eval()
+    vae = make_vae("flux", shift_factor=0.0609, scaling_factor=1.5305)
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
+                                    text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+                                    text_encoder_3=None, tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    pooled = torch.randn(1, 32, generator=torch.Generator().manual_seed(5))
+    _same_with_apply(pipe, lambda: pipe(prompt_embeds=EMB, pooled_prompt_embeds=pooled, num_inference_steps=2,
+                                        guidance_scale=1.0, height=48, width=64, output_type="pt",
+                                        generator=torch.Generator().manual_seed(0)).images)
