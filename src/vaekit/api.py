@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
+from pathlib import Path
 
 import torch
 
 from .arch import family, program_for
-from .errors import DeviceError, InputError, PrecisionError
+from .errors import BudgetError, DeviceError, InputError, PrecisionError
 from .measure import PeakMemory
 from .plan import Plan, make_plan
 from .precision import check_dtype
 from .program import Program
 from .recovery import Event, RunReport, free_caches, is_oom
 from .run import execute
-from .units import parse_bytes
+from .sinks import open_sink, sink_bytes
+from .units import format_bytes, parse_bytes
 
 __all__ = ["decode", "encode", "plan", "run", "free_memory", "usable_device"]
 
@@ -35,18 +38,19 @@ def plan(vae, shape, budget=None, op: str = "decode", *, device=None, dtype=None
 
 
 def _plan(program: Program, vae, shape, budget, op: str, device: torch.device, dtype=None,
-          force_stream: bool = False, compiled: bool = False) -> Plan:
+          force_stream: bool = False, compiled: bool = False, sink: bool = False) -> Plan:
     dtype = dtype or _model_dtype(vae)
     shape = _check_shape(program, vae, shape, op)
     limit = None if budget is None else parse_bytes(budget)
     free = free_memory(device) if limit is None and device.type != "meta" else None  # planning needs no device
     itemsize = torch.empty((), dtype=dtype).element_size()
     return make_plan(program, shape, itemsize, str(dtype).removeprefix("torch."), str(device), limit, free_bytes=free,
-                     force_stream=force_stream or compiled, compiled=compiled)
+                     force_stream=force_stream or compiled, compiled=compiled, sink=sink)
 
 
 def decode(vae, latents: torch.Tensor, budget=None, *, device=None, progress=None, compile: bool = False,
-           scratch_dir: str | os.PathLike | None = None, report: RunReport | None = None) -> torch.Tensor:
+           scratch_dir: str | os.PathLike | None = None, report: RunReport | None = None,
+           out: str | os.PathLike | None = None):
     """``vae.decode(latents).sample``, exactly, while holding at most ``budget`` bytes of activations.
 
     latents: NCHW, already divided by the scaling factor, as for ``vae.decode``.
@@ -58,10 +62,12 @@ def decode(vae, latents: torch.Tensor, budget=None, *, device=None, progress=Non
     report: a RunReport to fill with what happened (mode, plan, out-of-memory retries, tiers, peak).
     compile: run the conv stages through torch.compile graphs made once and shared by every image
         size (always streams; the first call compiles, later sizes reuse the graphs).
+    out: a file (.npy, .tif/.tiff) to write the image to band by band instead of returning it; the
+        image is then never held in memory (the budget does not count it). Returns the path.
     Returns the image (in [-1, 1] for a trained model) on the latents' device, in the model's dtype.
     """
     return run(vae, "decode", latents, budget, device=device, progress=progress, compile=compile,
-                scratch_dir=scratch_dir, report=report)
+               scratch_dir=scratch_dir, report=report, out=out)
 
 
 def encode(vae, images: torch.Tensor, budget=None, *, sample: bool = False, generator: torch.Generator | None = None,
@@ -80,7 +86,7 @@ def encode(vae, images: torch.Tensor, budget=None, *, sample: bool = False, gene
 
 
 def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=None, compile: bool = False,
-        scratch_dir=None, report: RunReport | None = None, stream: bool = False) -> torch.Tensor:
+        scratch_dir=None, report: RunReport | None = None, stream: bool = False, out=None):
     """The program's own output for ``op``: for AutoencoderKL encode the moments (mean | logvar), not
     yet the latents. ``stream=True`` never runs the model whole. Used by decode, encode and apply."""
     program = program_for(vae, op)
@@ -97,24 +103,58 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
     report = report if report is not None else RunReport()
     # the model's own modules run where the model is; elsewhere, stages move their weights themselves
     elsewhere = not _same_device(next(vae.parameters()).device, compute)
-    the_plan = _plan(program, vae, tuple(x.shape), budget, op, compute, force_stream=elsewhere or stream,
-                     compiled=compile)
+    planned = functools.partial(_plan, program, vae, tuple(x.shape), budget, op, compute, compiled=compile,
+                                sink=out is not None)
+    the_plan = planned(force_stream=elsewhere or stream)
     inp = x.to(device=compute, dtype=_model_dtype(vae))
+    sink = None if out is None else open_sink(out, the_plan.out_shape)
     peak = PeakMemory(compute, strict=False) if measure else contextlib.nullcontext()
-    with peak, torch.inference_mode():
-        out = _whole(vae, op, inp, report) if the_plan.mode == "whole" else None
-        if out is None:  # streaming, planned so or because the whole model ran out of memory
-            if the_plan.mode == "whole":
-                the_plan = _plan(program, vae, tuple(x.shape), budget, op, compute, force_stream=True, compiled=compile)
-            with _progress(progress, the_plan) as callback:
-                out = execute(program, the_plan, inp, scratch_dir=scratch_dir, progress=callback, report=report,
-                              compiled=compile)
+    try:
+        with peak, torch.inference_mode():
+            result = _whole(vae, op, inp, report) if the_plan.mode == "whole" else None
+            if result is None:  # streaming, planned so or because the whole model ran out of memory
+                the_plan = the_plan if the_plan.mode == "stream" else planned(force_stream=True)
+                _check_disk(the_plan, scratch_dir, out)
+                with _progress(progress, the_plan) as callback:
+                    result = execute(program, the_plan, inp, scratch_dir=scratch_dir, progress=callback,
+                                     report=report, compiled=compile, sink=sink)
+            elif sink is not None:
+                sink.write(0, result.permute(0, 2, 3, 1))  # (B, H, W, C): the whole image in one band
+        if sink is not None:
+            result = sink.close()
+    except BaseException:
+        if sink is not None:
+            sink.abort()  # no partial file, and an existing one is left alone
+        raise
     report.mode, report.plan = the_plan.mode, the_plan
     report.peak_bytes = peak.growth if measure else None
-    if not bool(torch.isfinite(out).all()):
+    if sink is None and not bool(torch.isfinite(result).all()):
         raise PrecisionError(f"the {op} produced NaN or Inf from finite {'latents' if op == 'decode' else 'images'} "
-                             f"in {out.dtype}: the model's weights are out of range for this input")
-    return out.to(x.device)
+                             f"in {result.dtype}: the model's weights are out of range for this input")
+    return result if sink is not None else result.to(x.device)
+
+
+def _check_disk(the_plan: Plan, scratch_dir, out) -> None:
+    """BudgetError before any work when the scratch dir or the output's dir is short of space."""
+    import shutil
+    import tempfile
+
+    needs = [(Path(scratch_dir or tempfile.gettempdir()), the_plan.scratch_bytes, "the disk tier's scratch files")]
+    if out is not None:
+        needs.append((Path(out).resolve().parent, sink_bytes(out, the_plan.out_shape), f"the output {out}"))
+    for folder, need, what in needs:
+        if need == 0:
+            continue
+        free = shutil.disk_usage(_existing(folder)).free
+        if free < need:
+            raise BudgetError(f"{what} need {format_bytes(need)} on {folder} but only {format_bytes(free)} is free: "
+                              "free disk space, pass scratch_dir= on a larger disk, or a larger budget")
+
+
+def _existing(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
 
 
 def _whole(vae, op: str, x: torch.Tensor, report: RunReport) -> torch.Tensor | None:

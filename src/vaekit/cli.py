@@ -72,11 +72,16 @@ def _tell(args) -> None:
 def _decode(args) -> int:
     from . import api
     from .io import check_output, load_latents, save_output
+    from .sinks import SINK_SUFFIXES
 
     check_output(args.out)  # fail before any work
     latents = load_latents(args.latents)
     if latents.dim() == 3:
         latents = latents[None]  # (C, h, w) -> (1, C, h, w)
+    if args.out.lower().endswith(SINK_SUFFIXES):  # written band by band: the image is never held
+        print(api.decode(_model(args), latents, args.budget, out=args.out, **_run_options(args)))
+        _tell(args)
+        return 0
     images = api.decode(_model(args), latents, args.budget, **_run_options(args))
     _tell(args)
     for path in save_output(images, args.out):
@@ -168,7 +173,7 @@ def _parser() -> argparse.ArgumentParser:
 
     dec = sub.add_parser("decode", parents=[model, run], help="decode latents to an image")
     dec.add_argument("latents", help=".safetensors, .pt or .npy (already divided by the scaling factor)")
-    dec.add_argument("out", help=".png, .npy or .pt")
+    dec.add_argument("out", help=".png, .pt, or .npy / .tif (BigTIFF): those two are written band by band")
     dec.set_defaults(run=_decode)
 
     enc = sub.add_parser("encode", parents=[model, run], help="encode an image to latents")

@@ -16,7 +16,7 @@ from .errors import CheckpointError, InputError
 __all__ = ["load_latents", "load_image", "save_output", "save_latents", "atomic_path", "to_uint8"]
 
 LATENT_SUFFIXES = (".safetensors", ".pt", ".pth", ".npy")
-OUTPUT_SUFFIXES = (".png", ".npy", ".pt")
+OUTPUT_SUFFIXES = (".png", ".npy", ".pt", ".tif", ".tiff")
 LATENT_OUTPUT_SUFFIXES = (".safetensors", ".npy", ".pt")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -35,8 +35,8 @@ def load_latents(path) -> torch.Tensor:
         if suffix in (".pt", ".pth"):
             loaded = torch.load(path, map_location="cpu", weights_only=True)
             return loaded if isinstance(loaded, torch.Tensor) else _pick(loaded, path)
-        if suffix == ".npy":
-            return torch.from_numpy(np.load(path, allow_pickle=False))
+        if suffix == ".npy":  # memory-mapped: rows are read as the first stage needs them
+            return torch.from_numpy(np.load(path, allow_pickle=False, mmap_mode="c"))
     except (OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"cannot read latents from {path}: {e}") from None
     raise InputError(f"cannot read latents from {path}: use one of {', '.join(LATENT_SUFFIXES)}")

@@ -57,7 +57,7 @@ class MapPlan:
     name: str
     shape: tuple[int, int, int, int]
     nbytes: int
-    tier: str  # device | host | disk | input | output
+    tier: str  # device | host | disk | input | output | sink (a file, written band by band)
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,7 @@ class Plan:
     whole_peak_bytes: int
     stages: tuple[StagePlan, ...]
     maps: tuple[MapPlan, ...]
+    scratch_bytes: int = 0  # most the disk tier holds at once
 
     @property
     def peak_bytes(self) -> int:
@@ -220,11 +221,11 @@ def _lives(program: Program) -> dict[str, range]:
     return {name: range(max(first[name], 0), last[name] + 1) for name in last}
 
 
-def assign_tiers(program: Program, shapes, itemsize: int, budget: int, lower: str) -> dict[str, str]:
+def assign_tiers(program: Program, shapes, itemsize: int, budget: int, lower: str, sink: bool = False) -> dict[str, str]:
     """Keep maps resident, smallest first, while every stage keeps room for TARGET_ROWS rows."""
     lives = _lives(program)
     tiers = {name: lower for name in shapes}
-    tiers[program.input], tiers[program.output] = "input", "output"
+    tiers[program.input], tiers[program.output] = "input", "sink" if sink else "output"
     resident = _resident_bytes(program, shapes, itemsize, tiers)
     floor = [
         working_bytes(s, shapes, itemsize, min(TARGET_ROWS, shapes[s.dst or s.src][1]), tiers)
@@ -286,10 +287,12 @@ def row_step(stage, compiled: bool = False) -> int:
 
 
 def make_plan(program: Program, in_shape, itemsize: int, dtype: str, device: str, budget: int | None,
-              *, free_bytes: int | None = None, force_stream: bool = False, compiled: bool = False) -> Plan:
+              *, free_bytes: int | None = None, force_stream: bool = False, compiled: bool = False,
+              sink: bool = False) -> Plan:
     """Plan ``program`` on an NCHW input of ``in_shape``.
 
-    ``budget`` None means "what is free" (``free_bytes``). Raises BudgetError when nothing fits.
+    ``budget`` None means "what is free" (``free_bytes``). ``sink``: the output goes to a file band by
+    band and is never held (tier "sink"). Raises BudgetError when nothing fits.
     """
     shapes = map_shapes(program, in_shape)
     whole = whole_bytes(program, shapes, itemsize)
@@ -301,13 +304,13 @@ def make_plan(program: Program, in_shape, itemsize: int, dtype: str, device: str
         return Plan(mode="whole", stages=(), maps=(), **common)
 
     lower = "host" if device.startswith("cuda") else "disk"
-    tiers = assign_tiers(program, shapes, itemsize, limit, lower)
+    tiers = assign_tiers(program, shapes, itemsize, limit, lower, sink)
     stages = []
     resident = _resident_bytes(program, shapes, itemsize, tiers)
     for i, stage in enumerate(program.stages):
         planned = plan_stage(stage, shapes, itemsize, tiers, resident[i], limit, compiled)
         if planned is None:
-            smallest = smallest_budget(program, in_shape, itemsize, lower, compiled)
+            smallest = smallest_budget(program, in_shape, itemsize, lower, compiled, sink)
             what = "budget" if budget is not None else "free memory"
             raise BudgetError(
                 f"{program.op} of {_shape(in_shape)} cannot fit in {format_bytes(limit)} ({what}): stage "
@@ -317,14 +320,22 @@ def make_plan(program: Program, in_shape, itemsize: int, dtype: str, device: str
             )
         stages.append(planned)
     maps = tuple(MapPlan(n, shapes[n], _nbytes(shapes[n], itemsize), tiers[n]) for n in shapes)
-    return Plan(mode="stream", stages=tuple(stages), maps=maps, **common)
+    return Plan(mode="stream", stages=tuple(stages), maps=maps, scratch_bytes=_scratch_bytes(program, maps), **common)
 
 
-def smallest_budget(program: Program, in_shape, itemsize: int, lower: str = "disk", compiled: bool = False) -> int:
+def _scratch_bytes(program: Program, maps) -> int:
+    """Most bytes the disk tier holds at once (maps are deleted after their last use)."""
+    disk = {m.name: m.nbytes for m in maps if m.tier == "disk"}
+    lives = _lives(program)
+    return max((sum(n for name, n in disk.items() if i in lives[name]) for i in range(len(program.stages))), default=0)
+
+
+def smallest_budget(program: Program, in_shape, itemsize: int, lower: str = "disk", compiled: bool = False,
+                    sink: bool = False) -> int:
     """The least budget any streamed plan fits in: every map a tier down, one row per chunk."""
     shapes = map_shapes(program, in_shape)
     tiers = {name: lower for name in shapes}
-    tiers[program.input], tiers[program.output] = "input", "output"
+    tiers[program.input], tiers[program.output] = "input", "sink" if sink else "output"
     need = 0
     resident = _resident_bytes(program, shapes, itemsize, tiers)
     for i, stage in enumerate(program.stages):

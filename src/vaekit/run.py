@@ -31,13 +31,14 @@ FP16_MAX = torch.finfo(torch.float16).max
 
 
 def execute(program: Program, plan: Plan, x: torch.Tensor, *, scratch_dir: str | os.PathLike | None = None,
-            progress=None, report: RunReport | None = None, compiled: bool = False) -> torch.Tensor:
+            progress=None, report: RunReport | None = None, compiled: bool = False, sink=None) -> torch.Tensor | None:
     """Run ``program`` on NCHW ``x`` (already on the compute device, in the compute dtype) by ``plan``.
     ``compiled``: conv stages run through torch.compile graphs shared by every image size (plan with
-    ``compiled=True`` too: their chunks must be even where they upsample)."""
+    ``compiled=True`` too: their chunks must be even where they upsample). ``sink``: the output's bands
+    go there (sinks.py) as they are made, and nothing is returned."""
     report = report if report is not None else RunReport()
     with Store(x.device, scratch_dir) as store:
-        run = _Run(program, plan, x, store, report, compiled)
+        run = _Run(program, plan, x, store, report, compiled, sink)
         for i, (stage, sp) in enumerate(zip(program.stages, plan.stages, strict=True)):
             run.alloc(stage)
             weights = stage_weights(stage, x.device, run.dtype)  # load
@@ -52,8 +53,8 @@ class _Run:
     """The state of one execution: the store, statistics, where maps live, the compute dtype."""
 
     def __init__(self, program: Program, plan: Plan, x: torch.Tensor, store: Store, report: RunReport,
-                 compiled: bool = False):
-        self.program, self.store, self.report = program, store, report
+                 compiled: bool = False, sink=None):
+        self.program, self.store, self.report, self.sink = program, store, report, sink
         self.kernels = {**_KERNELS, ConvStage: compiled_conv_band} if compiled else _KERNELS
         self.compiled = compiled
         self.shapes = {m.name: m.shape for m in plan.maps}
@@ -66,6 +67,8 @@ class _Run:
         store.maps[program.input] = x.permute(0, 2, 3, 1)  # (B, h, w, C)  input px, a view
 
     def alloc(self, stage) -> None:
+        if stage.dst == self.program.output and self.sink is not None:
+            return  # written to the sink band by band, never held
         if stage.dst == self.program.output and self.output is None:
             b, out_h, out_w, out_c = self.shapes[stage.dst]
             self.output = torch.empty(b, out_c, out_h, out_w, dtype=self.out_dtype, device=self.device)  # output px
@@ -111,6 +114,8 @@ class _Run:
                 band, weights = self.upcast(stage, r0, r1, src_h, dst_h, kv_rows, weights)
             if stage.dst is None:  # a reduction: sums a state over the bands, writes no map
                 total = band if total is None else total.add_(band)
+            elif stage.dst == self.program.output and self.sink is not None:
+                self.sink.write(r0, band)
             else:
                 self.store.write(stage.dst, r0, band)
                 if collector is not None:

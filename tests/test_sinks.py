@@ -1,0 +1,81 @@
+"""Outputs written band by band (.npy, BigTIFF): exact, never held whole, never half-written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import vaekit
+from conftest import REL_TOL, budgets_for, relative_error, untiled
+from vaekit.errors import BudgetError
+from vaekit.io import to_uint8
+
+
+@pytest.fixture(scope="module")
+def case(vaes):
+    vae = vaes("sd")
+    z = torch.randn(1, 4, 33, 47, generator=torch.Generator().manual_seed(11))
+    return vae, z, untiled(vae, z), budgets_for(vae, tuple(z.shape))["smallest"]
+
+
+def test_npy_sink_is_exact(case, tmp_path):
+    vae, z, ref, budget = case
+    path = vaekit.decode(vae, z, budget, out=tmp_path / "image.npy")
+    assert path == tmp_path / "image.npy" and sorted(p.name for p in tmp_path.iterdir()) == ["image.npy"]
+    assert relative_error(torch.from_numpy(np.load(path)), ref) <= REL_TOL
+
+
+def test_bigtiff_sink_is_tiled_and_matches(case, tmp_path):
+    import tifffile
+
+    vae, z, ref, budget = case
+    path = vaekit.decode(vae, z, budget, out=tmp_path / "image.tif")
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_bigtiff and tif.pages[0].is_tiled and tif.pages[0].shape == (132, 188, 3)
+        image = tif.asarray()
+    assert np.abs(image.astype(int) - to_uint8(ref[0]).astype(int)).max() <= 1  # uint8 rounding of ~1e-6
+
+
+def test_whole_mode_writes_the_file_too(case, tmp_path):
+    vae, z, ref, _ = case
+    path = vaekit.decode(vae, z, out=tmp_path / "image.npy")
+    assert relative_error(torch.from_numpy(np.load(path)), ref) <= REL_TOL
+
+
+def test_a_sink_is_not_counted_in_the_plan(case):
+    from vaekit.plan import make_plan
+
+    vae, z, _, budget = case
+    program = vaekit.arch.program_for(vae, "decode")
+    held = make_plan(program, tuple(z.shape), 4, "float32", "cpu", budget, force_stream=True)
+    streamed = make_plan(program, tuple(z.shape), 4, "float32", "cpu", budget, force_stream=True, sink=True)
+    out_bytes = next(m.nbytes for m in held.maps if m.name == program.output)
+    assert streamed.tiers[program.output] == "sink"
+    assert held.stages[-1].resident_bytes - streamed.stages[-1].resident_bytes == out_bytes
+
+
+def test_a_failed_run_leaves_the_old_file_and_no_part(case, tmp_path):
+    vae, z, _, budget = case
+    target = tmp_path / "image.tif"
+    target.write_bytes(b"precious")
+
+    def fail_late(stage, done, total):
+        if stage > 20:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        vaekit.decode(vae, z, budget, out=target, progress=fail_late)
+    assert target.read_bytes() == b"precious" and [p.name for p in tmp_path.iterdir()] == ["image.tif"]
+
+
+def test_short_disk_is_a_budget_error_before_any_work(case, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    vae, z, _, budget = case
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1024, 1024))
+    with pytest.raises(BudgetError, match="only 1.0 KiB is free"):
+        vaekit.decode(vae, z, budget, out=tmp_path / "image.npy", scratch_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
