@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -136,6 +137,58 @@ def run_compile_benchmark(sizes, out_dir: Path) -> list[dict]:
     return rows
 
 
+GIGAPIXEL_SIZES = (4096, 8192)
+GIGAPIXEL_BUDGET = "512MiB"
+TAESD_DIR = Path(os.environ.get("VAEKIT_TAESD_DIR") or Path(__file__).resolve().parents[3] / "shared/data/taesd")
+
+
+def _gigapixel_worker(size: int, out_dir: Path) -> dict:
+    """TAEF2's real decoder to a tiled BigTIFF within GIGAPIXEL_BUDGET, in this (fresh) process."""
+    import torch
+
+    import vaekit
+    from vaekit.measure import PeakMemory
+
+    torch.set_num_threads(THREADS)
+    vae = vaekit.load(TAESD_DIR / "taef2_decoder.pth")
+    n = size // vae.scale_factor
+    z = torch.randn(1, vae.latent_channels, n, n, generator=torch.Generator().manual_seed(1))
+    vaekit.decode(vae, z[..., :8, :8], GIGAPIXEL_BUDGET)  # kernels and thread pools first
+    plan = vaekit.plan(vae, tuple(z.shape), GIGAPIXEL_BUDGET)
+    target = out_dir / f"taef2-{size}.tif"
+    with PeakMemory() as mem:
+        start = time.perf_counter()
+        vaekit.decode(vae, z, GIGAPIXEL_BUDGET, out=target)
+        seconds = time.perf_counter() - start
+    row = {"size": size, "seconds": seconds, "peak_rss_growth": mem.growth, "file_bytes": target.stat().st_size,
+           "scratch_bytes": plan.scratch_bytes, "predicted_peak": plan.peak_bytes}
+    target.unlink()
+    return row
+
+
+def run_gigapixel_benchmark(sizes, out_dir: Path) -> list[dict]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for size in sizes:
+        cmd = [sys.executable, "-m", "vaekit.bench", "--gigapixel-worker", str(size), "--out", str(out_dir)]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"gigapixel worker at {size} failed:\n{result.stderr}")
+        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        print(f"{size:>6}  {rows[-1]['seconds']:7.1f} s  {rows[-1]['peak_rss_growth'] / 2**20:7.0f} MiB", file=sys.stderr)
+    meta = {"date": date.today().isoformat(), "machine": machine(), "threads": THREADS, "dtype": "float32",
+            "budget": GIGAPIXEL_BUDGET, "model": "TAEF2 decoder (real weights)"}
+    (out_dir / "bench-gigapixel.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    lines = [f"TAEF2 decoder (real weights) to tiled BigTIFF, budget {GIGAPIXEL_BUDGET}, random latents. Measured "
+             f"{meta['date']} on {meta['machine']}, fp32, {THREADS} threads, each size a fresh process.", "",
+             "| image | time | peak RSS growth | predicted peak | scratch on disk | BigTIFF |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['size']}² | {r['seconds']:.0f} s | {r['peak_rss_growth'] / 2**20:.0f} MiB | "
+              f"{r['predicted_peak'] / 2**20:.0f} MiB | {r['scratch_bytes'] / 2**30:.1f} GiB | "
+              f"{r['file_bytes'] / 2**20:.0f} MiB |" for r in rows]
+    (out_dir / "bench-gigapixel.md").write_text("\n".join(lines) + "\n")
+    return rows
+
+
 def run_benchmark(model: str, sizes, methods, out_dir: Path) -> list[dict]:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "bench" if model == "sd" else f"bench-{model}"
@@ -225,13 +278,24 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", help="diffusers-untiled, diffusers-tiling, vaekit:BUDGET ...")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile across resolutions: vaekit compile=True against diffusers' decoder compiled")
+    parser.add_argument("--gigapixel", action="store_true",
+                        help="TAEF2's real decoder at 4096² and 8192² to BigTIFF within 512 MiB "
+                             "(weights from ../shared/data/taesd or $VAEKIT_TAESD_DIR)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--compile-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--gigapixel-worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ref", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(_worker(args.model, args.worker, args.size, args.ref)))
+        return 0
+    if args.gigapixel_worker:
+        print(json.dumps(_gigapixel_worker(args.gigapixel_worker, args.out)))
+        return 0
+    if args.gigapixel:
+        run_gigapixel_benchmark(args.sizes or GIGAPIXEL_SIZES, args.out)
+        print((args.out / "bench-gigapixel.md").read_text())
         return 0
     if args.compile_worker:
         print(json.dumps(_compile_worker(args.compile_worker, args.sizes)))
