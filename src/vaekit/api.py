@@ -27,14 +27,16 @@ __all__ = ["decode", "encode", "plan", "run", "free_memory", "usable_device"]
 IMAGE_RANGE_SLACK = 1.5
 
 
-def plan(vae, shape, budget=None, op: str = "decode", *, device=None, dtype=None) -> Plan:
+def plan(vae, shape, budget=None, op: str = "decode", *, device=None, dtype=None, out=None) -> Plan:
     """Plan ``op`` of an NCHW input of ``shape`` from the model's config and shapes alone.
 
     ``shape`` is the latent shape for decode, e.g. (1, 4, 128, 128), the image shape for encode,
     e.g. (1, 3, 1024, 1024). Works for a model on the meta
     device. ``budget``: bytes, or a string like "768MiB"; None plans for the free memory of the device.
+    ``out``: plan as ``decode(..., out=...)`` runs, with the image going to a file (not held).
     """
-    return _plan(program_for(vae, op), vae, shape, budget, op, _device(vae, device, check=False), dtype)
+    return _plan(program_for(vae, op), vae, shape, budget, op, _device(vae, device, check=False), dtype,
+                 sink=out is not None)
 
 
 def _plan(program: Program, vae, shape, budget, op: str, device: torch.device, dtype=None,

@@ -154,8 +154,8 @@ def _gigapixel_worker(size: int, out_dir: Path) -> dict:
     n = size // vae.scale_factor
     z = torch.randn(1, vae.latent_channels, n, n, generator=torch.Generator().manual_seed(1))
     vaekit.decode(vae, z[..., :8, :8], GIGAPIXEL_BUDGET)  # kernels and thread pools first
-    plan = vaekit.plan(vae, tuple(z.shape), GIGAPIXEL_BUDGET)
     target = out_dir / f"taef2-{size}.tif"
+    plan = vaekit.plan(vae, tuple(z.shape), GIGAPIXEL_BUDGET, out=target)
     with PeakMemory() as mem:
         start = time.perf_counter()
         vaekit.decode(vae, z, GIGAPIXEL_BUDGET, out=target)
