@@ -32,7 +32,7 @@ def test_error_tree_has_one_root():
                                     "cli", "demo", "bench", "arch", "arch.kl", "arch.dc", "arch.tiny", "arch.builder",
                                     "ops.conv", "ops.norm", "ops.attention", "ops.linear_attention", "ops.glu",
                                     "ops.act", "taesd", "loader", "recovery", "testing", "precision", "integrations",
-                                    "integrations.diffusers", "doctor", "lifecycle"])
+                                    "integrations.diffusers", "doctor", "lifecycle", "sinks"])
 def test_every_module_declares_all(module):
     mod = importlib.import_module(f"vaekit.{module}")
     assert isinstance(mod.__all__, list)

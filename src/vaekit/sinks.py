@@ -2,7 +2,7 @@
 them, so the whole image is never held in memory.
 
     .npy            float32 (B, C, H, W), a memory-mapped file (numpy's format, readable by np.load)
-    .tif / .tiff    BigTIFF, tiled 256x256, RGB uint8 (tifffile), one page per sample
+    .tif / .tiff    BigTIFF, tiled 256x256, RGB uint8 (tifffile), one image (batch 1)
 
 A sink writes to a temporary file beside the target and renames it into place only on ``close``;
 ``abort`` removes it, so a failed or interrupted run leaves no partial file and never clobbers one.
