@@ -23,7 +23,7 @@ from torch import nn
 from ..program import ConvStage
 from .act import activate
 from .conv import apply_shortcut, conv_band
-from .norm import pixel_norm
+from .norm import group_scale_shift, pixel_norm
 
 __all__ = ["compiled_conv_band", "compilable", "kind_of", "MIN_RECOMPILE_LIMIT"]
 
@@ -159,7 +159,7 @@ def compiled_conv_band(stage: ConvStage, w: dict, read, stats: dict, r0: int, r1
         mask[:, mask.shape[1] - bottom :] = 0
     scale = shift = None
     if kind.norm == "group":
-        scale, shift = _scale_shift(stats[stage.src], stage.norm, w["norm"], x.shape[0], x.shape[3])
+        scale, shift = group_scale_shift(stats[stage.src], stage.norm.eps, w["norm"], x.shape[0], x.shape[3])
     skip = None
     if stage.skip is not None:
         s0, s1 = stage.shortcut.skip_rows(r0, r1) if stage.shortcut else (r0, r1)
@@ -184,13 +184,3 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
     """``t`` with the strides of a fresh tensor (``contiguous()`` keeps odd strides of size-1 dims)."""
     b, rows, w, c = t.shape
     return t if t.stride() == (rows * w * c, w * c, c, 1) else t.clone(memory_format=torch.contiguous_format)
-
-
-def _scale_shift(stats, norm, weights, b: int, c: int):
-    """GroupNorm with global statistics as y = x * scale + shift (float32, (B, 1, 1, C))."""
-    mean, var = stats
-    per_channel = c // mean.shape[1]
-    rstd = torch.rsqrt(var + norm.eps).repeat_interleave(per_channel, dim=1)
-    scale = rstd * weights["weight"].double()
-    shift = weights["bias"].double() - mean.repeat_interleave(per_channel, dim=1) * scale
-    return scale.float().view(b, 1, 1, c), shift.float().view(b, 1, 1, c)

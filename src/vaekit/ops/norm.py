@@ -11,7 +11,7 @@ import torch
 
 from .act import activate
 
-__all__ = ["GroupStats", "norm_act", "local_norm", "pixel_norm"]
+__all__ = ["GroupStats", "norm_act", "group_scale_shift", "local_norm", "pixel_norm"]
 
 
 class GroupStats:
@@ -55,17 +55,21 @@ def norm_act(band: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor], norm,
     ``weights`` holds the norm's affine ``weight`` and ``bias`` on the compute device.
     """
     b, _, _, c = band.shape
-    mean, var = stats  # (B, G)
-    per_channel = c // mean.shape[1]
-    rstd = torch.rsqrt(var + norm.eps).repeat_interleave(per_channel, dim=1)  # (B, C) float64
-    mean = mean.repeat_interleave(per_channel, dim=1)
-    scale = rstd * weights["weight"].double()  # y = x * scale + shift == (x - mean) * rstd * w + b
-    shift = weights["bias"].double() - mean * scale
-    scale = scale.to(torch.float32).view(b, 1, 1, c)
-    shift = shift.to(torch.float32).view(b, 1, 1, c)
+    scale, shift = group_scale_shift(stats, norm.eps, weights, b, c)
     out = torch.addcmul(shift, band, scale)  # fp32 for any compute dtype
     out = activate(out, act, inplace=True)
     return out if out.dtype == band.dtype else out.to(band.dtype)
+
+
+def group_scale_shift(stats: tuple[torch.Tensor, torch.Tensor], eps: float, weights, b: int, c: int):
+    """GroupNorm with global statistics as y = x * scale + shift: two float32 (B, 1, 1, C) tensors,
+    computed in float64."""
+    mean, var = stats  # (B, G)
+    per_channel = c // mean.shape[1]
+    rstd = torch.rsqrt(var + eps).repeat_interleave(per_channel, dim=1)  # (B, C) float64
+    scale = rstd * weights["weight"].double()  # (x - mean) * rstd * w + b == x * scale + shift
+    shift = weights["bias"].double() - mean.repeat_interleave(per_channel, dim=1) * scale
+    return scale.to(torch.float32).view(b, 1, 1, c), shift.to(torch.float32).view(b, 1, 1, c)
 
 
 def local_norm(band: torch.Tensor, norm, weights: dict) -> torch.Tensor:
