@@ -75,3 +75,22 @@ def vaes():
         return cache[name]
 
     return get
+
+
+@pytest.fixture
+def halo_bug(monkeypatch):
+    """Turn on a one-row halo bug: every band read from a chunk boundary loses its top row."""
+    from vaekit.store import Store
+
+    read = Store.read
+
+    def read_losing_top_row(self, name, r0, r1):
+        band = read(self, name, r0, r1).clone()
+        if r0 > 0:
+            band[:, 0] = 0
+        return band
+
+    def enable() -> None:
+        monkeypatch.setattr(Store, "read", read_losing_top_row)
+
+    return enable

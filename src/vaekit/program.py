@@ -28,6 +28,17 @@ ACTIVATIONS = (
 )
 
 
+class _SameSize:
+    """A stage whose output has its source's height and width, reading ``src`` alone (unless it says)."""
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return (self.src,)
+
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        return h, w
+
+
 @dataclass(frozen=True)
 class MapSpec:
     """One activation map: its name and channels."""
@@ -135,7 +146,7 @@ class ConvStage:
 
 
 @dataclass(frozen=True, eq=False)
-class KeyValueStage:
+class KeyValueStage(_SameSize):
     """Pass one of exact attention: keys and values of every token, side by side in one map
     (channels [0, inner) are K, [inner, 2*inner) are V)."""
 
@@ -145,16 +156,9 @@ class KeyValueStage:
     attn: nn.Module  # diffusers Attention
     stats_groups: int | None = None
 
-    @property
-    def reads(self) -> tuple[str, ...]:
-        return (self.src,)
-
-    def out_hw(self, h: int, w: int) -> tuple[int, int]:
-        return h, w
-
 
 @dataclass(frozen=True, eq=False)
-class AttentionStage:
+class AttentionStage(_SameSize):
     """Pass two of exact attention: queries of a band of rows against all keys (in key blocks with
     an online softmax when they do not fit), output projection, residual add over ``src``."""
 
@@ -169,12 +173,9 @@ class AttentionStage:
     def reads(self) -> tuple[str, ...]:
         return (self.src, self.kv)
 
-    def out_hw(self, h: int, w: int) -> tuple[int, int]:
-        return h, w
-
 
 @dataclass(frozen=True, eq=False)
-class GLUStage:
+class GLUStage(_SameSize):
     """DC-AE's GLUMBConv, one band: 1x1 expand + SiLU, depthwise 3x3, gate, 1x1, RMSNorm, + src."""
 
     name: str
@@ -184,16 +185,9 @@ class GLUStage:
     stats_groups: int | None = None
     halo: int = 1
 
-    @property
-    def reads(self) -> tuple[str, ...]:
-        return (self.src,)
-
-    def out_hw(self, h: int, w: int) -> tuple[int, int]:
-        return h, w
-
 
 @dataclass(frozen=True, eq=False)
-class LinearKVStage:
+class LinearKVStage(_SameSize):
     """Pass one of DC-AE's ReLU linear attention: sum over all tokens of [V; 1] K^T per head, into
     the run's state ``state``. It writes no map (``dst`` is None); q, k, v (and their multiscale
     depthwise projections, ``halo`` rows each side) are recomputed from ``src`` rather than stored."""
@@ -206,16 +200,9 @@ class LinearKVStage:
     dst: None = None
     stats_groups: None = None
 
-    @property
-    def reads(self) -> tuple[str, ...]:
-        return (self.src,)
-
-    def out_hw(self, h: int, w: int) -> tuple[int, int]:
-        return h, w
-
 
 @dataclass(frozen=True, eq=False)
-class LinearQueryStage:
+class LinearQueryStage(_SameSize):
     """Pass two: queries of a band against the summed state, output projection, norm, + src."""
 
     name: str
@@ -225,13 +212,6 @@ class LinearQueryStage:
     state: str
     halo: int
     stats_groups: int | None = None
-
-    @property
-    def reads(self) -> tuple[str, ...]:
-        return (self.src,)
-
-    def out_hw(self, h: int, w: int) -> tuple[int, int]:
-        return h, w
 
 
 Stage = ConvStage | KeyValueStage | AttentionStage | GLUStage | LinearKVStage | LinearQueryStage
