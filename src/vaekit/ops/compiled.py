@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..program import ConvStage
+from ..program import ConvStage, Shortcut
 from .act import activate
 from .conv import apply_shortcut, conv_band
 from .norm import group_scale_shift, pixel_norm
@@ -87,8 +87,9 @@ def _prologue(kind: _Kind, x, mask, scale, shift, norm_w):
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def _epilogue(kind: _Kind, out, out_norm_w, skip):
-    """The conv's NCHW output -> the NHWC band: pixel (un)shuffle, out norm, + skip, scale, post."""
+def _epilogue(kind: _Kind, shortcut: Shortcut | None, out, out_norm_w, skip):
+    """The conv's NCHW output -> the NHWC band: pixel (un)shuffle, out norm, + skip, scale, post.
+    ``shortcut`` is the kind's conv-free shortcut (a conv shortcut was applied to ``skip`` eagerly)."""
     if kind.shuffle != 1:
         out = F.pixel_shuffle(out, kind.shuffle)
     if kind.unshuffle != 1:
@@ -96,26 +97,10 @@ def _epilogue(kind: _Kind, out, out_norm_w, skip):
     if kind.out_norm:
         out = pixel_norm(out.permute(0, 2, 3, 1), kind.out_norm == "batch", kind.out_eps, out_norm_w).permute(0, 3, 1, 2)
     if kind.shortcut is not None:
-        out = out + (skip if kind.shortcut and kind.shortcut[0] else _shortcut(kind.shortcut, skip))
+        out = out + apply_shortcut(skip, shortcut, None)
     if kind.out_scale != 1.0:
         out = out / kind.out_scale
     return activate(out, kind.post, inplace=True).permute(0, 2, 3, 1)
-
-
-def _shortcut(spec: tuple, skip):
-    """apply_shortcut without a conv, from the kind's static description (program.Shortcut's order)."""
-    if not spec:
-        return skip
-    _, unshuffle, repeat, mean, shuffle = spec
-    if unshuffle != 1:
-        skip = F.pixel_unshuffle(skip, unshuffle)
-    if repeat != 1:
-        skip = skip.repeat_interleave(repeat, dim=1)
-    if mean != 1:
-        skip = skip.unflatten(1, (-1, mean)).mean(dim=2)
-    if shuffle != 1:
-        skip = F.pixel_shuffle(skip, shuffle)
-    return skip
 
 
 def _graphs(kind: _Kind):
@@ -129,8 +114,11 @@ def _graphs(kind: _Kind):
         def prologue(x, mask, scale, shift, norm_w):
             return _prologue(kind, x, mask, scale, shift, norm_w)
 
+        spec = kind.shortcut  # (has conv, unshuffle, repeat, mean, shuffle), () for identity, None for no skip
+        shortcut = Shortcut(None, *spec[1:]) if spec and not spec[0] else None
+
         def epilogue(out, out_norm_w, skip):
-            return _epilogue(kind, out, out_norm_w, skip)
+            return _epilogue(kind, shortcut, out, out_norm_w, skip)
 
         _GRAPHS[kind] = torch.compile(prologue, dynamic=True), torch.compile(epilogue, dynamic=True)
     return _GRAPHS[kind]
@@ -165,14 +153,12 @@ def compiled_conv_band(stage: ConvStage, w: dict, read, stats: dict, r0: int, r1
         s0, s1 = stage.shortcut.skip_rows(r0, r1) if stage.shortcut else (r0, r1)
         # the skip is the source itself in DC-AE's resampling blocks: a second read would reuse the store's buffer
         skip = x[:, s0 - a : s1 - a] if stage.skip == stage.src else read(stage.skip, s0, s1)
+    # dense inputs: a band of a resident map is a view with the whole map's strides, and the graphs
+    # would otherwise guard on (and recompile for) those strides
+    x, skip = _dense(x), None if skip is None else _dense(skip).permute(0, 3, 1, 2)  # skip: NCHW view
     if skip is not None and stage.shortcut is not None and stage.shortcut.conv is not None:
-        skip = apply_shortcut(skip.permute(0, 3, 1, 2), stage.shortcut, w["shortcut"])  # a conv: eager
-    elif skip is not None:
-        skip = skip.permute(0, 3, 1, 2)
+        skip = apply_shortcut(skip, stage.shortcut, w["shortcut"])  # a conv: eager, as the main conv
     prologue, epilogue = _graphs(kind)
-    # contiguous inputs: a band of a resident map is a view with the whole map's strides, and the
-    # graphs would otherwise guard on (and recompile for) those strides
-    x, skip = _dense(x), None if skip is None else _dense(skip)
     x = prologue(x, mask, scale, shift, None if kind.norm in ("", "group") else w["norm"])
     left = kind.left if kind.left == kind.right else 0
     out = F.conv2d(x, w["conv"]["weight"], w["conv"].get("bias"), stride=kind.stride, padding=(0, left),
