@@ -37,6 +37,61 @@ def test_bigtiff_sink_is_tiled_and_matches(case, tmp_path):
     assert np.abs(image.astype(int) - to_uint8(ref[0]).astype(int)).max() <= 1  # uint8 rounding of ~1e-6
 
 
+def test_png_sink_streams_scanlines_and_matches(case, tmp_path):
+    from PIL import Image
+
+    vae, z, ref, budget = case
+    path = vaekit.decode(vae, z, budget, out=tmp_path / "image.png")
+    image = np.asarray(Image.open(path))
+    assert image.shape == (132, 188, 3)
+    assert np.abs(image.astype(int) - to_uint8(ref[0]).astype(int)).max() <= 1
+
+
+def test_zarr_sink_holds_a_batch_in_whole_chunks(vaes, tmp_path):
+    import zarr
+
+    vae = vaes("sd")
+    z = torch.randn(2, 4, 70, 33, generator=torch.Generator().manual_seed(12))  # 280 rows: a partial chunk row
+    ref = untiled(vae, z)
+    path = vaekit.decode(vae, z, budgets_for(vae, tuple(z.shape))["smallest"], out=tmp_path / "image.zarr")
+    array = zarr.open_array(str(path), mode="r")
+    assert array.shape == (2, 280, 132, 3) and array.chunks == (1, 256, 256, 3)
+    for i in range(2):
+        assert np.abs(array[i].astype(int) - to_uint8(ref[i]).astype(int)).max() <= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.zarr"]
+
+
+def test_a_zarr_output_replaces_an_old_one_only_on_success(case, tmp_path):
+    import zarr
+
+    vae, z, _, budget = case
+    target = tmp_path / "image.zarr"
+    zarr.create_array(store=str(target), shape=(1,), dtype=np.uint8)
+    with pytest.raises(KeyboardInterrupt):
+        vaekit.decode(vae, z, budget, out=target, progress=_interrupt_at(20))
+    assert zarr.open_array(str(target), mode="r").shape == (1,) and [p.name for p in tmp_path.iterdir()] == [target.name]
+    vaekit.decode(vae, z, budget, out=target)
+    assert zarr.open_array(str(target), mode="r").shape == (1, 132, 188, 3)
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_one_image_formats_refuse_a_batch(vaes, suffix, tmp_path):
+    from vaekit.errors import InputError
+
+    z = torch.randn(2, 4, 8, 8)
+    with pytest.raises(InputError, match="one RGB image"):
+        vaekit.decode(vaes("sd"), z, out=tmp_path / f"image{suffix}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _interrupt_at(stage_index):
+    def interrupt(stage, done, total):
+        if stage > stage_index:
+            raise KeyboardInterrupt
+    return interrupt
+
+
 def test_whole_mode_writes_the_file_too(case, tmp_path):
     vae, z, ref, _ = case
     path = vaekit.decode(vae, z, out=tmp_path / "image.npy")
@@ -59,13 +114,8 @@ def test_a_failed_run_leaves_the_old_file_and_no_part(case, tmp_path):
     vae, z, _, budget = case
     target = tmp_path / "image.tif"
     target.write_bytes(b"precious")
-
-    def fail_late(stage, done, total):
-        if stage > 20:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        vaekit.decode(vae, z, budget, out=target, progress=fail_late)
+        vaekit.decode(vae, z, budget, out=target, progress=_interrupt_at(20))
     assert target.read_bytes() == b"precious" and [p.name for p in tmp_path.iterdir()] == ["image.tif"]
 
 

@@ -78,7 +78,8 @@ def _decode(args) -> int:
     latents = load_latents(args.latents)
     if latents.dim() == 3:
         latents = latents[None]  # (C, h, w) -> (1, C, h, w)
-    if args.out.lower().endswith(SINK_SUFFIXES):  # written band by band: the image is never held
+    one_file = latents.shape[0] == 1 or not args.out.lower().endswith(".png")  # a batch is one PNG per image
+    if args.out.lower().endswith(SINK_SUFFIXES) and one_file:  # written band by band: never held whole
         print(api.decode(_model(args), latents, args.budget, out=args.out, **_run_options(args)))
         _tell(args)
         return 0

@@ -16,7 +16,7 @@ from .errors import CheckpointError, InputError
 __all__ = ["load_latents", "load_image", "save_output", "save_latents", "atomic_path", "to_uint8"]
 
 LATENT_SUFFIXES = (".safetensors", ".pt", ".pth", ".npy")
-OUTPUT_SUFFIXES = (".png", ".npy", ".pt", ".tif", ".tiff")
+OUTPUT_SUFFIXES = (".png", ".npy", ".pt", ".tif", ".tiff", ".zarr")
 LATENT_OUTPUT_SUFFIXES = (".safetensors", ".npy", ".pt")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -27,27 +27,59 @@ def load_latents(path) -> torch.Tensor:
     if not path.is_file():
         raise InputError(f"latents file {path} does not exist")
     suffix = path.suffix.lower()
+    from safetensors import SafetensorError
+
     try:
         if suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return _pick(load_file(str(path)), path)
+            return _mapped_safetensors(path)
         if suffix in (".pt", ".pth"):
             loaded = torch.load(path, map_location="cpu", weights_only=True)
-            return loaded if isinstance(loaded, torch.Tensor) else _pick(loaded, path)
+            if isinstance(loaded, dict):
+                return loaded[_latents_key(loaded, path)]
+            return loaded
         if suffix == ".npy":  # memory-mapped: rows are read as the first stage needs them
             return torch.from_numpy(np.load(path, allow_pickle=False, mmap_mode="c"))
-    except (OSError, ValueError, RuntimeError) as e:
+    except InputError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
         raise CheckpointError(f"cannot read latents from {path}: {e}") from None
     raise InputError(f"cannot read latents from {path}: use one of {', '.join(LATENT_SUFFIXES)}")
 
 
-def _pick(tensors, path: Path) -> torch.Tensor:
-    if isinstance(tensors, dict):
-        if "latents" in tensors:
-            return tensors["latents"]
-        if len(tensors) == 1:
-            return next(iter(tensors.values()))
+#: safetensors dtype names -> torch dtypes (the formats latents come in)
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+def _mapped_safetensors(path: Path) -> torch.Tensor:
+    """The latents tensor of a .safetensors file, memory-mapped: pages are read as the first stage
+    reaches their rows. The format is an 8-byte little-endian header size, a JSON header with each
+    tensor's dtype, shape and byte range, then the data."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:  # validates the file; names its tensors
+        name = _latents_key(f.keys(), path)
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        entry = json.loads(f.read(size))[name]
+    dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
+    begin, end = (8 + size + offset for offset in entry["data_offsets"])
+    if dtype is None or begin % dtype.itemsize:  # an unusual dtype or an unaligned file: read it whole
+        from safetensors.torch import load_file
+
+        return load_file(str(path))[name]
+    raw = torch.from_file(str(path), shared=False, size=end, dtype=torch.uint8)  # copy-on-write mapping
+    return raw[begin:end].view(dtype).view(entry["shape"])
+
+
+def _latents_key(keys, path: Path) -> str:
+    """The entry named "latents", or the only one."""
+    keys = list(keys)
+    if "latents" in keys:
+        return "latents"
+    if len(keys) == 1:
+        return keys[0]
     raise InputError(f"{path} holds several tensors and none is named 'latents'")
 
 

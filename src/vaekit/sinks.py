@@ -3,15 +3,19 @@ them, so the whole image is never held in memory.
 
     .npy            float32 (B, C, H, W), a memory-mapped file (numpy's format, readable by np.load)
     .tif / .tiff    BigTIFF, tiled 256x256, RGB uint8 (tifffile), one image (batch 1)
+    .png            RGB uint8 (pypng, row by row), one image (batch 1)
+    .zarr           a zarr v3 directory, uint8 (B, H, W, C), chunks of (1, 256, 256, C), compressed
 
-A sink writes to a temporary file beside the target and renames it into place only on ``close``;
-``abort`` removes it, so a failed or interrupted run leaves no partial file and never clobbers one.
+A sink writes to a temporary file (or directory) beside the target and moves it into place only on
+``close``; ``abort`` removes it, so a failed or interrupted run leaves no partial file and never
+clobbers one.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -20,23 +24,29 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .io import to_uint8
 
 __all__ = ["open_sink", "Sink", "SINK_SUFFIXES", "TILE", "sink_bytes"]
 
-SINK_SUFFIXES = (".npy", ".tif", ".tiff")
-TILE = 256  #: TIFF tile side, pixels
+SINK_SUFFIXES = (".npy", ".tif", ".tiff", ".png", ".zarr")
+TILE = 256  #: TIFF tile side and zarr chunk side, pixels
 
 
 class Sink:
     """Takes NHWC bands in [-1, 1] in row order; ``close`` puts the file in place."""
 
+    directory = False  #: the output is a directory (zarr), not one file
+
     def __init__(self, target: Path):
         self.target = Path(target)
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".part" + self.target.suffix,
-                                   dir=self.target.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
+        prefix, suffix = f".{self.target.name}.", ".part" + self.target.suffix
+        if self.directory:
+            self.tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=self.target.parent))
+        else:
+            fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=self.target.parent)
+            os.close(fd)
+            self.tmp = Path(tmp)
 
     def write(self, r0: int, band: torch.Tensor) -> None:
         raise NotImplementedError
@@ -46,11 +56,30 @@ class Sink:
 
     def close(self) -> Path:
         self.finish()
-        os.replace(self.tmp, self.target)
+        if self.directory and self.target.exists():  # a directory cannot be replaced in one rename
+            old = self.target.with_name(f".{self.target.name}.old")
+            os.replace(self.target, old)
+            os.replace(self.tmp, self.target)
+            _remove(old)
+        else:
+            os.replace(self.tmp, self.target)
         return self.target
 
     def abort(self) -> None:
-        self.tmp.unlink(missing_ok=True)
+        _remove(self.tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _one_rgb_image(shape, suffix: str) -> None:
+    b, c = shape[:2]
+    if b != 1 or c != 3:
+        raise InputError(f"a {suffix} output takes one RGB image, not {b} images of {c} channels: use .npy or .zarr")
 
 
 class _NpySink(Sink):
@@ -67,29 +96,44 @@ class _NpySink(Sink):
         del self.array
 
 
-class _TiffSink(Sink):
-    """tifffile pulls tiles from an iterator while the executor pushes bands: a writer thread turns
-    the bands it receives through a small queue into rows of 256x256 tiles. Held at any time: about
-    256 rows of uint8 RGB plus the queued bands."""
+class _RowBuffer:
+    """Collects uint8 bands until ``rows`` are ready: the writers want whole tile rows."""
+
+    def __init__(self, width: int, channels: int):
+        self.pending = [np.empty((0, width, channels), np.uint8)]
+
+    def add(self, band: np.ndarray) -> None:
+        self.pending.append(band)
+
+    def size(self) -> int:
+        return sum(p.shape[0] for p in self.pending)
+
+    def take(self, rows: int) -> np.ndarray:
+        joined = np.concatenate(self.pending)
+        self.pending = [joined[rows:]]
+        return joined[:rows]
+
+
+class _PullSink(Sink):
+    """For writers that pull rows from an iterator (tifffile, pypng) while the executor pushes bands:
+    a writer thread consumes the bands through a small queue. Subclasses write the file in
+    ``_write_file(bands)``, where ``bands`` yields (rows, W, 3) uint8 arrays in order."""
 
     _END, _ABORT = object(), object()
 
     def __init__(self, target: Path, shape: tuple[int, int, int, int]):
-        b, c, self.height, self.width = shape
-        if b != 1 or c != 3:
-            raise InputError(f"a TIFF output takes one RGB image, not {b} images of {c} channels: use .npy")
+        _one_rgb_image(shape, Path(target).suffix)
+        _, _, self.height, self.width = shape
         super().__init__(target)
         self.queue: queue.Queue = queue.Queue(maxsize=4)
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._write_file, name="vaekit-tiff", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"vaekit-{type(self).__name__}", daemon=True)
         self.thread.start()
 
     def write(self, r0: int, band: torch.Tensor) -> None:
-        from .io import to_uint8
-
         if self.error is not None:
             raise self.error
-        self.queue.put(to_uint8(band[0].permute(2, 0, 1)))  # (rows, W, 3) uint8
+        self.queue.put(to_uint8(band[0].permute(2, 0, 1)))  # (rows, W, 3) uint8  image px
 
     def finish(self) -> None:
         self.queue.put(self._END)
@@ -112,28 +156,12 @@ class _TiffSink(Sink):
                 return
             yield item
 
-    def _tiles(self):
-        bands, pending = self._bands(), np.empty((0, self.width, 3), np.uint8)
-        for y in range(0, self.height, TILE):
-            need = min(TILE, self.height - y)
-            while pending.shape[0] < need:
-                pending = np.concatenate([pending, next(bands)])
-            rows, pending = pending[:need], pending[need:]
-            for x in range(0, self.width, TILE):
-                tile = np.zeros((TILE, TILE, 3), np.uint8)  # edge tiles are padded, as TIFF requires
-                part = rows[:, x : x + TILE]
-                tile[: part.shape[0], : part.shape[1]] = part
-                yield tile
-        for _ in bands:  # drain to the end marker
-            pass
-
-    def _write_file(self) -> None:
-        import tifffile
-
+    def _run(self) -> None:
+        bands = self._bands()
         try:
-            with tifffile.TiffWriter(self.tmp, bigtiff=True) as tiff:
-                tiff.write(self._tiles(), shape=(self.height, self.width, 3), dtype=np.uint8, tile=(TILE, TILE),
-                           photometric="rgb")
+            self._write_file(bands)
+            for _ in bands:  # drain to the end marker
+                pass
         except BaseException as e:  # handed to the executor's thread at its next write or at close
             self.error = e
             while True:  # unblock a producer waiting on a full queue
@@ -142,18 +170,81 @@ class _TiffSink(Sink):
                 except queue.Empty:
                     break
 
+    def _write_file(self, bands) -> None:
+        raise NotImplementedError
+
+
+class _TiffSink(_PullSink):
+    """Tiled BigTIFF. Held at any time: about 256 rows of uint8 RGB plus the queued bands."""
+
+    def _tiles(self, bands):
+        buffer = _RowBuffer(self.width, 3)
+        for y in range(0, self.height, TILE):
+            need = min(TILE, self.height - y)
+            while buffer.size() < need:
+                buffer.add(next(bands))
+            rows = buffer.take(need)
+            for x in range(0, self.width, TILE):
+                tile = np.zeros((TILE, TILE, 3), np.uint8)  # edge tiles are padded, as TIFF requires
+                part = rows[:, x : x + TILE]
+                tile[: part.shape[0], : part.shape[1]] = part
+                yield tile
+
+    def _write_file(self, bands) -> None:
+        import tifffile
+
+        with tifffile.TiffWriter(self.tmp, bigtiff=True) as tiff:
+            tiff.write(self._tiles(bands), shape=(self.height, self.width, 3), dtype=np.uint8, tile=(TILE, TILE),
+                       photometric="rgb")
+
+
+class _PngSink(_PullSink):
+    """PNG, one scanline at a time. Held at any time: the queued bands."""
+
+    def _write_file(self, bands) -> None:
+        import png
+
+        rows = (row.reshape(-1) for band in bands for row in band)  # (W * 3,) per scanline
+        with open(self.tmp, "wb") as f:
+            png.Writer(self.width, self.height, greyscale=False, bitdepth=8).write(f, rows)
+
+
+class _ZarrSink(Sink):
+    """A zarr v3 array; bands are buffered to whole chunk rows so every chunk is written once."""
+
+    directory = True
+
+    def __init__(self, target: Path, shape: tuple[int, int, int, int]):
+        import zarr
+
+        super().__init__(target)
+        b, c, self.height, w = shape
+        self.array = zarr.create_array(store=str(self.tmp), shape=(b, self.height, w, c), dtype=np.uint8,
+                                       chunks=(1, TILE, TILE, c), dimension_names=("batch", "y", "x", "channel"),
+                                       overwrite=True)  # the temp dir is ours and empty
+        self.buffers = [_RowBuffer(w, c) for _ in range(b)]
+        self.done = 0  # rows written
+
+    def write(self, r0: int, band: torch.Tensor) -> None:
+        for i, buffer in enumerate(self.buffers):
+            buffer.add(to_uint8(band[i].permute(2, 0, 1)))  # (rows, W, C) uint8  image px
+        while (need := min(TILE, self.height - self.done)) and self.buffers[0].size() >= need:
+            self.array[:, self.done : self.done + need] = np.stack([buf.take(need) for buf in self.buffers])
+            self.done += need  # (B, need, W, C) written: one row of whole chunks
+
+
+_SINKS = {".npy": _NpySink, ".tif": _TiffSink, ".tiff": _TiffSink, ".png": _PngSink, ".zarr": _ZarrSink}
+
 
 def open_sink(path, shape: tuple[int, int, int, int]) -> Sink:
     """A sink for an NCHW output of ``shape`` at ``path`` (by suffix)."""
     suffix = Path(path).suffix.lower()
-    if suffix == ".npy":
-        return _NpySink(Path(path), shape)
-    if suffix in (".tif", ".tiff"):
-        return _TiffSink(Path(path), shape)
-    raise InputError(f"cannot stream to {path}: streaming outputs end in {', '.join(SINK_SUFFIXES)}")
+    if suffix not in _SINKS:
+        raise InputError(f"cannot stream to {path}: streaming outputs end in {', '.join(SINK_SUFFIXES)}")
+    return _SINKS[suffix](Path(path), shape)
 
 
 def sink_bytes(path, shape: tuple[int, int, int, int]) -> int:
-    """Bytes the file will take (for the free-disk check)."""
+    """Bytes the file will take at most (for the free-disk check; PNG and zarr compress below it)."""
     b, c, h, w = shape
     return b * c * h * w * (4 if Path(path).suffix.lower() == ".npy" else 1)
