@@ -73,6 +73,40 @@ def test_tiers_all_device_with_room_and_all_lower_without(meta_sd):
     assert assign_tiers(program, shapes, 4, 1, "host")[inner[0]] == "host"
 
 
+def test_cuda_plans_put_what_host_ram_cannot_hold_on_disk(meta_sd):
+    shape = (1, 4, 512, 512)  # a 4096² decode, 15 GiB GPU: tens of GiB leave the device
+    unbounded = vaekit.plan(meta_sd, shape, "15GiB", device="cuda", dtype=torch.float16, host_budget="1TiB")
+    bounded = vaekit.plan(meta_sd, shape, "15GiB", device="cuda", dtype=torch.float16, host_budget="6GiB")
+    assert unbounded.scratch_bytes == 0 and unbounded.host_bytes > parse_bytes("6GiB")
+    assert 0 < bounded.host_bytes <= parse_bytes("6GiB") and bounded.scratch_bytes > 0
+    assert {m.tier for m in bounded.maps} >= {"device", "host", "disk"}
+    assert bounded.tiers.keys() == unbounded.tiers.keys()
+    assert all(bounded.tiers[n] == "device" for n, t in unbounded.tiers.items() if t == "device")  # the GPU is the same
+    assert "host RAM tier at most" in str(bounded) and "6.0 GiB allowed" in str(bounded)
+
+
+def test_cpu_plans_have_no_host_tier(meta_sd):
+    plan = vaekit.plan(meta_sd, (1, 4, 128, 128), "96MiB", host_budget="1GiB")
+    assert plan.host_bytes == 0 and plan.host_budget is None and "host" not in plan.tiers.values()
+
+
+def test_three_tiers_run_exactly(vaes):
+    """The executor with maps on all three tiers (a CUDA plan, run on the CPU) gives the untiled pixels."""
+    from conftest import REL_TOL, relative_error, untiled
+    from vaekit.plan import make_plan
+    from vaekit.run import execute
+
+    vae = vaes("sd")
+    z = torch.randn(1, 4, 40, 56, generator=torch.Generator().manual_seed(3))
+    program = program_for(vae, "decode")
+    roomy = make_plan(program, tuple(z.shape), 4, "float32", "cuda", 24 << 20, force_stream=True)
+    host = roomy.host_bytes // 2
+    plan = make_plan(program, tuple(z.shape), 4, "float32", "cuda", 24 << 20, force_stream=True, host_budget=host)
+    assert {"device", "host", "disk"} <= set(plan.tiers.values()) and plan.host_bytes <= host
+    with torch.inference_mode():
+        assert relative_error(execute(program, plan, z), untiled(vae, z)) <= REL_TOL
+
+
 def test_most_rows_is_the_largest_that_fits():
     assert _most_rows(lambda r: r <= 37, 100) == 37
     assert _most_rows(lambda r: True, 100) == 100

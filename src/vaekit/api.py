@@ -13,7 +13,7 @@ import torch
 from .arch import family, program_for
 from .errors import BudgetError, DeviceError, InputError, PrecisionError
 from .measure import PeakMemory
-from .plan import Plan, make_plan
+from .plan import HOST_SHARE, Plan, make_plan
 from .precision import check_dtype
 from .program import Program
 from .recovery import Event, RunReport, free_caches, is_oom
@@ -27,32 +27,47 @@ __all__ = ["decode", "encode", "plan", "run", "free_memory", "usable_device"]
 IMAGE_RANGE_SLACK = 1.5
 
 
-def plan(vae, shape, budget=None, op: str = "decode", *, device=None, dtype=None, out=None) -> Plan:
+def plan(vae, shape, budget=None, op: str = "decode", *, device=None, dtype=None, out=None,
+         host_budget=None) -> Plan:
     """Plan ``op`` of an NCHW input of ``shape`` from the model's config and shapes alone.
 
     ``shape`` is the latent shape for decode, e.g. (1, 4, 128, 128), the image shape for encode,
     e.g. (1, 3, 1024, 1024). Works for a model on the meta
     device. ``budget``: bytes, or a string like "768MiB"; None plans for the free memory of the device.
     ``out``: plan as ``decode(..., out=...)`` runs, with the image going to a file (not held).
+    ``host_budget``: on CUDA, the host RAM the maps that leave the GPU may take before the rest go to
+    disk (default: 80% of the RAM available now).
     """
     return _plan(program_for(vae, op), vae, shape, budget, op, _device(vae, device, check=False), dtype,
-                 sink=out is not None)
+                 sink=out is not None, host_budget=host_budget)
 
 
 def _plan(program: Program, vae, shape, budget, op: str, device: torch.device, dtype=None,
-          force_stream: bool = False, compiled: bool = False, sink: bool = False) -> Plan:
+          force_stream: bool = False, compiled: bool = False, sink: bool = False, host_budget=None) -> Plan:
     dtype = dtype or _model_dtype(vae)
     shape = _check_shape(program, vae, shape, op)
     limit = None if budget is None else parse_bytes(budget)
     free = free_memory(device) if limit is None and device.type != "meta" else None  # planning needs no device
     itemsize = torch.empty((), dtype=dtype).element_size()
     return make_plan(program, shape, itemsize, str(dtype).removeprefix("torch."), str(device), limit, free_bytes=free,
-                     force_stream=force_stream or compiled, compiled=compiled, sink=sink)
+                     force_stream=force_stream or compiled, compiled=compiled, sink=sink,
+                     host_budget=_host_budget(host_budget, device))
+
+
+def _host_budget(host_budget, device: torch.device) -> int | None:
+    """Host RAM for the maps a CUDA run keeps off the GPU; on a CPU the disk is the only lower tier."""
+    if device.type != "cuda":
+        return None
+    if host_budget is not None:
+        return parse_bytes(host_budget)
+    import psutil
+
+    return int(psutil.virtual_memory().available * HOST_SHARE)
 
 
 def decode(vae, latents: torch.Tensor, budget=None, *, device=None, progress=None, compile: bool = False,
            scratch_dir: str | os.PathLike | None = None, report: RunReport | None = None,
-           out: str | os.PathLike | None = None):
+           out: str | os.PathLike | None = None, host_budget=None):
     """``vae.decode(latents).sample``, exactly, while holding at most ``budget`` bytes of activations.
 
     latents: NCHW, already divided by the scaling factor, as for ``vae.decode``.
@@ -66,15 +81,17 @@ def decode(vae, latents: torch.Tensor, budget=None, *, device=None, progress=Non
         size (always streams; the first call compiles, later sizes reuse the graphs).
     out: a file (.npy, .tif/.tiff) to write the image to band by band instead of returning it; the
         image is then never held in memory (the budget does not count it). Returns the path.
+    host_budget: on CUDA, the host RAM for maps that do not stay on the GPU; past it they go to
+        scratch files on disk (default: 80% of the RAM available).
     Returns the image (in [-1, 1] for a trained model) on the latents' device, in the model's dtype.
     """
     return run(vae, "decode", latents, budget, device=device, progress=progress, compile=compile,
-               scratch_dir=scratch_dir, report=report, out=out)
+               scratch_dir=scratch_dir, report=report, out=out, host_budget=host_budget)
 
 
 def encode(vae, images: torch.Tensor, budget=None, *, sample: bool = False, generator: torch.Generator | None = None,
            device=None, progress=None, compile: bool = False, scratch_dir: str | os.PathLike | None = None,
-           report: RunReport | None = None) -> torch.Tensor:
+           report: RunReport | None = None, host_budget=None) -> torch.Tensor:
     """The latents of ``images`` (NCHW in [-1, 1]), exactly as the untiled encoder gives them.
 
     AutoencoderKL: the latent distribution's mode (its mean), or with ``sample=True`` a sample drawn
@@ -82,13 +99,13 @@ def encode(vae, images: torch.Tensor, budget=None, *, sample: bool = False, gene
     Latents are not multiplied by the scaling factor. Other arguments as for :func:`decode`.
     """
     out = run(vae, "encode", images, budget, device=device, progress=progress, compile=compile,
-               scratch_dir=scratch_dir, report=report)
+              scratch_dir=scratch_dir, report=report, host_budget=host_budget)
     with torch.inference_mode():
         return family(vae).finish(vae, "encode", out, sample=sample, generator=generator)
 
 
 def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=None, compile: bool = False,
-        scratch_dir=None, report: RunReport | None = None, stream: bool = False, out=None):
+        scratch_dir=None, report: RunReport | None = None, stream: bool = False, out=None, host_budget=None):
     """The program's own output for ``op``: for AutoencoderKL encode the moments (mean | logvar), not
     yet the latents. ``stream=True`` never runs the model whole. Used by decode, encode and apply."""
     program = program_for(vae, op)
@@ -106,7 +123,7 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
     # the model's own modules run where the model is; elsewhere, stages move their weights themselves
     elsewhere = not _same_device(next(vae.parameters()).device, compute)
     planned = functools.partial(_plan, program, vae, tuple(x.shape), budget, op, compute, compiled=compile,
-                                sink=out is not None)
+                                sink=out is not None, host_budget=host_budget)
     the_plan = planned(force_stream=elsewhere or stream)
     inp = x.to(device=compute, dtype=_model_dtype(vae))
     sink = None if out is None else open_sink(out, the_plan.out_shape)

@@ -61,7 +61,8 @@ def _run_options(args) -> dict:
     from .recovery import RunReport
 
     args.report = RunReport()  # what happened besides the plan: told on stderr (_tell)
-    return dict(device=args.device, progress=not args.quiet, scratch_dir=args.scratch_dir, report=args.report)
+    return dict(device=args.device, progress=not args.quiet, scratch_dir=args.scratch_dir, report=args.report,
+                host_budget=args.host_budget)
 
 
 def _tell(args) -> None:
@@ -153,7 +154,7 @@ def _plan(args) -> int:
     budget = args.budget
     if budget is None and args.device != "cpu":
         raise InputError("planning for a device other than this machine's CPU needs --budget")
-    print(api.plan(vae, shape, budget, args.op, device=args.device, dtype=dtype))
+    print(api.plan(vae, shape, budget, args.op, device=args.device, dtype=dtype, host_budget=args.host_budget))
     return 0
 
 
@@ -170,11 +171,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--budget", help="activation memory budget, e.g. 768MiB, 2GiB (default: free memory)")
     run.add_argument("--device", help="cpu or cuda (default: cpu)")
     run.add_argument("--scratch-dir", help="where the disk tier writes scratch files (default: system temp)")
+    run.add_argument("--host-budget", help="CUDA: host RAM for maps kept off the GPU before disk (default: 80%% of free)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
     dec = sub.add_parser("decode", parents=[model, run], help="decode latents to an image")
     dec.add_argument("latents", help=".safetensors, .pt or .npy (already divided by the scaling factor)")
-    dec.add_argument("out", help=".png, .pt, or .npy / .tif (BigTIFF): those two are written band by band")
+    dec.add_argument("out", help=".npy, .tif (BigTIFF), .zarr, .png (written band by band) or .pt")
     dec.set_defaults(run=_decode)
 
     enc = sub.add_parser("encode", parents=[model, run], help="encode an image to latents")
@@ -198,6 +200,8 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--batch", type=int, default=1)
     pl.add_argument("--device", default="cpu", help="device to plan for (cpu, cuda): sets the store tiers")
     pl.add_argument("--dtype", choices=sorted(DTYPES), help="dtype to plan for (default: float32)")
+    pl.add_argument("--host-budget", help="CUDA: host RAM for maps kept off the GPU, the rest on disk "
+                    "(default: 80%% of this machine's free RAM)")
     pl.set_defaults(run=_plan)
 
     doc = sub.add_parser("doctor", help="versions, devices, free memory, bf16 capability, what vaekit would choose")

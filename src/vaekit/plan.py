@@ -19,13 +19,15 @@ from .errors import BudgetError
 from .program import AttentionStage, ConvStage, GLUStage, KeyValueStage, LinearKVStage, LinearQueryStage, Program
 from .units import format_bytes
 
-__all__ = ["StagePlan", "MapPlan", "Plan", "make_plan", "validate", "smallest_budget", "TARGET_ROWS",
-           "FIXED_ALLOWANCE"]
+__all__ = ["StagePlan", "MapPlan", "Plan", "make_plan", "validate", "smallest_budget", "bound_host", "TARGET_ROWS",
+           "FIXED_ALLOWANCE", "HOST_SHARE"]
 
 #: rows per chunk the tier assignment keeps room for: below ~32 rows CPU convs lose efficiency
 TARGET_ROWS = 32
 #: what a measured peak may exceed the plan by, besides 10%: thread pools, kernel caches, allocator slack
 FIXED_ALLOWANCE = 32 << 20
+#: on CUDA the host tier may take this share of the RAM that is available when planning
+HOST_SHARE = 0.8
 #: conv/attention temporaries are counted at this element size at least (prologue runs in fp32)
 PROLOGUE_ITEMSIZE = 4
 
@@ -75,6 +77,8 @@ class Plan:
     stages: tuple[StagePlan, ...]
     maps: tuple[MapPlan, ...]
     scratch_bytes: int = 0  # most the disk tier holds at once
+    host_bytes: int = 0  # most the host tier holds at once (CUDA: maps in pinned host RAM)
+    host_budget: int | None = None  # what the host tier was allowed (None: unbounded)
 
     @property
     def peak_bytes(self) -> int:
@@ -109,6 +113,11 @@ class Plan:
             lines.append(f"{'map':<26}{'shape (B,H,W,C)':>24}{'size':>12}  tier")
             for m in self.maps:
                 lines.append(f"{m.name:<26}{str(m.shape):>24}{format_bytes(m.nbytes):>12}  {m.tier}")
+            lines.append("")
+            if self.host_bytes or self.host_budget is not None:
+                allowed = "" if self.host_budget is None else f" of {format_bytes(self.host_budget)} allowed"
+                lines.append(f"host RAM tier at most {format_bytes(self.host_bytes)}{allowed}")
+            lines.append(f"scratch on disk at most {format_bytes(self.scratch_bytes)}")
         return "\n".join(lines)
 
 
@@ -240,6 +249,21 @@ def assign_tiers(program: Program, shapes, itemsize: int, budget: int, lower: st
     return tiers
 
 
+def bound_host(program: Program, shapes, itemsize: int, tiers: dict[str, str], host_budget: int) -> dict[str, str]:
+    """On CUDA the maps not kept on the device go to host RAM while it holds them (smallest first,
+    as for the device), and to disk past that: ``host_budget`` bounds the host maps alive at once."""
+    lives = _lives(program)
+    tiers = {name: "disk" if tier == "host" else tier for name, tier in tiers.items()}
+    held = [0] * len(program.stages)
+    for name in sorted((n for n in shapes if tiers[n] == "disk"), key=lambda n: _nbytes(shapes[n], itemsize)):
+        size = _nbytes(shapes[name], itemsize)
+        if all(held[i] + size <= host_budget for i in lives[name]):
+            tiers[name] = "host"
+            for i in lives[name]:
+                held[i] += size
+    return tiers
+
+
 def _resident_bytes(program: Program, shapes, itemsize: int, tiers: dict[str, str]) -> list[int]:
     """Resident bytes per stage: device-tier maps alive then, plus input and output."""
     resident = [0] * len(program.stages)
@@ -288,11 +312,12 @@ def row_step(stage, compiled: bool = False) -> int:
 
 def make_plan(program: Program, in_shape, itemsize: int, dtype: str, device: str, budget: int | None,
               *, free_bytes: int | None = None, force_stream: bool = False, compiled: bool = False,
-              sink: bool = False) -> Plan:
+              sink: bool = False, host_budget: int | None = None) -> Plan:
     """Plan ``program`` on an NCHW input of ``in_shape``.
 
     ``budget`` None means "what is free" (``free_bytes``). ``sink``: the output goes to a file band by
-    band and is never held (tier "sink"). Raises BudgetError when nothing fits.
+    band and is never held (tier "sink"). ``host_budget``: on CUDA, the most host RAM the maps below
+    the device may take, the rest going to disk (None: unbounded). Raises BudgetError when nothing fits.
     """
     shapes = map_shapes(program, in_shape)
     whole = whole_bytes(program, shapes, itemsize)
@@ -305,6 +330,8 @@ def make_plan(program: Program, in_shape, itemsize: int, dtype: str, device: str
 
     lower = "host" if device.startswith("cuda") else "disk"
     tiers = assign_tiers(program, shapes, itemsize, limit, lower, sink)
+    if lower == "host" and host_budget is not None:
+        tiers = bound_host(program, shapes, itemsize, tiers, host_budget)
     stages = []
     resident = _resident_bytes(program, shapes, itemsize, tiers)
     for i, stage in enumerate(program.stages):
@@ -320,14 +347,16 @@ def make_plan(program: Program, in_shape, itemsize: int, dtype: str, device: str
             )
         stages.append(planned)
     maps = tuple(MapPlan(n, shapes[n], _nbytes(shapes[n], itemsize), tiers[n]) for n in shapes)
-    return Plan(mode="stream", stages=tuple(stages), maps=maps, scratch_bytes=_scratch_bytes(program, maps), **common)
+    return Plan(mode="stream", stages=tuple(stages), maps=maps, scratch_bytes=_tier_peak(program, maps, "disk"),
+                host_bytes=_tier_peak(program, maps, "host"), host_budget=host_budget if lower == "host" else None,
+                **common)
 
 
-def _scratch_bytes(program: Program, maps) -> int:
-    """Most bytes the disk tier holds at once (maps are deleted after their last use)."""
-    disk = {m.name: m.nbytes for m in maps if m.tier == "disk"}
+def _tier_peak(program: Program, maps, tier: str) -> int:
+    """Most bytes ``tier`` holds at once (maps are freed after their last use)."""
+    held = {m.name: m.nbytes for m in maps if m.tier == tier}
     lives = _lives(program)
-    return max((sum(n for name, n in disk.items() if i in lives[name]) for i in range(len(program.stages))), default=0)
+    return max((sum(n for name, n in held.items() if i in lives[name]) for i in range(len(program.stages))), default=0)
 
 
 def smallest_budget(program: Program, in_shape, itemsize: int, lower: str = "disk", compiled: bool = False,
