@@ -18,7 +18,7 @@ from .precision import check_dtype
 from .program import Program
 from .recovery import Event, RunReport, free_caches, is_oom
 from .run import execute
-from .sinks import open_sink, sink_bytes
+from .sinks import check_shared, open_sink, sink_bytes
 from .units import format_bytes, parse_bytes
 
 __all__ = ["decode", "encode", "plan", "run", "free_memory", "usable_device"]
@@ -67,7 +67,7 @@ def _host_budget(host_budget, device: torch.device) -> int | None:
 
 def decode(vae, latents: torch.Tensor, budget=None, *, device=None, progress=None, compile: bool = False,
            scratch_dir: str | os.PathLike | None = None, report: RunReport | None = None,
-           out: str | os.PathLike | None = None, host_budget=None):
+           out: str | os.PathLike | None = None, host_budget=None, dist: bool = False):
     """``vae.decode(latents).sample``, exactly, while holding at most ``budget`` bytes of activations.
 
     latents: NCHW, already divided by the scaling factor, as for ``vae.decode``.
@@ -83,15 +83,19 @@ def decode(vae, latents: torch.Tensor, budget=None, *, device=None, progress=Non
         image is then never held in memory (the budget does not count it). Returns the path.
     host_budget: on CUDA, the host RAM for maps that do not stay on the GPU; past it they go to
         scratch files on disk (default: 80% of the RAM available).
+    dist: under ``torchrun``, split every stage's rows across the ranks (dist.py): each rank computes
+        and holds its share, and writes its rows to ``out`` (.npy or .zarr). Without ``out`` every
+        rank gets the whole image. Every rank must call it with the same arguments. One process
+        (no torchrun) runs as usual. ``budget`` is per rank.
     Returns the image (in [-1, 1] for a trained model) on the latents' device, in the model's dtype.
     """
     return run(vae, "decode", latents, budget, device=device, progress=progress, compile=compile,
-               scratch_dir=scratch_dir, report=report, out=out, host_budget=host_budget)
+               scratch_dir=scratch_dir, report=report, out=out, host_budget=host_budget, dist=dist)
 
 
 def encode(vae, images: torch.Tensor, budget=None, *, sample: bool = False, generator: torch.Generator | None = None,
            device=None, progress=None, compile: bool = False, scratch_dir: str | os.PathLike | None = None,
-           report: RunReport | None = None, host_budget=None) -> torch.Tensor:
+           report: RunReport | None = None, host_budget=None, dist: bool = False) -> torch.Tensor:
     """The latents of ``images`` (NCHW in [-1, 1]), exactly as the untiled encoder gives them.
 
     AutoencoderKL: the latent distribution's mode (its mean), or with ``sample=True`` a sample drawn
@@ -99,13 +103,14 @@ def encode(vae, images: torch.Tensor, budget=None, *, sample: bool = False, gene
     Latents are not multiplied by the scaling factor. Other arguments as for :func:`decode`.
     """
     out = run(vae, "encode", images, budget, device=device, progress=progress, compile=compile,
-              scratch_dir=scratch_dir, report=report, host_budget=host_budget)
+              scratch_dir=scratch_dir, report=report, host_budget=host_budget, dist=dist)
     with torch.inference_mode():
         return family(vae).finish(vae, "encode", out, sample=sample, generator=generator)
 
 
 def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=None, compile: bool = False,
-        scratch_dir=None, report: RunReport | None = None, stream: bool = False, out=None, host_budget=None):
+        scratch_dir=None, report: RunReport | None = None, stream: bool = False, out=None, host_budget=None,
+        dist: bool = False):
     """The program's own output for ``op``: for AutoencoderKL encode the moments (mean | logvar), not
     yet the latents. ``stream=True`` never runs the model whole. Used by decode, encode and apply."""
     program = program_for(vae, op)
@@ -116,7 +121,10 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
     if not x.is_floating_point():
         raise InputError(f"{what} must be floating point, got {x.dtype}")
     _check_values(x, op)
-    compute = _device(vae, device)
+    rank, ranks = _world() if dist else (0, 1)
+    if ranks > 1 and out is not None:
+        check_shared(out)
+    compute = _device(vae, _rank_device(device) if ranks > 1 else device)
     check_dtype(_model_dtype(vae), compute)
     measure = report is not None  # measuring resets the process's (or CUDA's) peak counters: only when asked
     report = report if report is not None else RunReport()
@@ -124,9 +132,11 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
     elsewhere = not _same_device(next(vae.parameters()).device, compute)
     planned = functools.partial(_plan, program, vae, tuple(x.shape), budget, op, compute, compiled=compile,
                                 sink=out is not None, host_budget=host_budget)
-    the_plan = planned(force_stream=elsewhere or stream)
+    the_plan = planned(force_stream=elsewhere or stream or ranks > 1)
     inp = x.to(device=compute, dtype=_model_dtype(vae))
-    sink = None if out is None else open_sink(out, the_plan.out_shape)
+    peers = _peers(program, the_plan, rank, ranks, compute, compile, out) if ranks > 1 else None
+    sink = None if out is None else _open_sink(out, the_plan.out_shape, peers)
+    progress = progress if rank == 0 or callable(progress) else None  # one progress bar: rank 0's
     peak = PeakMemory(compute, strict=False) if measure else contextlib.nullcontext()
     try:
         with peak, torch.inference_mode():
@@ -136,11 +146,11 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
                 _check_disk(the_plan, scratch_dir, out)
                 with _progress(progress, the_plan) as callback:
                     result = execute(program, the_plan, inp, scratch_dir=scratch_dir, progress=callback,
-                                     report=report, compiled=compile, sink=sink)
+                                     report=report, compiled=compile, sink=sink, peers=peers)
             elif sink is not None:
                 sink.write(0, result.permute(0, 2, 3, 1))  # (B, H, W, C): the whole image in one band
         if sink is not None:
-            result = sink.close()
+            result = sink.close() if peers is None else _close_shared(sink, peers)
     except BaseException:
         if sink is not None:
             sink.abort()  # no partial file, and an existing one is left alone
@@ -151,6 +161,53 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
         raise PrecisionError(f"the {op} produced NaN or Inf from finite {'latents' if op == 'decode' else 'images'} "
                              f"in {result.dtype}: the model's weights are out of range for this input")
     return result if sink is not None else result.to(x.device)
+
+
+def _world() -> tuple[int, int]:
+    from .dist import world
+
+    return world()
+
+
+def _rank_device(device):
+    """A rank's device: its own GPU (LOCAL_RANK) when it asks for CUDA without an index, or by default."""
+    if device is None and not torch.cuda.is_available():
+        return None
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None or str(device) == "cuda":
+        return torch.device("cuda", local)
+    return device
+
+
+def _peers(program: Program, the_plan: Plan, rank: int, ranks: int, device: torch.device, compiled: bool, out):
+    from .dist import Peers, layout
+    from .sinks import sink_rows
+
+    shapes = {m.name: m.shape for m in the_plan.maps}
+    step = 1 if out is None else sink_rows(out)
+    return Peers(layout(program, shapes, ranks, compiled, step), rank, device)
+
+
+def _open_sink(out, shape, peers):
+    """The output's sink; in a distributed run rank 0 creates it and the others attach."""
+    if peers is None:
+        return open_sink(out, shape)
+    tmp = [None]
+    sink = open_sink(out, shape) if peers.rank == 0 else None
+    if sink is not None:
+        tmp = [str(sink.tmp)]
+    peers.dist.broadcast_object_list(tmp, src=0)
+    return sink if sink is not None else open_sink(out, shape, shared_tmp=tmp[0])
+
+
+def _close_shared(sink, peers) -> Path:
+    """Every rank's rows are written before rank 0 puts the file in place, and it is there on return."""
+    sink.finish()
+    peers.barrier()
+    if sink.owner:
+        sink.publish()
+    peers.barrier()
+    return sink.target
 
 
 def _check_disk(the_plan: Plan, scratch_dir, out) -> None:

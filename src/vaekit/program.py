@@ -38,6 +38,11 @@ class _SameSize:
     def out_hw(self, h: int, w: int) -> tuple[int, int]:
         return h, w
 
+    def rows_read(self, name: str, r0: int, r1: int, src_hw: tuple[int, int]) -> tuple[int, int]:
+        """Rows [a, b) of map ``name`` that output rows [r0, r1) read (``halo`` rows each side)."""
+        halo = getattr(self, "halo", 0)
+        return max(r0 - halo, 0), min(r1 + halo, src_hw[0])
+
 
 @dataclass(frozen=True)
 class MapSpec:
@@ -144,6 +149,18 @@ class ConvStage:
         f = self.upsample
         return max(lo, 0) // f, min(-(-hi // f), src_h)
 
+    def rows_read(self, name: str, r0: int, r1: int, src_hw: tuple[int, int]) -> tuple[int, int]:
+        """Rows [a, b) of map ``name`` (src or skip) that output rows [r0, r1) read. An upsampling
+        stage's compiled kernel reads whole pairs of conv rows: one more source row each side."""
+        spans = []
+        if name == self.src:
+            a, b = self.src_rows(r0, r1, src_hw[0])
+            extra = 1 if self.upsample != 1 else 0
+            spans.append((max(a - extra, 0), min(b + extra, src_hw[0])))
+        if name == self.skip:
+            spans.append(self.shortcut.skip_rows(r0, r1) if self.shortcut else (r0, r1))
+        return min(a for a, _ in spans), max(b for _, b in spans)
+
 
 @dataclass(frozen=True, eq=False)
 class KeyValueStage(_SameSize):
@@ -172,6 +189,10 @@ class AttentionStage(_SameSize):
     @property
     def reads(self) -> tuple[str, ...]:
         return (self.src, self.kv)
+
+    def rows_read(self, name: str, r0: int, r1: int, src_hw: tuple[int, int]) -> tuple[int, int]:
+        """Queries read their own rows; every band of queries reads all keys and values."""
+        return (0, src_hw[0]) if name == self.kv else (r0, r1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -212,6 +233,11 @@ class LinearQueryStage(_SameSize):
     state: str
     halo: int
     stats_groups: int | None = None
+
+    def rows_read(self, name: str, r0: int, r1: int, src_hw: tuple[int, int]) -> tuple[int, int]:
+        if src_hw[0] * src_hw[1] <= self.attn.attention_head_dim:  # diffusers' quadratic path: the whole map
+            return 0, src_hw[0]
+        return super().rows_read(name, r0, r1, src_hw)
 
 
 Stage = ConvStage | KeyValueStage | AttentionStage | GLUStage | LinearKVStage | LinearQueryStage

@@ -31,20 +31,25 @@ FP16_MAX = torch.finfo(torch.float16).max
 
 
 def execute(program: Program, plan: Plan, x: torch.Tensor, *, scratch_dir: str | os.PathLike | None = None,
-            progress=None, report: RunReport | None = None, compiled: bool = False, sink=None) -> torch.Tensor | None:
+            progress=None, report: RunReport | None = None, compiled: bool = False, sink=None,
+            peers=None) -> torch.Tensor | None:
     """Run ``program`` on NCHW ``x`` (already on the compute device, in the compute dtype) by ``plan``.
     ``compiled``: conv stages run through torch.compile graphs shared by every image size (plan with
     ``compiled=True`` too: their chunks must be even where they upsample). ``sink``: the output's bands
-    go there (sinks.py) as they are made, and nothing is returned."""
+    go there (sinks.py) as they are made, and nothing is returned. ``peers``: this rank's
+    ``dist.Peers`` in a distributed run: it computes and holds only its rows (dist.py)."""
     report = report if report is not None else RunReport()
     with Store(x.device, scratch_dir) as store:
-        run = _Run(program, plan, x, store, report, compiled, sink)
+        run = _Run(program, plan, x, store, report, compiled, sink, peers)
         for i, (stage, sp) in enumerate(zip(program.stages, plan.stages, strict=True)):
             run.alloc(stage)
             weights = stage_weights(stage, x.device, run.dtype)  # load
             on_rows = None if progress is None else (lambda done, total, i=i: progress(i, done, total))
-            run.stats.update(run.stage(stage, sp, weights, on_rows))  # compute and store, chunk by chunk
+            run.stats.update(run.stage(i, stage, sp, weights, on_rows))  # compute and store, chunk by chunk
+            run.share(i, stage)  # distributed: the rows other ranks hold of what this stage wrote
             run.release(i, stage)
+        if peers is not None and run.output is not None:
+            peers.share_output(run.output, len(program.stages) - 1)
     report.tiers = run.tiers
     return run.output
 
@@ -53,8 +58,8 @@ class _Run:
     """The state of one execution: the store, statistics, where maps live, the compute dtype."""
 
     def __init__(self, program: Program, plan: Plan, x: torch.Tensor, store: Store, report: RunReport,
-                 compiled: bool = False, sink=None):
-        self.program, self.store, self.report, self.sink = program, store, report, sink
+                 compiled: bool = False, sink=None, peers=None):
+        self.program, self.store, self.report, self.sink, self.peers = program, store, report, sink, peers
         self.kernels = {**_KERNELS, ConvStage: compiled_conv_band} if compiled else _KERNELS
         self.compiled = compiled
         self.shapes = {m.name: m.shape for m in plan.maps}
@@ -74,7 +79,9 @@ class _Run:
             self.output = torch.empty(b, out_c, out_h, out_w, dtype=self.out_dtype, device=self.device)  # output px
             self.store.maps[stage.dst] = self.output.permute(0, 2, 3, 1)  # written band by band through this view
         elif stage.dst is not None and stage.dst not in self.store.maps:
-            self.store.alloc(stage.dst, self.shapes[stage.dst], self.dtype, self.tiers[stage.dst])
+            b, h, w, c = self.shapes[stage.dst]
+            lo, hi = (0, h) if self.peers is None else self.peers.layout.slabs[stage.dst][self.peers.rank]
+            self.store.alloc(stage.dst, (b, hi - lo, w, c), self.dtype, self.tiers[stage.dst], row0=lo)
 
     def read(self, name: str, r0: int, r1: int) -> torch.Tensor:
         band = self.store.read(name, r0, r1)
@@ -88,15 +95,27 @@ class _Run:
             self.stats.pop(stage.state, None)
         self.store.end_stage()
 
-    def stage(self, stage, sp, weights, on_rows) -> dict:
-        """Every chunk of one stage, resuming at a failed chunk after an out-of-memory error.
-        Returns what the stage gathered: the next GroupNorm's statistics, or a reduction's state."""
+    def share(self, i: int, stage) -> None:
+        """Distributed: send this rank's new rows of the stage's map to the ranks holding them, and
+        take theirs, in one dtype (float32 on every rank once one rank had to upcast)."""
+        if self.peers is None or stage.dst is None or stage.dst == self.program.output:
+            return
+        if self.peers.widest(self.store.maps[stage.dst].dtype) != self.store.maps[stage.dst].dtype:
+            self.store.retype(stage.dst, torch.float32)
+            self.dtype = torch.float32
+        self.peers.exchange(self.store, i, stage.dst)
+
+    def stage(self, i: int, stage, sp, weights, on_rows) -> dict:
+        """Every chunk of one stage (of this rank's rows), resuming at a failed chunk after an
+        out-of-memory error. Returns what the stage gathered: the next GroupNorm's statistics, or a
+        reduction's state (over every rank's rows in a distributed run)."""
         src_h, dst_h = self.shapes[stage.src][1], self.shapes[stage.dst or stage.src][1]
         collector = GroupStats(stage.stats_groups) if stage.stats_groups else None
-        rows, kv_rows, total, r0 = sp.rows, sp.kv_rows, None, 0
-        while r0 < dst_h:
-            r1 = min(r0 + rows, dst_h)
-            if self.compiled and dst_h - r1 == 1 and r1 - r0 > 2:
+        first, end = (0, dst_h) if self.peers is None else self.peers.layout.parts[i][self.peers.rank]
+        rows, kv_rows, total, r0 = sp.rows, sp.kv_rows, None, first
+        while r0 < end:
+            r1 = min(r0 + rows, end)
+            if self.compiled and end - r1 == 1 and r1 - r0 > 2:
                 r1 -= 1  # no one-row last chunk: torch.compile specializes sizes of 1 (a new graph)
             error = None
             try:
@@ -121,8 +140,12 @@ class _Run:
                 if collector is not None:
                     collector.update(band)
             if on_rows is not None:
-                on_rows(r1, dst_h)
+                on_rows((r1 - first) * dst_h // (end - first), dst_h)  # this rank's share, scaled to the stage
             r0 = r1
+        if self.peers is not None:
+            if stage.dst is None:
+                return {stage.state: self.peers.sum_state(total)}
+            return {stage.dst: self.peers.merge_stats(collector)} if collector is not None else {}
         if stage.dst is None:
             return {stage.state: total}
         return {stage.dst: collector.mean_var()} if collector is not None else {}

@@ -8,7 +8,8 @@ them, so the whole image is never held in memory.
 
 A sink writes to a temporary file (or directory) beside the target and moves it into place only on
 ``close``; ``abort`` removes it, so a failed or interrupted run leaves no partial file and never
-clobbers one.
+clobbers one. In a distributed run (dist.py) rank 0 creates the temporary file and the other ranks
+attach to it (``shared_tmp``): each writes its own rows of a .npy or .zarr, and rank 0 publishes it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from .errors import InputError
 from .io import to_uint8
 
-__all__ = ["open_sink", "Sink", "SINK_SUFFIXES", "TILE", "sink_bytes"]
+__all__ = ["open_sink", "Sink", "SINK_SUFFIXES", "TILE", "sink_bytes", "sink_rows", "check_shared"]
 
 SINK_SUFFIXES = (".npy", ".tif", ".tiff", ".png", ".zarr")
 TILE = 256  #: TIFF tile side and zarr chunk side, pixels
@@ -36,9 +37,15 @@ class Sink:
     """Takes NHWC bands in [-1, 1] in row order; ``close`` puts the file in place."""
 
     directory = False  #: the output is a directory (zarr), not one file
+    shareable = True  #: ranks may write their own rows into one file (False: rows must come in order)
 
-    def __init__(self, target: Path):
+    def __init__(self, target: Path, shared_tmp: str | None = None):
         self.target = Path(target)
+        self.owner = shared_tmp is None  # the process that created the temporary file publishes it
+        if not self.owner:
+            check_shared(self.target)
+            self.tmp = Path(shared_tmp)
+            return
         self.target.parent.mkdir(parents=True, exist_ok=True)
         prefix, suffix = f".{self.target.name}.", ".part" + self.target.suffix
         if self.directory:
@@ -55,7 +62,12 @@ class Sink:
         """Flush what is buffered (subclasses)."""
 
     def close(self) -> Path:
+        """Flush, and put the file in place (the owner only)."""
         self.finish()
+        return self.publish() if self.owner else self.target
+
+    def publish(self) -> Path:
+        """Move the finished temporary file onto the target."""
         if self.directory and self.target.exists():  # a directory cannot be replaced in one rename
             old = self.target.with_name(f".{self.target.name}.old")
             os.replace(self.target, old)
@@ -66,7 +78,8 @@ class Sink:
         return self.target
 
     def abort(self) -> None:
-        _remove(self.tmp)
+        if self.owner:
+            _remove(self.tmp)
 
 
 def _remove(path: Path) -> None:
@@ -83,9 +96,10 @@ def _one_rgb_image(shape, suffix: str) -> None:
 
 
 class _NpySink(Sink):
-    def __init__(self, target: Path, shape: tuple[int, int, int, int]):
-        super().__init__(target)
-        self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=shape)  # (B, C, H, W)
+    def __init__(self, target: Path, shape: tuple[int, int, int, int], shared_tmp: str | None = None):
+        super().__init__(target, shared_tmp)
+        mode = "w+" if self.owner else "r+"
+        self.array = np.lib.format.open_memmap(self.tmp, mode=mode, dtype=np.float32, shape=shape)  # (B, C, H, W)
 
     def write(self, r0: int, band: torch.Tensor) -> None:
         rows = band.shape[1]
@@ -120,11 +134,12 @@ class _PullSink(Sink):
     ``_write_file(bands)``, where ``bands`` yields (rows, W, 3) uint8 arrays in order."""
 
     _END, _ABORT = object(), object()
+    shareable = False
 
-    def __init__(self, target: Path, shape: tuple[int, int, int, int]):
+    def __init__(self, target: Path, shape: tuple[int, int, int, int], shared_tmp: str | None = None):
         _one_rgb_image(shape, Path(target).suffix)
         _, _, self.height, self.width = shape
-        super().__init__(target)
+        super().__init__(target, shared_tmp)
         self.queue: queue.Queue = queue.Queue(maxsize=4)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name=f"vaekit-{type(self).__name__}", daemon=True)
@@ -214,18 +229,23 @@ class _ZarrSink(Sink):
 
     directory = True
 
-    def __init__(self, target: Path, shape: tuple[int, int, int, int]):
+    def __init__(self, target: Path, shape: tuple[int, int, int, int], shared_tmp: str | None = None):
         import zarr
 
-        super().__init__(target)
+        super().__init__(target, shared_tmp)
         b, c, self.height, w = shape
-        self.array = zarr.create_array(store=str(self.tmp), shape=(b, self.height, w, c), dtype=np.uint8,
-                                       chunks=(1, TILE, TILE, c), dimension_names=("batch", "y", "x", "channel"),
-                                       overwrite=True)  # the temp dir is ours and empty
+        if self.owner:
+            self.array = zarr.create_array(store=str(self.tmp), shape=(b, self.height, w, c), dtype=np.uint8,
+                                           chunks=(1, TILE, TILE, c), dimension_names=("batch", "y", "x", "channel"),
+                                           overwrite=True)  # the temp dir is ours and empty
+        else:
+            self.array = zarr.open_array(str(self.tmp), mode="r+")
         self.buffers = [_RowBuffer(w, c) for _ in range(b)]
-        self.done = 0  # rows written
+        self.done = 0  # rows written; a rank of a distributed run starts at its first row (on a chunk)
 
     def write(self, r0: int, band: torch.Tensor) -> None:
+        if self.buffers[0].size() == 0:
+            self.done = r0
         for i, buffer in enumerate(self.buffers):
             buffer.add(to_uint8(band[i].permute(2, 0, 1)))  # (rows, W, C) uint8  image px
         while (need := min(TILE, self.height - self.done)) and self.buffers[0].size() >= need:
@@ -236,12 +256,26 @@ class _ZarrSink(Sink):
 _SINKS = {".npy": _NpySink, ".tif": _TiffSink, ".tiff": _TiffSink, ".png": _PngSink, ".zarr": _ZarrSink}
 
 
-def open_sink(path, shape: tuple[int, int, int, int]) -> Sink:
-    """A sink for an NCHW output of ``shape`` at ``path`` (by suffix)."""
+def open_sink(path, shape: tuple[int, int, int, int], shared_tmp: str | None = None) -> Sink:
+    """A sink for an NCHW output of ``shape`` at ``path`` (by suffix); with ``shared_tmp``, attached
+    to the temporary file another rank opened."""
     suffix = Path(path).suffix.lower()
     if suffix not in _SINKS:
         raise InputError(f"cannot stream to {path}: streaming outputs end in {', '.join(SINK_SUFFIXES)}")
-    return _SINKS[suffix](Path(path), shape)
+    return _SINKS[suffix](Path(path), shape, shared_tmp)
+
+
+def check_shared(path) -> None:
+    """InputError unless ranks can write their rows of ``path`` side by side."""
+    sink = _SINKS.get(Path(path).suffix.lower())
+    if sink is not None and not sink.shareable:
+        raise InputError(f"a {Path(path).suffix} file is written in row order by one process: under "
+                         "torchrun write .npy or .zarr, where each rank writes its own rows")
+
+
+def sink_rows(path) -> int:
+    """Rows a rank's share of the output must be a multiple of, so no two ranks write one chunk."""
+    return TILE if Path(path).suffix.lower() == ".zarr" else 1
 
 
 def sink_bytes(path, shape: tuple[int, int, int, int]) -> int:

@@ -9,6 +9,8 @@ Tiers, fastest first:
   reused: first-touching fresh pages costs ~10x the copy itself.
 
 Maps are stored NHWC, (B, H, W, C): a band of rows of one sample is one contiguous range of bytes.
+A map may hold a slab of rows only (a rank of a distributed run, dist.py): ``row0`` is the row of the
+whole map its first stored row is, and reads and writes take whole-map row numbers.
 The scratch directory is removed on every exit path (``close`` runs from ``with``/``finally``).
 """
 
@@ -118,10 +120,14 @@ class Store:
         self.scratch_parent = scratch_dir
         self.scratch: str | None = None
         self.maps: dict[str, torch.Tensor | _DiskMap] = {}
+        self.row0: dict[str, int] = {}  # first stored row of each map (0 unless a slab)
         if self.device.type == "cpu":
             _bound_heap()
 
-    def alloc(self, name: str, shape: tuple[int, int, int, int], dtype: torch.dtype, tier: str) -> None:
+    def alloc(self, name: str, shape: tuple[int, int, int, int], dtype: torch.dtype, tier: str,
+              row0: int = 0) -> None:
+        """Room for map ``name`` of ``shape``, whose stored rows are the map's rows from ``row0``."""
+        self.row0[name] = row0
         if tier == "device":
             self.maps[name] = torch.empty(shape, dtype=dtype, device=self.device)
         elif tier == "host":
@@ -136,12 +142,18 @@ class Store:
 
     def read(self, name: str, r0: int, r1: int) -> torch.Tensor:
         """Rows [r0, r1) of map ``name`` on the device, (B, rows, W, C). Do not modify it in place."""
-        stored = self.maps[name]
+        stored, off = self.maps[name], self.row0.get(name, 0)
+        if r0 < off or r1 - off > stored.shape[1]:
+            raise IndexError(f"rows {r0}-{r1} of {name} are not stored here (rows {off}-{off + stored.shape[1]} are)")
         if isinstance(stored, _DiskMap):
-            return stored.read(r0, r1).to(self.device, non_blocking=True)
-        return stored[:, r0:r1].to(self.device, non_blocking=True)
+            return stored.read(r0 - off, r1 - off).to(self.device, non_blocking=True)
+        return stored[:, r0 - off : r1 - off].to(self.device, non_blocking=True)
 
     def write(self, name: str, r0: int, band: torch.Tensor) -> None:
+        self._put(name, r0 - self.row0.get(name, 0), band)
+
+    def _put(self, name: str, r0: int, band: torch.Tensor) -> None:
+        """Write ``band`` at stored row ``r0``."""
         stored = self.maps[name]
         if isinstance(stored, _DiskMap):
             stored.write(r0, band.cpu())
@@ -165,17 +177,18 @@ class Store:
             old_path = os.path.join(self.scratch, f"{name}.bin")
             tmp_path = old_path + ".old"
             os.rename(old_path, tmp_path)  # the new map takes the name
-        self.alloc(name, tuple(stored.shape), dtype, tier)
+        self.alloc(name, tuple(stored.shape), dtype, tier, self.row0[name])
         for r0 in range(0, stored.shape[1], rows_per_copy):
             r1 = min(r0 + rows_per_copy, stored.shape[1])
             band = stored.read(r0, r1) if isinstance(stored, _DiskMap) else stored[:, r0:r1]
-            self.write(name, r0, band.to(dtype))
+            self._put(name, r0, band.to(dtype))
         if isinstance(stored, _DiskMap):
             stored.close()
             os.unlink(tmp_path)
 
     def free(self, name: str) -> None:
         stored = self.maps.pop(name, None)
+        self.row0.pop(name, None)
         if isinstance(stored, _DiskMap):
             stored.close()
             os.unlink(os.path.join(self.scratch, f"{name}.bin"))

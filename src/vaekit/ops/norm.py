@@ -31,7 +31,10 @@ class GroupStats:
             grouped = grouped.float()
         var, mean = torch.var_mean(grouped, dim=(1, 3), correction=0)
         n = rows * w * (c // self.groups)
-        mean, m2 = mean.double(), var.double() * n
+        self.merge(n, mean.double(), var.double() * n)
+
+    def merge(self, n: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
+        """Add ``n`` values per group with this ``mean`` and sum of squared deviations ``m2`` (Chan et al.)."""
         if self.mean is None:
             self.count, self.mean, self.m2 = n, mean, m2
             return

@@ -1,0 +1,58 @@
+"""Run by test_dist.py under ``torchrun --nproc_per_node 2``: every case with ``dist=True``.
+
+Rank 0 saves what the ranks computed to OUT/<case>.pt; files written through sinks land in OUT too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+import vaekit
+from conftest import budgets_for, make_vae
+from test_dc import make_dc
+
+#: the cases: name -> (model, op, input shape, budget name, output suffix or None)
+CASES = {
+    "sd-decode-smallest": ("sd", "decode", (1, 4, 40, 56), "smallest", None),
+    "sd-decode-mixed": ("sd", "decode", (1, 4, 40, 56), "mixed", None),
+    "sd-decode-npy": ("sd", "decode", (1, 4, 40, 56), "smallest", ".npy"),
+    "sd-decode-zarr": ("sd", "decode", (2, 4, 70, 33), "smallest", ".zarr"),
+    "sd-encode": ("sd", "encode", (1, 3, 83, 121), "smallest", None),
+    "dc-decode": ("dc", "decode", (1, 8, 17, 23), "smallest", None),
+    "dc-encode": ("dc", "encode", (2, 3, 36, 52), "smallest", None),
+}
+
+
+def inputs(op: str, shape) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(7)
+    return torch.randn(*shape, generator=generator) if op == "decode" else torch.rand(*shape, generator=generator) * 2 - 1
+
+
+def model(name: str):
+    return make_vae("sd") if name == "sd" else make_dc("sana")
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    rank = int(os.environ["RANK"])
+    models = {"sd": model("sd"), "dc": model("dc")}
+    for case, (name, op, shape, budget_name, suffix) in CASES.items():
+        vae, x = models[name], inputs(op, shape)
+        budget = budgets_for(vae, shape, op)[budget_name]
+        run = vaekit.decode if op == "decode" else vaekit.encode
+        if suffix is None:
+            result = run(vae, x, budget, dist=True)
+            if rank == 0:
+                torch.save(result, out / f"{case}.pt")
+        else:
+            assert run(vae, x, budget, dist=True, out=out / f"{case}{suffix}") == out / f"{case}{suffix}"
+    assert torch.distributed.get_world_size() == 2  # the runs joined the group torchrun described
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
