@@ -51,7 +51,26 @@ def main(out: Path) -> None:
         else:
             assert run(vae, x, budget, dist=True, out=out / f"{case}{suffix}") == out / f"{case}{suffix}"
     assert torch.distributed.get_world_size() == 2  # the runs joined the group torchrun described
+    cli_cases(out, rank, budgets_for(models["sd"], CASES["sd-decode-npy"][2])["smallest"])
     torch.distributed.destroy_process_group()
+
+
+def cli_cases(out: Path, rank: int, budget: int) -> None:
+    """``vaekit decode`` under torchrun: to a .npy (each rank its rows), and to a .tif (refused)."""
+    import json
+
+    import numpy as np
+
+    from vaekit.cli import main as cli
+
+    model_dir = out / f"model-{rank}"
+    make_vae("sd").save_pretrained(model_dir)
+    latents = out / f"cli-z-{rank}.npy"
+    np.save(latents, inputs("decode", CASES["sd-decode-npy"][2]).numpy())
+    common = ["--model", str(model_dir), "--budget", str(budget), "--quiet", "--dtype", "float32"]
+    codes = {suffix: cli(["decode", str(latents), str(out / f"cli{suffix}"), *common]) for suffix in (".npy", ".tif")}
+    if rank == 0:
+        (out / "cli-codes.json").write_text(json.dumps(codes))
 
 
 if __name__ == "__main__":

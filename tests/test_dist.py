@@ -134,6 +134,15 @@ def test_ranks_write_their_rows_into_one_zarr(ranks_out):
     assert not [p for p in ranks_out.iterdir() if ".part" in p.name]  # published, temporaries gone
 
 
+def test_the_cli_splits_rows_under_torchrun(ranks_out):
+    import json
+
+    streamed, _ = _one_process("sd-decode-npy")
+    assert json.loads((ranks_out / "cli-codes.json").read_text()) == {".npy": 0, ".tif": 2}  # .tif: InputError
+    assert relative_error(torch.from_numpy(np.load(ranks_out / "cli.npy")), streamed) <= 1e-5
+    assert not (ranks_out / "cli.tif").exists()
+
+
 def test_a_one_process_dist_run_is_a_plain_run(vaes, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     vae = vaes("sd")

@@ -10,6 +10,10 @@ MODEL is a diffusers folder, an LDM single-file VAE (.safetensors) or TAESD .pth
     vaekit demo
     vaekit bench
 
+Under ``torchrun`` (WORLD_SIZE > 1) decode, encode and roundtrip split the rows across the ranks
+(``dist=True``); each rank writes its rows of a .npy/.zarr output, and rank 0 writes anything else
+and prints the result.
+
 Errors print one line, ``vaekit: error: ...``, and exit with the error class's code (``--debug``
 shows the traceback). Outputs appear only when complete.
 """
@@ -17,6 +21,7 @@ shows the traceback). Outputs appear only when complete.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -57,17 +62,31 @@ def _model(args, *, meta_ok: bool = False):
     return model
 
 
+def _ranks() -> int:
+    """The number of processes torchrun started (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _lead() -> bool:
+    """This process writes the held outputs and prints: rank 0, or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _run_options(args) -> dict:
     from .recovery import RunReport
 
     args.report = RunReport()  # what happened besides the plan: told on stderr (_tell)
     return dict(device=args.device, progress=not args.quiet, scratch_dir=args.scratch_dir, report=args.report,
-                host_budget=args.host_budget)
+                host_budget=args.host_budget, dist=_ranks() > 1)
 
 
 def _tell(args) -> None:
+    rank = f"rank {os.environ.get('RANK')}: " if _ranks() > 1 else ""
     for event in args.report.retries + args.report.upcasts:
-        print(f"vaekit: note: {event.stage} rows {event.rows[0]}-{event.rows[1]}: {event.action}", file=sys.stderr)
+        print(f"vaekit: note: {rank}{event.stage} rows {event.rows[0]}-{event.rows[1]}: {event.action}",
+              file=sys.stderr)
+
+
 
 
 def _decode(args) -> int:
@@ -81,13 +100,15 @@ def _decode(args) -> int:
         latents = latents[None]  # (C, h, w) -> (1, C, h, w)
     one_file = latents.shape[0] == 1 or not args.out.lower().endswith(".png")  # a batch is one PNG per image
     if args.out.lower().endswith(SINK_SUFFIXES) and one_file:  # written band by band: never held whole
-        print(api.decode(_model(args), latents, args.budget, out=args.out, **_run_options(args)))
+        path = api.decode(_model(args), latents, args.budget, out=args.out, **_run_options(args))
+        if _lead():
+            print(path)
         _tell(args)
         return 0
     images = api.decode(_model(args), latents, args.budget, **_run_options(args))
     _tell(args)
-    for path in save_output(images, args.out):
-        print(path)
+    if _lead():
+        print(*save_output(images, args.out), sep="\n")
     return 0
 
 
@@ -101,7 +122,8 @@ def _encode(args) -> int:
     latents = api.encode(_model(args), images, args.budget, sample=args.sample, generator=generator,
                          **_run_options(args))
     _tell(args)
-    print(save_latents(latents, args.out))
+    if _lead():
+        print(save_latents(latents, args.out))
     return 0
 
 
@@ -119,9 +141,8 @@ def _roundtrip(args) -> int:
     _tell(args)
     if decoded.shape != images.shape:
         decoded = decoded[..., : images.shape[2], : images.shape[3]]  # sizes not a multiple of the scale
-    for path in save_output(decoded, args.out):
-        print(path)
-    print(f"PSNR {psnr(decoded, images):.2f} dB")
+    if _lead():
+        print(*save_output(decoded, args.out), f"PSNR {psnr(decoded, images):.2f} dB", sep="\n")
     return 0
 
 
