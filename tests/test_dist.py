@@ -49,6 +49,25 @@ def test_no_rank_holds_a_whole_map_and_each_holds_what_it_reads(vaes):
     assert all(plan.slabs[n][k] == (0, shapes[n][1]) for n in kv for k in range(4))  # all keys: an all-gather
 
 
+def test_a_rank_plans_for_its_slabs(vaes):
+    """Each rank holds about 1/n of each map, so at the same budget more of them stay on the device."""
+    from vaekit.dist import Peers
+    from vaekit.plan import make_plan
+
+    vae = vaes("sd")
+    program = program_for(vae, "decode")
+    shape = (1, 4, 64, 64)
+    one = make_plan(program, shape, 4, "float32", "cpu", 24 << 20, force_stream=True)
+    share = Peers(layout(program, map_shapes(program, shape), 4), 1, torch.device("cpu")).share()
+    rank = make_plan(program, shape, 4, "float32", "cpu", 24 << 20, force_stream=True, **share)
+    on_device = [sum(t == "device" for t in p.tiers.values()) for p in (one, rank)]
+    assert on_device[1] > on_device[0] and rank.peak_bytes <= 24 << 20
+    assert [s.height for s in rank.stages] == list(share["heights"])
+    tiny = Peers(layout(program, map_shapes(program, (1, 4, 1, 3)), 4), 3, torch.device("cpu")).share()
+    assert 0 in tiny["heights"]  # a rank with no rows of a stage plans it as nothing to do
+    make_plan(program, (1, 4, 1, 3), 4, "float32", "cpu", 64 << 20, force_stream=True, **tiny)
+
+
 def test_every_kernel_reads_within_rows_read(vaes):
     """rows_read is what the slabs are made of: check it against what the kernels actually read."""
     from vaekit import run as executor

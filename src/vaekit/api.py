@@ -43,7 +43,8 @@ def plan(vae, shape, budget=None, op: str = "decode", *, device=None, dtype=None
 
 
 def _plan(program: Program, vae, shape, budget, op: str, device: torch.device, dtype=None,
-          force_stream: bool = False, compiled: bool = False, sink: bool = False, host_budget=None) -> Plan:
+          force_stream: bool = False, compiled: bool = False, sink: bool = False, host_budget=None,
+          share: dict | None = None) -> Plan:
     dtype = dtype or _model_dtype(vae)
     shape = _check_shape(program, vae, shape, op)
     limit = None if budget is None else parse_bytes(budget)
@@ -51,7 +52,7 @@ def _plan(program: Program, vae, shape, budget, op: str, device: torch.device, d
     itemsize = torch.empty((), dtype=dtype).element_size()
     return make_plan(program, shape, itemsize, str(dtype).removeprefix("torch."), str(device), limit, free_bytes=free,
                      force_stream=force_stream or compiled, compiled=compiled, sink=sink,
-                     host_budget=_host_budget(host_budget, device))
+                     host_budget=_host_budget(host_budget, device), **(share or {}))
 
 
 def _host_budget(host_budget, device: torch.device) -> int | None:
@@ -135,6 +136,11 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
     the_plan = planned(force_stream=elsewhere or stream or ranks > 1)
     inp = x.to(device=compute, dtype=_model_dtype(vae))
     peers = _peers(program, the_plan, rank, ranks, compute, compile, out) if ranks > 1 else None
+    if peers is not None:
+        share = peers.share()  # plan for this rank's slabs and rows
+        if out is None:
+            del share["held"][program.output]  # an output held in memory is whole on every rank
+        the_plan = planned(force_stream=True, share=share)
     sink = None if out is None else _open_sink(out, the_plan.out_shape, peers)
     progress = progress if rank == 0 or callable(progress) else None  # one progress bar: rank 0's
     peak = PeakMemory(compute, strict=False) if measure else contextlib.nullcontext()

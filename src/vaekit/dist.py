@@ -112,6 +112,12 @@ class Peers:
 
         self.dist, self.layout, self.rank, self.device = dist, the_layout, rank, device
 
+    def share(self) -> dict:
+        """This rank's rows of each map and of each stage: what make_plan plans for (``held``, ``heights``)."""
+        held = {name: hi - lo for name, (lo, hi) in ((n, s[self.rank]) for n, s in self.layout.slabs.items())}
+        heights = tuple(hi - lo for lo, hi in (part[self.rank] for part in self.layout.parts))
+        return {"held": held, "heights": heights}
+
     def merge_stats(self, mine):
         """One process's GroupNorm (mean, var) from every rank's GroupStats."""
         from .ops.norm import GroupStats

@@ -139,6 +139,12 @@ def _nbytes(shape, itemsize: int) -> int:
     return math.prod(shape) * itemsize
 
 
+def _map_bytes(shapes, itemsize: int, held: dict[str, int] | None = None) -> dict[str, int]:
+    """Bytes of each map as stored: all its rows, or the ``held`` rows of a distributed rank's slab."""
+    held = held or {}
+    return {n: _nbytes((b, held.get(n, h), w, c), itemsize) for n, (b, h, w, c) in shapes.items()}
+
+
 # ---- working set of one chunk ------------------------------------------------------------------
 
 
@@ -230,18 +236,20 @@ def _lives(program: Program) -> dict[str, range]:
     return {name: range(max(first[name], 0), last[name] + 1) for name in last}
 
 
-def assign_tiers(program: Program, shapes, itemsize: int, budget: int, lower: str, sink: bool = False) -> dict[str, str]:
-    """Keep maps resident, smallest first, while every stage keeps room for TARGET_ROWS rows."""
-    lives = _lives(program)
+def assign_tiers(program: Program, shapes, itemsize: int, budget: int, lower: str, sink: bool = False,
+                 held: dict[str, int] | None = None) -> dict[str, str]:
+    """Keep maps resident, smallest first, while every stage keeps room for TARGET_ROWS rows.
+    ``held``: rows of each map stored here (a distributed rank's slabs), if not all."""
+    lives, sizes = _lives(program), _map_bytes(shapes, itemsize, held)
     tiers = {name: lower for name in shapes}
     tiers[program.input], tiers[program.output] = "input", "sink" if sink else "output"
-    resident = _resident_bytes(program, shapes, itemsize, tiers)
+    resident = _resident_bytes(program, shapes, itemsize, tiers, held)
     floor = [
         working_bytes(s, shapes, itemsize, min(TARGET_ROWS, shapes[s.dst or s.src][1]), tiers)
         for s in program.stages
     ]
-    for name in sorted((n for n in shapes if tiers[n] == lower), key=lambda n: _nbytes(shapes[n], itemsize)):
-        size = _nbytes(shapes[name], itemsize)
+    for name in sorted((n for n in shapes if tiers[n] == lower), key=sizes.__getitem__):
+        size = sizes[name]
         if all(resident[i] + size + floor[i] <= budget for i in lives[name]):
             tiers[name] = "device"
             for i in lives[name]:
@@ -249,28 +257,30 @@ def assign_tiers(program: Program, shapes, itemsize: int, budget: int, lower: st
     return tiers
 
 
-def bound_host(program: Program, shapes, itemsize: int, tiers: dict[str, str], host_budget: int) -> dict[str, str]:
+def bound_host(program: Program, shapes, itemsize: int, tiers: dict[str, str], host_budget: int,
+               held: dict[str, int] | None = None) -> dict[str, str]:
     """On CUDA the maps not kept on the device go to host RAM while it holds them (smallest first,
     as for the device), and to disk past that: ``host_budget`` bounds the host maps alive at once."""
-    lives = _lives(program)
+    lives, sizes = _lives(program), _map_bytes(shapes, itemsize, held)
     tiers = {name: "disk" if tier == "host" else tier for name, tier in tiers.items()}
-    held = [0] * len(program.stages)
-    for name in sorted((n for n in shapes if tiers[n] == "disk"), key=lambda n: _nbytes(shapes[n], itemsize)):
-        size = _nbytes(shapes[name], itemsize)
-        if all(held[i] + size <= host_budget for i in lives[name]):
+    in_host = [0] * len(program.stages)
+    for name in sorted((n for n in shapes if tiers[n] == "disk"), key=sizes.__getitem__):
+        size = sizes[name]
+        if all(in_host[i] + size <= host_budget for i in lives[name]):
             tiers[name] = "host"
             for i in lives[name]:
-                held[i] += size
+                in_host[i] += size
     return tiers
 
 
-def _resident_bytes(program: Program, shapes, itemsize: int, tiers: dict[str, str]) -> list[int]:
+def _resident_bytes(program: Program, shapes, itemsize: int, tiers: dict[str, str],
+                    held: dict[str, int] | None = None) -> list[int]:
     """Resident bytes per stage: device-tier maps alive then, plus input and output."""
-    resident = [0] * len(program.stages)
+    resident, sizes = [0] * len(program.stages), _map_bytes(shapes, itemsize, held)
     for name, life in _lives(program).items():
         if tiers[name] in ("device", "input", "output"):
             for i in life:
-                resident[i] += _nbytes(shapes[name], itemsize)
+                resident[i] += sizes[name]
     return resident
 
 
@@ -284,10 +294,13 @@ def _most_rows(fits, limit: int) -> int:
 
 
 def plan_stage(stage, shapes, itemsize: int, tiers, resident: int, budget: int,
-               compiled: bool = False) -> StagePlan | None:
-    """The most rows (and key rows) of ``stage`` that fit next to ``resident``; None if none fit."""
-    height = shapes[stage.dst or stage.src][1]
+               compiled: bool = False, height: int | None = None) -> StagePlan | None:
+    """The most rows (and key rows) of ``stage`` that fit next to ``resident``; None if none fit.
+    ``height``: the rows this stage computes here (a distributed rank's share), if not all."""
+    height = shapes[stage.dst or stage.src][1] if height is None else height
     step = row_step(stage, compiled)
+    if height == 0:  # a rank with no rows of this stage
+        return StagePlan(stage.name, 0, step, None, 0, resident)
     kv_options = [None]
     if isinstance(stage, AttentionStage):
         kv_options = [height]
@@ -312,12 +325,15 @@ def row_step(stage, compiled: bool = False) -> int:
 
 def make_plan(program: Program, in_shape, itemsize: int, dtype: str, device: str, budget: int | None,
               *, free_bytes: int | None = None, force_stream: bool = False, compiled: bool = False,
-              sink: bool = False, host_budget: int | None = None) -> Plan:
+              sink: bool = False, host_budget: int | None = None, held: dict[str, int] | None = None,
+              heights: tuple[int, ...] | None = None) -> Plan:
     """Plan ``program`` on an NCHW input of ``in_shape``.
 
     ``budget`` None means "what is free" (``free_bytes``). ``sink``: the output goes to a file band by
     band and is never held (tier "sink"). ``host_budget``: on CUDA, the most host RAM the maps below
-    the device may take, the rest going to disk (None: unbounded). Raises BudgetError when nothing fits.
+    the device may take, the rest going to disk (None: unbounded). ``held`` and ``heights``: a
+    distributed rank's rows of each map and of each stage (dist.py), if not all. Raises BudgetError
+    when nothing fits.
     """
     shapes = map_shapes(program, in_shape)
     whole = whole_bytes(program, shapes, itemsize)
@@ -329,13 +345,14 @@ def make_plan(program: Program, in_shape, itemsize: int, dtype: str, device: str
         return Plan(mode="whole", stages=(), maps=(), **common)
 
     lower = "host" if device.startswith("cuda") else "disk"
-    tiers = assign_tiers(program, shapes, itemsize, limit, lower, sink)
+    tiers = assign_tiers(program, shapes, itemsize, limit, lower, sink, held)
     if lower == "host" and host_budget is not None:
-        tiers = bound_host(program, shapes, itemsize, tiers, host_budget)
+        tiers = bound_host(program, shapes, itemsize, tiers, host_budget, held)
     stages = []
-    resident = _resident_bytes(program, shapes, itemsize, tiers)
+    resident = _resident_bytes(program, shapes, itemsize, tiers, held)
     for i, stage in enumerate(program.stages):
-        planned = plan_stage(stage, shapes, itemsize, tiers, resident[i], limit, compiled)
+        height = None if heights is None else heights[i]
+        planned = plan_stage(stage, shapes, itemsize, tiers, resident[i], limit, compiled, height)
         if planned is None:
             smallest = smallest_budget(program, in_shape, itemsize, lower, compiled, sink)
             what = "budget" if budget is not None else "free memory"
@@ -346,7 +363,8 @@ def make_plan(program: Program, in_shape, itemsize: int, dtype: str, device: str
                 smallest=smallest,
             )
         stages.append(planned)
-    maps = tuple(MapPlan(n, shapes[n], _nbytes(shapes[n], itemsize), tiers[n]) for n in shapes)
+    sizes = _map_bytes(shapes, itemsize, held)
+    maps = tuple(MapPlan(n, shapes[n], sizes[n], tiers[n]) for n in shapes)
     return Plan(mode="stream", stages=tuple(stages), maps=maps, scratch_bytes=_tier_peak(program, maps, "disk"),
                 host_bytes=_tier_peak(program, maps, "host"), host_budget=host_budget if lower == "host" else None,
                 **common)
