@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/vaekit bench --model sd --out benchmarks/results
 	$(BIN)/vaekit bench --model sana --out benchmarks/results
 	$(BIN)/vaekit bench --compile --out benchmarks/results
+	$(BIN)/vaekit bench --dist --out benchmarks/results
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -58,12 +58,12 @@ def test_a_rank_plans_for_its_slabs(vaes):
     program = program_for(vae, "decode")
     shape = (1, 4, 64, 64)
     one = make_plan(program, shape, 4, "float32", "cpu", 24 << 20, force_stream=True)
-    share = Peers(layout(program, map_shapes(program, shape), 4), 1, torch.device("cpu")).share()
+    share = Peers(layout(program, map_shapes(program, shape), 4), 1, torch.device("cpu")).plan_rows()
     rank = make_plan(program, shape, 4, "float32", "cpu", 24 << 20, force_stream=True, **share)
     on_device = [sum(t == "device" for t in p.tiers.values()) for p in (one, rank)]
     assert on_device[1] > on_device[0] and rank.peak_bytes <= 24 << 20
     assert [s.height for s in rank.stages] == list(share["heights"])
-    tiny = Peers(layout(program, map_shapes(program, (1, 4, 1, 3)), 4), 3, torch.device("cpu")).share()
+    tiny = Peers(layout(program, map_shapes(program, (1, 4, 1, 3)), 4), 3, torch.device("cpu")).plan_rows()
     assert 0 in tiny["heights"]  # a rank with no rows of a stage plans it as nothing to do
     make_plan(program, (1, 4, 1, 3), 4, "float32", "cpu", 64 << 20, force_stream=True, **tiny)
 

@@ -80,8 +80,9 @@ def decode(vae, latents: torch.Tensor, budget=None, *, device=None, progress=Non
     report: a RunReport to fill with what happened (mode, plan, out-of-memory retries, tiers, peak).
     compile: run the conv stages through torch.compile graphs made once and shared by every image
         size (always streams; the first call compiles, later sizes reuse the graphs).
-    out: a file (.npy, .tif/.tiff) to write the image to band by band instead of returning it; the
-        image is then never held in memory (the budget does not count it). Returns the path.
+    out: a file (.npy, .tif/.tiff, .zarr, .png) to write the image to band by band instead of
+        returning it; the image is then never held in memory (the budget does not count it).
+        Returns the path.
     host_budget: on CUDA, the host RAM for maps that do not stay on the GPU; past it they go to
         scratch files on disk (default: 80% of the RAM available).
     dist: under ``torchrun``, split every stage's rows across the ranks (dist.py): each rank computes
@@ -137,7 +138,7 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
     inp = x.to(device=compute, dtype=_model_dtype(vae))
     peers = _peers(program, the_plan, rank, ranks, compute, compile, out) if ranks > 1 else None
     if peers is not None:
-        share = peers.share()  # plan for this rank's slabs and rows
+        share = peers.plan_rows()  # plan for this rank's slabs and rows
         if out is None:
             del share["held"][program.output]  # an output held in memory is whole on every rank
         the_plan = planned(force_stream=True, share=share)

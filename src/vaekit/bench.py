@@ -281,6 +281,8 @@ def main(argv=None) -> int:
     parser.add_argument("--gigapixel", action="store_true",
                         help="TAEF2's real decoder at 4096² and 8192² to BigTIFF within 512 MiB "
                              "(weights from ../shared/data/taesd or $VAEKIT_TAESD_DIR)")
+    parser.add_argument("--dist", action="store_true",
+                        help="patch parallel: torchrun ranks against one process (SD VAE, 1024², .npy sink)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--compile-worker", help=argparse.SUPPRESS)
     parser.add_argument("--gigapixel-worker", type=int, help=argparse.SUPPRESS)
@@ -292,6 +294,12 @@ def main(argv=None) -> int:
         return 0
     if args.gigapixel_worker:
         print(json.dumps(_gigapixel_worker(args.gigapixel_worker, args.out)))
+        return 0
+    if args.dist:
+        from .bench_dist import run_dist_benchmark
+
+        run_dist_benchmark(args.out, *(args.sizes or [])[:1])
+        print((args.out / "bench-dist.md").read_text())
         return 0
     if args.gigapixel:
         run_gigapixel_benchmark(args.sizes or GIGAPIXEL_SIZES, args.out)

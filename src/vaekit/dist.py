@@ -33,8 +33,9 @@ from .program import Program
 
 __all__ = ["Layout", "layout", "partition", "Peers", "world", "EXCHANGE_BYTES"]
 
-#: halo/all-gather messages are cut into pieces of at most this many bytes (bounded send buffers)
-EXCHANGE_BYTES = 32 << 20
+#: what one round of the row exchange holds (send copies, read buffers, receive buffers, all peers):
+#: within the plan's FIXED_ALLOWANCE, so the plan need not count it
+EXCHANGE_BYTES = 16 << 20
 
 Rows = tuple[int, int]
 
@@ -49,7 +50,11 @@ def world() -> tuple[int, int]:
     if not dist.is_initialized():
         if int(os.environ.get("WORLD_SIZE", "1")) == 1:
             return 0, 1
-        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():  # NCCL wants each rank's own GPU current
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group("cpu:gloo,cuda:nccl")
+        else:
+            dist.init_process_group("gloo")
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -112,7 +117,7 @@ class Peers:
 
         self.dist, self.layout, self.rank, self.device = dist, the_layout, rank, device
 
-    def share(self) -> dict:
+    def plan_rows(self) -> dict:
         """This rank's rows of each map and of each stage: what make_plan plans for (``held``, ``heights``)."""
         held = {name: hi - lo for name, (lo, hi) in ((n, s[self.rank]) for n, s in self.layout.slabs.items())}
         heights = tuple(hi - lo for lo, hi in (part[self.rank] for part in self.layout.parts))
@@ -148,7 +153,7 @@ class Peers:
         b, _, w, c = store.maps[name].shape
         dtype = store.maps[name].dtype
         row_bytes = b * w * c * dtype.itemsize
-        block = max(1, EXCHANGE_BYTES // max(row_bytes, 1))
+        block = max(1, EXCHANGE_BYTES // (3 * (self.layout.ranks - 1) * row_bytes))  # rows per message
         sends = {p: _blocks(self.layout.sends(stage, name, me, p), block) for p in self._others()}
         recvs = {p: _blocks(self.layout.sends(stage, name, p, me), block) for p in self._others()}
         for i in range(max((len(x) for x in (*sends.values(), *recvs.values())), default=0)):
