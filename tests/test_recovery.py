@@ -105,3 +105,22 @@ def test_is_oom():
     assert is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"))
     assert is_oom(MemoryError())
     assert not is_oom(RuntimeError("shape mismatch"))
+
+
+def test_the_last_rung_keeps_the_host_tier_within_its_budget():
+    """On CUDA, maps leaving the device go to host RAM while the host budget holds them, then to disk."""
+    from vaekit.recovery import Ladder
+
+    class Store:
+        device, maps, moves = torch.device("cpu"), {"a": 0, "b": 0}, []
+
+        def demote(self, name, tier):
+            self.moves.append((name, tier))
+
+    tiers = {"a": "device", "b": "device", "c": "host", "d": "disk"}
+    ladder = Ladder(Store(), tiers, "host", vaekit.RunReport(), sizes={"a": 10, "b": 10, "c": 5, "d": 99},
+                    host_budget=16)
+    assert ladder._demote() == {"host", "disk"}
+    assert tiers == {"a": "host", "b": "disk", "c": "host", "d": "disk"}
+    assert Store.moves == [("a", "host"), ("b", "disk")]
+    assert ladder._demote() == set()  # nothing left on the device

@@ -8,7 +8,8 @@ and the pixels stay the same):
     0. retry the chunk as it was, once (the memory may have been held by a cache or another process)
     1. halve the key rows of an attention stage (down to 1)
     2. halve the chunk rows (down to the stage's row multiple)
-    3. move every map of the fastest store tier one tier down (device -> host on CUDA, -> disk on CPU)
+    3. move every map of the fastest store tier one tier down (device -> host on CUDA while the
+       plan's host budget holds them, then disk; device -> disk on CPU)
 
 Past the last rung it raises BudgetError listing what it tried.
 """
@@ -65,8 +66,10 @@ def is_oom(exc: BaseException) -> bool:
 class Ladder:
     """The rungs one run has left; ``step`` takes the next one or raises BudgetError."""
 
-    def __init__(self, store, tiers: dict[str, str], lower: str, report: RunReport):
+    def __init__(self, store, tiers: dict[str, str], lower: str, report: RunReport,
+                 sizes: dict[str, int] | None = None, host_budget: int | None = None):
         self.store, self.tiers, self.lower, self.report = store, tiers, lower, report
+        self.sizes, self.host_budget = sizes or {}, host_budget  # bytes of each map; host RAM allowed (CUDA)
         self.tried: list[str] = []
         self.retried: set[tuple[str, int]] = set()  # (stage, first row) of chunks already retried as they were
 
@@ -83,8 +86,8 @@ class Ladder:
         elif rows > multiple:
             rows = max(multiple, rows // 2 // multiple * multiple)
             action = f"chunk rows halved to {rows}"
-        elif self._demote():
-            action = f"maps moved from the device tier to {self.lower}"
+        elif moved := self._demote():
+            action = f"maps moved from the device tier to {' and '.join(sorted(moved))}"
         else:
             tried = "; ".join(self.tried) or "nothing"
             raise BudgetError(f"out of memory at stage {stage.name}, rows {r0}-{r1}, after trying: {tried}. "
@@ -93,14 +96,22 @@ class Ladder:
         self.report.retries.append(Event(stage.name, (r0, r1), action))
         return rows, kv_rows
 
-    def _demote(self) -> bool:
-        """Move every device-tier map down (and send maps not yet written there); False if none is left."""
-        names = [n for n, t in self.tiers.items() if t == "device"]
-        for name in names:
+    def _demote(self) -> set[str]:
+        """Move every device-tier map down (and send maps not yet written there); the tiers they went
+        to, none if no map was left on the device. Host RAM takes them while the host budget holds
+        every map planned or moved there (all counted at once: simple and on the safe side)."""
+        in_host = sum(self.sizes.get(n, 0) for n, t in self.tiers.items() if t == "host")
+        moved = set()
+        for name in [n for n, t in self.tiers.items() if t == "device"]:
+            tier = self.lower
+            if tier == "host" and self.host_budget is not None:
+                fits = in_host + self.sizes.get(name, 0) <= self.host_budget
+                tier, in_host = ("host", in_host + self.sizes.get(name, 0)) if fits else ("disk", in_host)
             if name in self.store.maps:
-                self.store.demote(name, self.lower)
-            self.tiers[name] = self.lower
-        return bool(names)
+                self.store.demote(name, tier)
+            self.tiers[name] = tier
+            moved.add(tier)
+        return moved
 
 
 def free_caches(device: torch.device) -> None:

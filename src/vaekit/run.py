@@ -68,7 +68,8 @@ class _Run:
         self.stats: dict[str, object] = {}  # GroupNorm statistics by map, attention states by name
         self.dtype, self.device, self.output = x.dtype, x.device, None  # dtype turns float32 after an overflow
         self.out_dtype = x.dtype  # the result stays in the model's dtype
-        self.ladder = Ladder(store, self.tiers, "host" if x.device.type == "cuda" else "disk", report)
+        self.ladder = Ladder(store, self.tiers, "host" if x.device.type == "cuda" else "disk", report,
+                             {m.name: m.nbytes for m in plan.maps}, plan.host_budget)
         store.maps[program.input] = x.permute(0, 2, 3, 1)  # (B, h, w, C)  input px, a view
 
     def alloc(self, stage) -> None:
