@@ -1,6 +1,7 @@
 """Run by test_dist.py under ``torchrun --nproc_per_node 2``: every case with ``dist=True``.
 
 Rank 0 saves what the ranks computed to OUT/<case>.pt; files written through sinks land in OUT too.
+With ``--fail``, rank 1 runs out of memory for good mid-run, and rank 0 must stop with a typed error.
 """
 
 from __future__ import annotations
@@ -73,5 +74,18 @@ def cli_cases(out: Path, rank: int, budget: int) -> None:
         (out / "cli-codes.json").write_text(json.dumps(codes))
 
 
+def fail(rank: int) -> None:
+    import contextlib
+
+    from vaekit.testing import oom_after
+
+    z = inputs("decode", CASES["sd-decode-smallest"][2])
+    with oom_after(30, times=10**6) if rank == 1 else contextlib.nullcontext():
+        vaekit.decode(make_vae("sd"), z, 8 << 20, dist=True)
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if "--fail" in sys.argv:
+        fail(int(os.environ["RANK"]))
+    else:
+        main(Path(sys.argv[1]))

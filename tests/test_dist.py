@@ -105,14 +105,18 @@ def _dc():
 # ---- two gloo ranks ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ranks_out(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist")
+def _torchrun(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(TESTS / "dist_worker.py"), str(out)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+               str(TESTS / "dist_worker.py"), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def ranks_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    done = _torchrun(str(out))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out
 
@@ -160,6 +164,13 @@ def test_the_cli_splits_rows_under_torchrun(ranks_out):
     assert json.loads((ranks_out / "cli-codes.json").read_text()) == {".npy": 0, ".tif": 2}  # .tif: InputError
     assert relative_error(torch.from_numpy(np.load(ranks_out / "cli.npy")), streamed) <= 1e-5
     assert not (ranks_out / "cli.tif").exists()
+
+
+def test_a_rank_that_fails_stops_the_others_with_a_typed_error():
+    done = _torchrun("--fail", timeout=120)  # not a hang until the process group's timeout
+    assert done.returncode != 0
+    assert "[rank1]: vaekit.errors.BudgetError: out of memory" in done.stderr
+    assert "[rank0]: vaekit.errors.DeviceError:" in done.stderr and "another rank stopped" in done.stderr
 
 
 def test_a_one_process_dist_run_is_a_plain_run(vaes, monkeypatch):

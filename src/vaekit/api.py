@@ -199,12 +199,9 @@ def _open_sink(out, shape, peers):
     """The output's sink; in a distributed run rank 0 creates it and the others attach."""
     if peers is None:
         return open_sink(out, shape)
-    tmp = [None]
     sink = open_sink(out, shape) if peers.rank == 0 else None
-    if sink is not None:
-        tmp = [str(sink.tmp)]
-    peers.dist.broadcast_object_list(tmp, src=0)
-    return sink if sink is not None else open_sink(out, shape, shared_tmp=tmp[0])
+    tmp = peers.broadcast(None if sink is None else str(sink.tmp))
+    return sink if sink is not None else open_sink(out, shape, shared_tmp=tmp)
 
 
 def _close_shared(sink, peers) -> Path:

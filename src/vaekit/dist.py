@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -167,8 +168,9 @@ class Peers:
                     band = torch.empty(b, r1 - r0, w, c, dtype=dtype, device=store.device)  # (B, rows, W, C)
                     ops.append(dist.P2POp(dist.irecv, band, peer))
                     received.append((r0, band))
-            for request in dist.batch_isend_irecv(ops) if ops else []:
-                request.wait()
+            with _collective(f"exchanging rows of {name}"):
+                for request in dist.batch_isend_irecv(ops) if ops else []:
+                    request.wait()
             for r0, band in received:
                 store.write(name, r0, band)
 
@@ -178,19 +180,39 @@ class Peers:
             if lo == hi:
                 continue
             rows = output[:, :, lo:hi].permute(0, 2, 3, 1).contiguous()  # (B, rows, W, C)
-            self.dist.broadcast(rows, src=k)
+            with _collective("sharing the output"):
+                self.dist.broadcast(rows, src=k)
             output[:, :, lo:hi] = rows.permute(0, 3, 1, 2)
 
     def barrier(self) -> None:
-        self.dist.barrier()
+        with _collective("waiting for every rank"):
+            self.dist.barrier()
+
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        box = [obj]
+        with _collective("broadcasting from rank 0"):
+            self.dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def _others(self) -> list[int]:
         return [p for p in range(self.layout.ranks) if p != self.rank]
 
     def _gather(self, obj) -> list:
         parts = [None] * self.layout.ranks
-        self.dist.all_gather_object(parts, obj)
+        with _collective("gathering from every rank"):
+            self.dist.all_gather_object(parts, obj)
         return parts
+
+
+@contextmanager
+def _collective(what: str):
+    """A collective that fails because another rank stopped (gloo: "connection closed by peer";
+    NCCL: DistBackendError, a RuntimeError) becomes one typed error on this rank."""
+    try:
+        yield
+    except RuntimeError as e:
+        raise DeviceError(f"{what} failed: another rank stopped, and its own error says why ({e})") from e
 
 
 def _blocks(rows: Rows, block: int) -> list[Rows]:
