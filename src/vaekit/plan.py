@@ -28,6 +28,10 @@ TARGET_ROWS = 32
 FIXED_ALLOWANCE = 32 << 20
 #: on CUDA the host tier may take this share of the RAM that is available when planning
 HOST_SHARE = 0.8
+#: keys per block counted for scaled_dot_product_attention's fused kernels (CPU flash attention,
+#: CUDA memory-efficient attention), which never hold the whole score matrix: measured on the CPU,
+#: 16384 tokens of width 512 grow the process by 33 MiB where the scores would take 1 GiB
+SDPA_KEY_BLOCK = 512
 #: conv/attention temporaries are counted at this element size at least (prologue runs in fp32)
 PROLOGUE_ITEMSIZE = 4
 
@@ -182,7 +186,10 @@ def working_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str]
         total = read_buffer(stage.src, rows) + b * tokens_q * c_in * temp  # residual, normalized
         total += b * tokens_q * inner * (itemsize * 3 + 4 * 2)  # q, attention out, projection; fp32 q, acc
         total += read_buffer(stage.kv, kv_rows) + b * tokens_k * 2 * inner * 4  # K, V (and fp32 copies)
-        total += 2 * b * tokens_q * tokens_k * 4  # scores and their exp, fp32
+        if kv_rows >= src_h:  # one scaled_dot_product_attention: a fused kernel, scores a key block at a time
+            total += b * tokens_q * min(tokens_k, SDPA_KEY_BLOCK) * 4
+        else:  # the online softmax holds scores and their exp for a block of keys, fp32
+            total += 2 * b * tokens_q * tokens_k * 4
         return total
     if isinstance(stage, GLUStage):
         hidden = stage.block.conv_point.in_channels
