@@ -87,8 +87,6 @@ def _tell(args) -> None:
               file=sys.stderr)
 
 
-
-
 def _decode(args) -> int:
     from . import api
     from .io import check_output, load_latents, save_output

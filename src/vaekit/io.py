@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from .errors import CheckpointError, InputError
 
@@ -27,8 +28,6 @@ def load_latents(path) -> torch.Tensor:
     if not path.is_file():
         raise InputError(f"latents file {path} does not exist")
     suffix = path.suffix.lower()
-    from safetensors import SafetensorError
-
     try:
         if suffix == ".safetensors":
             return _mapped_safetensors(path)
