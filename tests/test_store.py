@@ -70,3 +70,49 @@ def test_demote_moves_a_device_map_to_disk(tmp_path):
         store.demote("m", "disk")
         assert os.listdir(store.scratch) == ["m.bin"]
         assert torch.equal(store.read("m", 0, 130), data)
+
+
+def test_disk_writes_run_behind_and_a_failed_write_is_raised(tmp_path, monkeypatch):
+    """Scratch writes go on behind the compute; a read of the map waits for them, and a write's
+    error comes out at the next call on that map, not lost in the writer thread."""
+    import threading
+
+    from vaekit import store as store_module
+
+    data = torch.randn(1, 8, 4, 2)
+    gate = threading.Event()
+    write_all = store_module._write_all
+
+    def slow_write(fd, band, offset):
+        gate.wait(5)
+        write_all(fd, band, offset)
+
+    monkeypatch.setattr(store_module, "_write_all", slow_write)
+    with Store("cpu", tmp_path) as store:
+        store.alloc("m", tuple(data.shape), data.dtype, "disk")
+        store.write("m", 0, data)  # returns while the write waits on the gate
+        assert store.maps["m"].pending is not None and not store.maps["m"].pending.done()
+        gate.set()
+        assert torch.equal(store.read("m", 0, 8), data)
+
+        def failing_write(fd, band, offset):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(store_module, "_write_all", failing_write)
+        store.write("m", 0, data)
+        with pytest.raises(OSError, match="No space left"):
+            store.read("m", 0, 8)
+
+
+def test_a_failed_write_does_not_hide_the_error_that_ended_the_run(tmp_path, monkeypatch):
+    from vaekit import store as store_module
+
+    def failing_write(fd, band, offset):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_module, "_write_all", failing_write)
+    with pytest.raises(KeyboardInterrupt), Store("cpu", tmp_path) as store:
+        store.alloc("m", (1, 4, 4, 2), torch.float32, "disk")
+        store.write("m", 0, torch.zeros(1, 4, 4, 2))
+        raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == []

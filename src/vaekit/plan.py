@@ -154,6 +154,14 @@ def _map_bytes(shapes, itemsize: int, held: dict[str, int] | None = None) -> dic
 
 def working_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str], kv_rows: int | None = None) -> int:
     """Bytes one chunk of ``rows`` output rows holds on the device while ``stage`` runs it."""
+    total = _chunk_bytes(stage, shapes, itemsize, rows, tiers, kv_rows)
+    if stage.dst is not None and tiers.get(stage.dst) == "disk":  # the last band, still being written
+        b, _, dst_w, c_out = shapes[stage.dst]
+        total += b * rows * dst_w * c_out * itemsize
+    return total
+
+
+def _chunk_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str], kv_rows: int | None) -> int:
     b, src_h, src_w, c_in = shapes[stage.src]
     _, dst_h, dst_w, c_out = shapes[stage.dst or stage.src]
     temp = max(itemsize, PROLOGUE_ITEMSIZE)

@@ -21,12 +21,17 @@ import ctypes.util
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 __all__ = ["TIERS", "Store"]
 
 TIERS = ("device", "host", "disk")
+
+#: writes to scratch files happen behind the compute, one band per map in flight (the plan counts it):
+#: page-cache allocation and writeback otherwise stall the executor (a third of a gigapixel decode)
+_WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaekit-disk")
 
 
 class _DiskMap:
@@ -39,8 +44,10 @@ class _DiskMap:
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         os.ftruncate(self.fd, b * self.sample_bytes)
         self.buffer: torch.Tensor | None = None
+        self.pending = None  # the write in flight, if any
 
     def read(self, r0: int, r1: int) -> torch.Tensor:
+        self.flush()
         b, _, w, c = self.shape
         rows = r1 - r0
         need = b * rows * w * c
@@ -52,11 +59,32 @@ class _DiskMap:
         return band
 
     def write(self, r0: int, band: torch.Tensor) -> None:
-        for i in range(band.shape[0]):
-            _write_all(self.fd, band[i].contiguous(), i * self.sample_bytes + r0 * self.row_bytes)
+        """Start writing ``band`` at row ``r0`` and return; the band is held until it is written."""
+        self.flush()
+        parts = [(band[i].contiguous(), i * self.sample_bytes + r0 * self.row_bytes) for i in range(band.shape[0])]
+        self.pending = _WRITER.submit(_write_parts, self.fd, parts)
 
-    def close(self) -> None:
-        os.close(self.fd)
+    def flush(self) -> None:
+        """Wait for the write in flight; its error, if any, is raised here."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self, discard: bool = False) -> None:
+        """Flush and close; ``discard``: on the way out of a failed run, where a write's error would
+        only hide the error that ended the run."""
+        try:
+            self.flush()
+        except OSError:
+            if not discard:
+                raise
+        finally:
+            os.close(self.fd)
+
+
+def _write_parts(fd: int, parts) -> None:
+    for part, offset in parts:
+        _write_all(fd, part, offset)
 
 
 def _bytes_of(t: torch.Tensor) -> memoryview:
@@ -186,11 +214,11 @@ class Store:
             stored.close()
             os.unlink(tmp_path)
 
-    def free(self, name: str) -> None:
+    def free(self, name: str, discard: bool = False) -> None:
         stored = self.maps.pop(name, None)
         self.row0.pop(name, None)
         if isinstance(stored, _DiskMap):
-            stored.close()
+            stored.close(discard)
             os.unlink(os.path.join(self.scratch, f"{name}.bin"))
 
     def end_stage(self) -> None:
@@ -201,9 +229,9 @@ class Store:
                 stored.buffer = None
         _trim_heap()
 
-    def close(self) -> None:
+    def close(self, discard: bool = False) -> None:
         for name in list(self.maps):
-            self.free(name)
+            self.free(name, discard)
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
             self.scratch = None
@@ -211,5 +239,5 @@ class Store:
     def __enter__(self) -> Store:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(discard=exc_type is not None)
