@@ -56,6 +56,19 @@ def budgets_for(vae, shape, op: str = "decode", compiled: bool = False) -> dict[
     return {"smallest": low, "mixed": (low + plan.whole_peak_bytes) // 2, "whole": plan.whole_peak_bytes}
 
 
+def assert_exact_at_every_budget(vae, x: torch.Tensor, ref: torch.Tensor, op: str = "decode", label=None) -> None:
+    """decode/encode ``x`` at each of ``budgets_for``'s budgets: each plans the mode its name says,
+    and gives ``ref`` (the untiled result) within REL_TOL, in its shape and dtype."""
+    import vaekit
+
+    run = vaekit.decode if op == "decode" else vaekit.encode
+    for name, budget in budgets_for(vae, tuple(x.shape), op).items():
+        assert vaekit.plan(vae, tuple(x.shape), budget, op=op).mode == ("whole" if name == "whole" else "stream")
+        out = run(vae, x, budget)
+        assert out.shape == ref.shape and out.dtype == ref.dtype
+        assert relative_error(out, ref) <= REL_TOL, (label, name)
+
+
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).abs().max() / ref.abs().max())
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vaekit
-from conftest import REL_TOL, budgets_for, relative_error, untiled
+from conftest import REL_TOL, assert_exact_at_every_budget, budgets_for, relative_error, untiled
 from vaekit.program import AttentionStage
 
 SIZES = [(40, 56), (33, 47)]
@@ -17,13 +17,7 @@ SIZES = [(40, 56), (33, 47)]
 def test_streamed_equals_untiled(vaes, config, size):
     vae = vaes(config)
     z = torch.randn(1, vae.config.latent_channels, *size, generator=torch.Generator().manual_seed(1))
-    ref = untiled(vae, z)
-    for name, budget in budgets_for(vae, tuple(z.shape)).items():
-        plan = vaekit.plan(vae, tuple(z.shape), budget)
-        assert plan.mode == ("whole" if name == "whole" else "stream")
-        out = vaekit.decode(vae, z, budget)
-        assert out.shape == ref.shape and out.dtype == ref.dtype
-        assert relative_error(out, ref) <= REL_TOL, (config, size, name)
+    assert_exact_at_every_budget(vae, z, untiled(vae, z), label=(config, size))
 
 
 def test_smallest_budget_uses_disk_and_many_chunks(vaes):

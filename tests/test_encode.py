@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vaekit
-from conftest import REL_TOL, budgets_for, relative_error
+from conftest import REL_TOL, assert_exact_at_every_budget, budgets_for, relative_error
 from vaekit.errors import InputError
 
 #: image sizes that are not multiples of the downsampling factor: the one-sided pad matters
@@ -24,12 +24,7 @@ def test_streamed_encode_equals_untiled(vaes, config, size):
     x = _images((1, 3, *size))
     with torch.no_grad():
         ref = vae.encode(x).latent_dist.mode()
-    for name, budget in budgets_for(vae, tuple(x.shape), "encode").items():
-        plan = vaekit.plan(vae, tuple(x.shape), budget, op="encode")
-        assert plan.mode == ("whole" if name == "whole" else "stream")
-        out = vaekit.encode(vae, x, budget)
-        assert out.shape == ref.shape and out.dtype == ref.dtype
-        assert relative_error(out, ref) <= REL_TOL, (config, size, name)
+    assert_exact_at_every_budget(vae, x, ref, "encode", label=(config, size))
 
 
 def test_sample_matches_diffusers_with_the_same_generator(vaes):
