@@ -135,13 +135,15 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
     planned = functools.partial(_plan, program, vae, tuple(x.shape), budget, op, compute, compiled=compile,
                                 sink=out is not None, host_budget=host_budget)
     the_plan = planned(force_stream=elsewhere or stream or ranks > 1)
-    inp = x.to(device=compute, dtype=_model_dtype(vae))
     peers = _peers(program, the_plan, rank, ranks, compute, compile, out) if ranks > 1 else None
     if peers is not None:
         share = peers.plan_rows()  # plan for this rank's slabs and rows
         if out is None:
             del share["held"][program.output]  # an output held in memory is whole on every rank
         the_plan = planned(force_stream=True, share=share)
+        lo, hi = peers.layout.slabs[program.input][rank]
+        x = x[:, :, lo:hi]  # this rank's input rows: only they go to its device
+    inp = x.to(device=compute, dtype=_model_dtype(vae))
     sink = None if out is None else _open_sink(out, the_plan.out_shape, peers)
     progress = progress if rank == 0 or callable(progress) else None  # one progress bar: rank 0's
     peak = PeakMemory(compute, strict=False) if measure else contextlib.nullcontext()

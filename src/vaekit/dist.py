@@ -97,7 +97,6 @@ def layout(program: Program, shapes: dict, ranks: int, compiled: bool = False, o
             for name in stage.reads:
                 spans[name][k].append(stage.rows_read(name, lo, hi, src_hw))
     slabs = {name: tuple(_hull(s) for s in per_rank) for name, per_rank in spans.items()}
-    slabs[program.input] = ((0, shapes[program.input][1]),) * ranks  # every rank is given the whole input
     return Layout(ranks, tuple(parts), slabs)
 
 

@@ -37,7 +37,8 @@ def execute(program: Program, plan: Plan, x: torch.Tensor, *, scratch_dir: str |
     ``compiled``: conv stages run through torch.compile graphs shared by every image size (plan with
     ``compiled=True`` too: their chunks must be even where they upsample). ``sink``: the output's bands
     go there (sinks.py) as they are made, and nothing is returned. ``peers``: this rank's
-    ``dist.Peers`` in a distributed run: it computes and holds only its rows (dist.py)."""
+    ``dist.Peers`` in a distributed run: it computes and holds only its rows (dist.py), and ``x`` is
+    its slab of the input's rows."""
     report = report if report is not None else RunReport()
     with Store(x.device, scratch_dir) as store:
         run = _Run(program, plan, x, store, report, compiled, sink, peers)
@@ -71,6 +72,8 @@ class _Run:
         self.ladder = Ladder(store, self.tiers, "host" if x.device.type == "cuda" else "disk", report,
                              {m.name: m.nbytes for m in plan.maps}, plan.host_budget)
         store.maps[program.input] = x.permute(0, 2, 3, 1)  # (B, h, w, C)  input px, a view
+        if peers is not None:  # a rank is given the input rows its stages read
+            store.row0[program.input] = peers.layout.slabs[program.input][peers.rank][0]
 
     def alloc(self, stage) -> None:
         if stage.dst == self.program.output and self.sink is not None:
