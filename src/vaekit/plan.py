@@ -255,7 +255,7 @@ def assign_tiers(program: Program, shapes, itemsize: int, budget: int, lower: st
                  held: dict[str, int] | None = None) -> dict[str, str]:
     """Keep maps resident, smallest first, while every stage keeps room for TARGET_ROWS rows.
     ``held``: rows of each map stored here (a distributed rank's slabs), if not all."""
-    lives, sizes = _lives(program), _map_bytes(shapes, itemsize, held)
+    sizes = _map_bytes(shapes, itemsize, held)
     tiers = {name: lower for name in shapes}
     tiers[program.input], tiers[program.output] = "input", "sink" if sink else "output"
     resident = _resident_bytes(program, shapes, itemsize, tiers, held)
@@ -263,40 +263,47 @@ def assign_tiers(program: Program, shapes, itemsize: int, budget: int, lower: st
         working_bytes(s, shapes, itemsize, min(TARGET_ROWS, shapes[s.dst or s.src][1]), tiers)
         for s in program.stages
     ]
-    for name in sorted((n for n in shapes if tiers[n] == lower), key=sizes.__getitem__):
-        size = sizes[name]
-        if all(resident[i] + size + floor[i] <= budget for i in lives[name]):
-            tiers[name] = "device"
-            for i in lives[name]:
-                resident[i] += size
-    return tiers
+    room = [budget - f for f in floor]
+    return _fill(program, sizes, tiers, lower, "device", resident, room)
 
 
 def bound_host(program: Program, shapes, itemsize: int, tiers: dict[str, str], host_budget: int,
                held: dict[str, int] | None = None) -> dict[str, str]:
     """On CUDA the maps not kept on the device go to host RAM while it holds them (smallest first,
     as for the device), and to disk past that: ``host_budget`` bounds the host maps alive at once."""
-    lives, sizes = _lives(program), _map_bytes(shapes, itemsize, held)
     tiers = {name: "disk" if tier == "host" else tier for name, tier in tiers.items()}
-    in_host = [0] * len(program.stages)
-    for name in sorted((n for n in shapes if tiers[n] == "disk"), key=sizes.__getitem__):
-        size = sizes[name]
-        if all(in_host[i] + size <= host_budget for i in lives[name]):
-            tiers[name] = "host"
+    stages = len(program.stages)
+    return _fill(program, _map_bytes(shapes, itemsize, held), tiers, "disk", "host", [0] * stages,
+                 [host_budget] * stages)
+
+
+def _fill(program: Program, sizes: dict[str, int], tiers: dict[str, str], source: str, target: str,
+          used: list[int], room: list[int]) -> dict[str, str]:
+    """Move maps from tier ``source`` to ``target``, smallest first, while at every stage of a map's
+    life the bytes ``used`` there plus its size stay within ``room``."""
+    lives = _lives(program)
+    for name in sorted((n for n in sizes if tiers[n] == source), key=sizes.__getitem__):
+        if all(used[i] + sizes[name] <= room[i] for i in lives[name]):
+            tiers[name] = target
             for i in lives[name]:
-                in_host[i] += size
+                used[i] += sizes[name]
     return tiers
 
 
 def _resident_bytes(program: Program, shapes, itemsize: int, tiers: dict[str, str],
                     held: dict[str, int] | None = None) -> list[int]:
     """Resident bytes per stage: device-tier maps alive then, plus input and output."""
-    resident, sizes = [0] * len(program.stages), _map_bytes(shapes, itemsize, held)
+    return _alive_bytes(program, _map_bytes(shapes, itemsize, held), tiers, ("device", "input", "output"))
+
+
+def _alive_bytes(program: Program, sizes: dict[str, int], tiers: dict[str, str], wanted) -> list[int]:
+    """Per stage, the bytes of the maps in the ``wanted`` tiers that are alive then."""
+    alive = [0] * len(program.stages)
     for name, life in _lives(program).items():
-        if tiers[name] in ("device", "input", "output"):
+        if tiers[name] in wanted:
             for i in life:
-                resident[i] += sizes[name]
-    return resident
+                alive[i] += sizes[name]
+    return alive
 
 
 def _most_rows(fits, limit: int) -> int:
@@ -387,9 +394,8 @@ def make_plan(program: Program, in_shape, itemsize: int, dtype: str, device: str
 
 def _tier_peak(program: Program, maps, tier: str) -> int:
     """Most bytes ``tier`` holds at once (maps are freed after their last use)."""
-    held = {m.name: m.nbytes for m in maps if m.tier == tier}
-    lives = _lives(program)
-    return max((sum(n for name, n in held.items() if i in lives[name]) for i in range(len(program.stages))), default=0)
+    sizes, tiers = {m.name: m.nbytes for m in maps}, {m.name: m.tier for m in maps}
+    return max(_alive_bytes(program, sizes, tiers, (tier,)), default=0)
 
 
 def smallest_budget(program: Program, in_shape, itemsize: int, lower: str = "disk", compiled: bool = False,
