@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .measure import machine
 
-__all__ = ["main", "run_benchmark", "psnr"]
+__all__ = ["main", "run_benchmark", "run_worker", "psnr"]
 
 #: model -> (default sizes, default methods)
 MODELS = {
@@ -29,6 +29,14 @@ MODELS = {
     "sana": ((2048,), ("diffusers-untiled", "diffusers-tiling", "vaekit:1GiB", "vaekit:3GiB")),
 }
 THREADS = 2
+
+
+def run_worker(cmd: list[str], what: str, env: dict | None = None):
+    """Run a benchmark worker in a fresh process; what it printed last, as JSON."""
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def psnr(out, ref, peak_to_peak: float = 2.0) -> float:
@@ -119,10 +127,7 @@ def run_compile_benchmark(sizes, out_dir: Path) -> list[dict]:
     rows = []
     for method in ("diffusers-compile", "vaekit-compile"):
         cmd = [sys.executable, "-m", "vaekit.bench", "--compile-worker", method, "--sizes", *map(str, sizes)]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"compile benchmark worker {method} failed:\n{result.stderr}")
-        for row in json.loads(result.stdout.strip().splitlines()[-1]):
+        for row in run_worker(cmd, f"compile benchmark worker {method}"):
             rows.append(row)
             print(f"{row['size']:>5}  {method:<18} first {row['first_seconds']:7.1f} s  warm {row['warm_seconds']:6.1f} s",
                   file=sys.stderr, flush=True)
@@ -171,10 +176,7 @@ def run_gigapixel_benchmark(sizes, out_dir: Path) -> list[dict]:
     rows = []
     for size in sizes:
         cmd = [sys.executable, "-m", "vaekit.bench", "--gigapixel-worker", str(size), "--out", str(out_dir)]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"gigapixel worker at {size} failed:\n{result.stderr}")
-        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        rows.append(run_worker(cmd, f"gigapixel worker at {size}"))
         print(f"{size:>6}  {rows[-1]['seconds']:7.1f} s  {rows[-1]['peak_rss_growth'] / 2**20:7.0f} MiB", file=sys.stderr)
     meta = {"date": date.today().isoformat(), "machine": machine(), "threads": THREADS, "dtype": "float32",
             "budget": GIGAPIXEL_BUDGET, "model": "TAEF2 decoder (real weights)"}
@@ -198,10 +200,7 @@ def run_benchmark(model: str, sizes, methods, out_dir: Path) -> list[dict]:
         for method in methods:  # untiled first: it writes the reference
             cmd = [sys.executable, "-m", "vaekit.bench", "--model", model, "--worker", method, "--size", str(size),
                    "--ref", str(ref_path)]
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"benchmark worker {method} at {size} failed:\n{result.stderr}")
-            row = json.loads(result.stdout.strip().splitlines()[-1])
+            row = run_worker(cmd, f"benchmark worker {method} at {size}")
             rows.append(row)
             print(_format_row(row), file=sys.stderr, flush=True)
         ref_path.unlink(missing_ok=True)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from datetime import date
 from pathlib import Path
 
+from .bench import run_worker
 from .measure import machine
 
 __all__ = ["run_dist_benchmark"]
@@ -72,10 +72,7 @@ def run_dist_benchmark(out_dir: Path, size: int = DIST_SIZE, budget: str = DIST_
         launch = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
                                       "--no-python", sys.executable] if ranks > 1 else []) + worker
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        result = subprocess.run(launch, capture_output=True, text=True, env=env)
-        if result.returncode != 0:
-            raise RuntimeError(f"{label} failed:\n{result.stderr[-4000:]}")
-        row = json.loads(result.stdout.strip().splitlines()[-1])
+        row = run_worker(launch, label, env)
         images[label] = np.load(target)
         target.unlink()
         rows.append({"run": label, "ranks": ranks, "threads": threads, **row})
