@@ -17,12 +17,12 @@ pytest.importorskip("transformers")  # diffusers pipelines import it
 EMB = torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(9))
 
 
-def _sd_pipe(cls_name: str = "StableDiffusionPipeline"):
+def _sd_pipe(cls_name: str = "StableDiffusionPipeline", in_channels: int = 4):
     import diffusers
 
     torch.manual_seed(0)
     unet = diffusers.UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=in_channels, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32, norm_num_groups=8, attention_head_dim=8).eval()
     pipe = getattr(diffusers, cls_name)(vae=make_vae("sd"), text_encoder=None, tokenizer=None, unet=unet,
@@ -43,6 +43,52 @@ def _same_with_apply(pipe, call, budget="1MiB"):
     assert report.mode == "stream"  # the small budget really streamed
     assert out.shape == ref.shape and relative_error(out, ref) <= REL_TOL
     return ref
+
+
+def _images(output) -> torch.Tensor:
+    """A pipeline's ``.images`` as one float tensor, whatever the output_type (PIL images as 0-255)."""
+    import numpy as np
+
+    if isinstance(output, list):  # PIL
+        output = np.stack([np.asarray(image, dtype=np.float32) for image in output])
+    return torch.as_tensor(output)
+
+
+SD_CALL = dict(prompt_embeds=EMB, num_inference_steps=2, guidance_scale=1.0, height=72, width=88)
+
+
+@pytest.mark.parametrize("output_type", ["pt", "np", "pil", "latent"])
+def test_stable_diffusion_output_types_and_images_per_prompt(output_type):
+    pipe = _sd_pipe()
+    call = lambda: _images(pipe(**SD_CALL, output_type=output_type, num_images_per_prompt=2,  # noqa: E731
+                                generator=torch.Generator().manual_seed(0)).images)
+    if output_type == "latent":  # no VAE call at all: identical
+        ref = call()
+        apply(pipe, "1MiB")
+        try:
+            assert torch.equal(call(), ref)
+        finally:
+            unapply(pipe)
+        return
+    if output_type == "pil":  # 8-bit: at most one level apart where rounding falls either way
+        ref = call()
+        apply(pipe, "1MiB")
+        try:
+            out = call()
+        finally:
+            unapply(pipe)
+        assert out.shape == ref.shape == (2, 72, 88, 3) and float((out - ref).abs().max()) <= 1
+        return
+    assert _same_with_apply(pipe, call).shape[0] == 2
+
+
+def test_stable_diffusion_inpaint_encodes_image_and_masked_image_through_vaekit():
+    pipe = _sd_pipe("StableDiffusionInpaintPipeline", in_channels=9)
+    g = torch.Generator().manual_seed(1)
+    image, mask = torch.rand(1, 3, 72, 88, generator=g), torch.zeros(1, 1, 72, 88)
+    mask[..., 20:50, 30:70] = 1
+    _same_with_apply(pipe, lambda: pipe(**SD_CALL, image=image, mask_image=mask, strength=0.8, output_type="pt",
+                                        generator=torch.Generator().manual_seed(0)).images)
 
 
 def test_stable_diffusion_txt2img():
@@ -71,9 +117,10 @@ def test_flux():
                         text_encoder_2=None, tokenizer_2=None, transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
     pooled = torch.randn(1, 32, generator=torch.Generator().manual_seed(2))
-    _same_with_apply(pipe, lambda: pipe(prompt_embeds=EMB, pooled_prompt_embeds=pooled, num_inference_steps=2,
-                                        height=48, width=64, output_type="pt",
-                                        generator=torch.Generator().manual_seed(0)).images)
+    images = _same_with_apply(pipe, lambda: pipe(prompt_embeds=EMB, pooled_prompt_embeds=pooled, num_inference_steps=2,
+                                                 height=48, width=64, output_type="pt", num_images_per_prompt=2,
+                                                 generator=torch.Generator().manual_seed(0)).images)
+    assert images.shape[0] == 2
 
 
 def test_sana_with_dc_ae():
@@ -103,14 +150,17 @@ def test_return_types_and_exact_unapply(vaes):
     z, x = torch.randn(1, 4, 9, 11), torch.rand(1, 3, 36, 44) * 2 - 1
     with torch.no_grad():
         ref_image, ref_mean = vae.decode(z).sample, vae.encode(x).latent_dist.mean
-    apply(vae, "1MiB")
+    report = vaekit.RunReport()
+    apply(vae, "1MiB", report=report)
     assert is_applied(vae)
-    out = vae.decode(z)
-    assert isinstance(out, DecoderOutput) and relative_error(out.sample, ref_image) <= REL_TOL
-    assert isinstance(vae.decode(z, return_dict=False), tuple)
-    encoded = vae.encode(x)
-    assert isinstance(encoded, AutoencoderKLOutput) and relative_error(encoded.latent_dist.mean, ref_mean) <= REL_TOL
-    assert isinstance(vae.encode(x, return_dict=False)[0], type(encoded.latent_dist))
+    with torch.no_grad():
+        out = vae.decode(z)
+        assert isinstance(out, DecoderOutput) and relative_error(out.sample, ref_image) <= REL_TOL
+        assert isinstance(vae.decode(z, return_dict=False), tuple)
+        encoded = vae.encode(x)
+        assert isinstance(encoded, AutoencoderKLOutput) and relative_error(encoded.latent_dist.mean, ref_mean) <= REL_TOL
+        assert isinstance(vae.encode(x, return_dict=False)[0], type(encoded.latent_dist))
+    assert report.mode == "stream"
     apply(vae, "2MiB")  # applying again replaces, it does not stack
     unapply(vae)
     assert not is_applied(vae) and vars(vae).keys() == before.keys()
@@ -127,7 +177,7 @@ def test_enable_tiling_is_honoured_by_exact_streaming(vaes, caplog):
     report = vaekit.RunReport()
     apply(vae, report=report)
     try:
-        with caplog.at_level(logging.INFO, logger="vaekit"):
+        with caplog.at_level(logging.INFO, logger="vaekit"), torch.no_grad():
             out1, out2 = vae.decode(z).sample, vae.decode(z).sample
     finally:
         unapply(vae)

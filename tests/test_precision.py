@@ -8,7 +8,7 @@ import torch
 import vaekit
 from conftest import make_vae
 from vaekit.errors import PrecisionError
-from vaekit.precision import audit, check_dtype, choose_dtype
+from vaekit.precision import check_dtype, choose_dtype
 
 
 def _overflowing(kind: str):
@@ -63,30 +63,3 @@ def test_choose_dtype(monkeypatch):
         check_dtype(torch.bfloat16, "cuda")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # an A100
     assert choose_dtype(vae, "cuda") == torch.bfloat16
-
-
-class _Pipe:
-    """What audit reads from a diffusers pipeline: ``components``."""
-
-    def __init__(self, **components):
-        self.components = components
-
-
-def test_audit_flags_and_fixes_a_vae_that_disagrees_with_the_denoiser():
-    transformer = torch.nn.Linear(4, 4).half()
-    vae = make_vae("noattn").to(torch.bfloat16)
-    vae.register_to_config(force_upcast=False)
-    pipe = _Pipe(transformer=transformer, vae=vae, scheduler=object())
-    findings = {f.component: f for f in audit(pipe)}
-    assert set(findings) == {"transformer", "vae"}
-    assert "denoiser is float16" in findings["vae"].problem and not findings["transformer"].problem
-    assert vae.dtype == torch.bfloat16  # audit alone changes nothing
-    fixed = {f.component: f for f in audit(pipe, fix=True)}
-    assert fixed["vae"].fixed == "now float16" and vae.dtype == torch.float16
-    assert not any(f.problem for f in audit(pipe))
-
-
-def test_audit_sends_an_fp16_unsafe_vae_to_float32():
-    pipe = _Pipe(unet=torch.nn.Linear(4, 4).half(), vae=make_vae("noattn").half())  # SD: force_upcast
-    vae_finding = next(f for f in audit(pipe, fix=True) if f.component == "vae")
-    assert vae_finding.fixed == "now float32" and pipe.components["vae"].dtype == torch.float32

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from . import errors, testing
 from .api import decode, encode, plan
+from .audit import audit
 from .errors import BudgetError, VaekitError
 from .integrations import apply, unapply
 from .lifecycle import VaeManager
 from .loader import load
 from .plan import Plan
-from .precision import audit
 from .recovery import RunReport
 
 __all__ = ["decode", "encode", "plan", "load", "apply", "unapply", "audit", "VaeManager", "Plan", "RunReport",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .arch import family, program_for
+from .arch import check_state, family, program_for
 from .errors import BudgetError, DeviceError, InputError, PrecisionError
 from .measure import PeakMemory
 from .plan import HOST_SHARE, Plan, make_plan
@@ -106,23 +106,29 @@ def encode(vae, images: torch.Tensor, budget=None, *, sample: bool = False, gene
     """
     out = run(vae, "encode", images, budget, device=device, progress=progress, compile=compile,
               scratch_dir=scratch_dir, report=report, host_budget=host_budget, dist=dist)
-    with torch.inference_mode():
+    with torch.no_grad():
         return family(vae).finish(vae, "encode", out, sample=sample, generator=generator)
 
 
 def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=None, compile: bool = False,
         scratch_dir=None, report: RunReport | None = None, stream: bool = False, out=None, host_budget=None,
-        dist: bool = False):
+        dist: bool = False, strict: bool = True):
     """The program's own output for ``op``: for AutoencoderKL encode the moments (mean | logvar), not
-    yet the latents. ``stream=True`` never runs the model whole. Used by decode, encode and apply."""
+    yet the latents. ``stream=True`` never runs the model whole. Used by decode, encode and apply.
+    ``strict=False`` (apply: the model's own call takes these) lets images outside [-1, 1] through and
+    returns a NaN/Inf output instead of raising PrecisionError.
+
+    Runs under ``no_grad``, not ``inference_mode``: the result is a plain tensor callers may modify
+    in place or use in autograd later, with no copy to make (an inference tensor would need one)."""
     program = program_for(vae, op)
+    check_state(vae)
     what = "latents" if op == "decode" else "images"
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
     _check_shape(program, vae, tuple(x.shape), op)
     if not x.is_floating_point():
         raise InputError(f"{what} must be floating point, got {x.dtype}")
-    _check_values(x, op)
+    _check_values(x, op, image_range=strict)
     rank, ranks = _world() if dist else (0, 1)
     if ranks > 1 and out is not None:
         check_shared(out)
@@ -148,7 +154,7 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
     progress = progress if rank == 0 or callable(progress) else None  # one progress bar: rank 0's
     peak = PeakMemory(compute, strict=False) if measure else contextlib.nullcontext()
     try:
-        with peak, torch.inference_mode():
+        with peak, torch.no_grad():
             result = _whole(vae, op, inp, report) if the_plan.mode == "whole" else None
             if result is None:  # streaming, planned so or because the whole model ran out of memory
                 the_plan = the_plan if the_plan.mode == "stream" else planned(force_stream=True)
@@ -166,7 +172,7 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
         raise
     report.mode, report.plan = the_plan.mode, the_plan
     report.peak_bytes = peak.growth if measure else None
-    if sink is None and not bool(torch.isfinite(result).all()):
+    if strict and sink is None and not bool(torch.isfinite(result).all()):
         raise PrecisionError(f"the {op} produced NaN or Inf from finite {'latents' if op == 'decode' else 'images'} "
                              f"in {result.dtype}: the model's weights are out of range for this input")
     return result if sink is not None else result.to(x.device)
@@ -320,15 +326,15 @@ def _check_shape(program: Program, vae, shape, op: str) -> tuple[int, int, int, 
     return shape
 
 
-def _check_values(x: torch.Tensor, op: str) -> None:
-    """NaN/Inf anywhere, and for encode images outside [-1, 1]: say so before any work."""
+def _check_values(x: torch.Tensor, op: str, image_range: bool = True) -> None:
+    """NaN/Inf anywhere, and (``image_range``) for encode images outside [-1, 1]: say so before any work."""
     low, high = (float(v) for v in torch.aminmax(x.detach()))
     if not (math.isfinite(low) and math.isfinite(high)):
         bad = (~torch.isfinite(x)).nonzero()[0].tolist()
         what = "latents" if op == "decode" else "images"
         raise InputError(f"{what} contain NaN or Inf (first at index {tuple(bad)}): the step before vaekit "
                          "produced them, e.g. an fp16 model that overflowed; vaekit cannot decode them")
-    if op == "encode" and (low < -IMAGE_RANGE_SLACK or high > IMAGE_RANGE_SLACK):
+    if image_range and op == "encode" and (low < -IMAGE_RANGE_SLACK or high > IMAGE_RANGE_SLACK):
         raise InputError(f"images must be in [-1, 1], got values in [{low:.4g}, {high:.4g}]: "
                          "for 0-255 pixels use x / 127.5 - 1, for [0, 1] use x * 2 - 1")
 

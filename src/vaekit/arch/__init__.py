@@ -1,6 +1,7 @@
 """One file per model family; each turns a model into a :class:`vaekit.program.Program` per op.
 
-A family module provides ``program(vae, op)``, ``whole(vae, op, x)`` (the model's own modules,
+A family module provides ``program(vae, op)`` (from the model's structure; ``check_state(vae)``, if
+it has one, checks its state at each call), ``whole(vae, op, x)`` (the model's own modules,
 untiled: used when everything fits) and ``finish(vae, op, out, sample, generator)`` (what the
 public call returns, from the program's output: e.g. the latent distribution's mode).
 """
@@ -13,7 +14,7 @@ from ..errors import UnsupportedModelError
 from ..program import Program
 from . import dc, kl, tiny
 
-__all__ = ["family", "program_for", "scale_factor", "latent_channels", "OPS"]
+__all__ = ["family", "program_for", "check_state", "scale_factor", "latent_channels", "OPS"]
 
 OPS = ("decode", "encode")
 
@@ -34,6 +35,13 @@ def program_for(vae, op: str) -> Program:
     if op not in OPS:
         raise UnsupportedModelError(f"unknown op {op!r}: use one of {', '.join(OPS)}")
     return family(vae).program(vae, op)
+
+
+def check_state(vae) -> None:
+    """UnsupportedModelError when the model's current state (not its structure) cannot be streamed."""
+    check = getattr(family(vae), "check_state", None)
+    if check is not None:
+        check(vae)
 
 
 def scale_factor(vae) -> int:

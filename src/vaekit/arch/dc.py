@@ -67,7 +67,6 @@ def _block(b: ProgramBuilder, name: str, x: str, block: nn.Module) -> str:
     kind = type(block).__name__
     if kind == "ResBlock":
         _require(block.norm_type in ("rms_norm", "batch_norm"), f"{name}: norm {block.norm_type!r}")
-        _eval(name, block.norm)
         h = b.conv(f"{name}.conv1", x, _conv(block.conv1), post=_act(block.nonlinearity))
         return b.add(ConvStage(f"{name}.conv2", h, x, _conv(block.conv2), out_norm=block.norm, skip=x))
     if kind == "EfficientViTBlock":
@@ -80,7 +79,6 @@ def _block(b: ProgramBuilder, name: str, x: str, block: nn.Module) -> str:
 def _attention(b: ProgramBuilder, name: str, x: str, attn: nn.Module) -> str:
     _require(attn.norm_type in ("rms_norm", "batch_norm") and type(attn.nonlinearity) is nn.ReLU,
              f"{name}: only ReLU linear attention with RMSNorm or BatchNorm")
-    _eval(name, attn.norm_out)
     halo = max((m.proj_in.kernel_size[0] // 2 for m in attn.to_qkv_multiscale), default=0)
     state = f"{name}.state"
     b.add(LinearKVStage(f"{name}.kv", x, attn, state, halo))
@@ -125,9 +123,11 @@ def _act(module: nn.Module) -> str | None:
     return names[type(module)]
 
 
-def _eval(name: str, norm: nn.Module) -> None:
-    _require(not (isinstance(norm, nn.BatchNorm2d) and norm.training),
-             f"{name}: BatchNorm in training mode normalizes with batch statistics: call vae.eval()")
+def check_state(vae) -> None:
+    """A BatchNorm in training mode normalizes with the batch's statistics, which no band has: the
+    model's state, not its structure, so it is checked at each call (apply takes the model in any mode)."""
+    _require(not any(isinstance(m, nn.BatchNorm2d) and m.training for m in vae.modules()),
+             "BatchNorm in training mode normalizes with batch statistics: call vae.eval()")
 
 
 def _require(condition: bool, message: str) -> None:

@@ -1,15 +1,29 @@
-"""``vaekit.apply(pipe)``: a diffusers pipeline's own VAE calls go through vaekit.
+"""``vaekit.apply(pipe)``: a diffusers pipeline's own VAE calls go through vaekit, and nothing else changes.
 
-The VAE instance gets ``encode`` and ``decode`` attributes that shadow its class's methods, take the
-same arguments and return the same types (``DecoderOutput``, ``AutoencoderKLOutput``,
-``EncoderOutput``, ``AutoencoderTinyOutput``, or the ``return_dict=False`` tuples), built only from
-diffusers' public output classes. ``unapply`` deletes them again, so the instance is exactly as it
-was. Pipelines need no change: they call ``self.vae.decode(latents, return_dict=False)[0]``.
+The VAE instance gets ``encode`` and ``decode`` attributes that shadow its class's methods (callables
+holding the instance weakly: an applied VAE dropped from a pipeline is freed at once, not at the next
+garbage collection, and ``copy.deepcopy`` gives a copy that streams itself), take the same arguments and
+return the same types (``DecoderOutput``, ``AutoencoderKLOutput``, ``EncoderOutput``,
+``AutoencoderTinyOutput``, or the ``return_dict=False`` tuples). ``unapply`` deletes them, so the
+instance is exactly as it was. Pipelines need no change: they call ``self.vae.decode(z, return_dict=False)[0]``.
+
+A drop-in changes nothing but memory, so a call vaekit cannot take as the model would goes to the
+model's own method, said once in the ``vaekit`` logger:
+
+    autograd recording, and the input or a weight requires grad   the model's own graph and gradients
+    an input vaekit refuses (NaN/Inf, a size its program cannot    whatever the model does with it
+      take, a BatchNorm in training mode)
+    weights on the meta device (accelerate's sequential offload)   accelerate's hooks place them
+
+Everything else streams within the budget: images outside [-1, 1] too (the range check that
+``vaekit.encode`` makes is for direct calls), and a NaN/Inf output is returned as the model returns it.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import weakref
 
 import torch
 
@@ -20,7 +34,7 @@ __all__ = ["apply", "unapply", "is_applied"]
 
 log = logging.getLogger("vaekit")
 
-_MARK = "_vaekit_applied"  # instance attribute: the options, and what encode/decode were before
+_MARK = "_vaekit_applied"  # instance attribute: the options, what encode/decode were before, what was said
 
 
 def _vae_of(pipe_or_vae):
@@ -38,47 +52,122 @@ def is_applied(pipe_or_vae) -> bool:
 def apply(pipe_or_vae, budget=None, **options):
     """Route ``vae.encode``/``vae.decode`` of a pipeline (or of a VAE) through vaekit, within ``budget``.
 
-    ``options`` are those of :func:`vaekit.decode` (device, progress, scratch_dir, report). A user's
-    ``vae.enable_tiling()`` is honoured by exact streaming instead of tiles. Returns its argument.
+    ``options`` are those of :func:`vaekit.decode` (device, progress, scratch_dir, report, compile). A
+    user's ``vae.enable_tiling()`` is honoured by exact streaming instead of tiles. Returns its argument.
     """
     vae = _vae_of(pipe_or_vae)
     api.program_for(vae, "decode")  # UnsupportedModelError now, not at the first decode
     if is_applied(vae):
         unapply(vae)
     before = {name: vars(vae)[name] for name in ("encode", "decode") if name in vars(vae)}
-    state = {"before": before, "told": False, "options": {"budget": budget, **options}}
-
-    def stream_requested() -> bool:
-        if getattr(vae, "use_tiling", False):
-            if not state["told"]:
-                log.info("vaekit: vae.enable_tiling() is honoured by exact streaming (the untiled pixels, not tiles)")
-                state["told"] = True
-            return True
-        return False
-
-    def run(op: str, x: torch.Tensor) -> torch.Tensor:
-        out = api.run(vae, op, x, budget, stream=stream_requested(), **options)
-        return out.clone()  # out of inference mode: pipelines may go on with it as with any tensor
-
-    def decode(z, *args, return_dict: bool = True, **kwargs):
-        if args and isinstance(args[0], bool):  # decode(z, False): return_dict positionally
-            return_dict = args[0]
-        sample = run("decode", z)
-        if not return_dict:
-            return (sample,)
-        from diffusers.models.autoencoders.vae import DecoderOutput
-
-        return DecoderOutput(sample=sample)
-
-    def encode(x, *args, return_dict: bool = True, **kwargs):
-        if args and isinstance(args[0], bool):
-            return_dict = args[0]
-        output = _encoder_output(vae, run("encode", x))
-        return output if return_dict else (next(iter(output.values())),)
-
-    vae.decode, vae.encode = decode, encode
-    setattr(vae, _MARK, state)
+    setattr(vae, _MARK, {"before": before, "said": set(), "options": {"budget": budget, **options}})
+    vae.decode, vae.encode = _Shadow(vae, decode), _Shadow(vae, encode)
     return pipe_or_vae
+
+
+class _Shadow:
+    """``function`` bound to ``vae`` like a method, but through a weak reference: a bound method stored
+    on its own instance is a reference cycle, which would keep every dropped VAE's weights until a
+    garbage collection happens to run."""
+
+    def __init__(self, vae, function):
+        self._vae, self.__func__ = weakref.ref(vae), function
+        self.__name__ = self.__qualname__ = function.__name__
+        self.__doc__ = function.__doc__
+
+    @property
+    def __self__(self):
+        return self._vae()
+
+    def __call__(self, *args, **kwargs):
+        return self.__func__(self._vae(), *args, **kwargs)
+
+    def __deepcopy__(self, memo):
+        return _Shadow(copy.deepcopy(self._vae(), memo), self.__func__)  # the copy's own, from the memo
+
+
+def decode(vae, z, *args, return_dict: bool = True, **kwargs):
+    """The shadowing ``vae.decode``: ``vae.decode(z, return_dict=True, ...)`` as the class has it."""
+    if args and isinstance(args[0], bool):  # decode(z, False): return_dict positionally
+        return_dict, args = args[0], args[1:]
+    sample = _run(vae, "decode", z, args, {"return_dict": return_dict, **kwargs})
+    if not isinstance(sample, torch.Tensor):
+        return sample  # the model's own method answered, in its own types
+    if not return_dict:
+        return (sample,)
+    from diffusers.models.autoencoders.vae import DecoderOutput
+
+    return DecoderOutput(sample=sample)
+
+
+def encode(vae, x, *args, return_dict: bool = True, **kwargs):
+    """The shadowing ``vae.encode``: ``vae.encode(x, return_dict=True)`` as the class has it."""
+    if args and isinstance(args[0], bool):
+        return_dict, args = args[0], args[1:]
+    out = _run(vae, "encode", x, args, {"return_dict": return_dict, **kwargs})
+    if not isinstance(out, torch.Tensor):
+        return out
+    output = _encoder_output(vae, out)
+    return output if return_dict else (next(iter(output.values())),)
+
+
+def _run(vae, op: str, x, args: tuple, kwargs: dict):
+    """The program's output for ``op`` on ``x`` (a plain tensor: no inference-mode copy to make), or
+    the model's own method's return value when vaekit should not take the call."""
+    state = vars(vae)[_MARK]
+    why = _why_not(vae, x)
+    if why is None:
+        _pre_forward(vae)
+        options = dict(state["options"])
+        try:
+            return api.run(vae, op, x, options.pop("budget"), stream=_tiling_requested(vae, state), strict=False,
+                           **options)
+        except InputError as e:  # raised before any work: a size, a dtype, NaN/Inf or a model state it cannot take
+            why = f"vaekit does not take this input ({e})"
+    level = logging.WARNING if why.startswith("autograd") else logging.INFO  # a warning: it does not stream
+    _say_once(state, why.split(" (")[0], f"vaekit: {why}: running the model's own {op}", level)
+    return _own_method(vae, op, x, args, kwargs)
+
+
+def _why_not(vae, x) -> str | None:
+    """Why a call must go to the model's own method, before trying vaekit; None if it need not."""
+    if not isinstance(x, torch.Tensor):
+        return None  # api.run raises InputError: the model's own method gives the model's own error
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in vae.parameters())):
+        return ("autograd is recording and a tensor requires grad, so the model's own graph is used (vaekit streams "
+                "without gradients: call under torch.no_grad() or torch.inference_mode() to stream)")
+    if any(p.is_meta for p in vae.parameters()):
+        return "the weights are on the meta device (accelerate offload hooks place them)"
+    return None
+
+
+def _own_method(vae, op: str, x, args: tuple, kwargs: dict):
+    """The method ``apply`` shadowed: the instance's earlier one, else the class's (with its accelerate hook)."""
+    before = vars(vae)[_MARK]["before"].get(op)
+    method = before if before is not None else getattr(type(vae), op).__get__(vae)
+    return method(x, *args, **kwargs)
+
+
+def _pre_forward(vae) -> None:
+    """What diffusers' ``@apply_forward_hook`` does before encode/decode: accelerate's model offload
+    (``pipe.enable_model_cpu_offload()``) moves the VAE onto the device and the other models off it."""
+    hook = getattr(vae, "_hf_hook", None)
+    if hook is not None and hasattr(hook, "pre_forward"):
+        hook.pre_forward(vae)
+
+
+def _tiling_requested(vae, state: dict) -> bool:
+    if getattr(vae, "use_tiling", False):
+        _say_once(state, "tiling", "vaekit: vae.enable_tiling() is honoured by exact streaming (the untiled "
+                                   "pixels, not tiles)")
+        return True
+    return False
+
+
+def _say_once(state: dict, key: str, message: str, level: int = logging.INFO) -> None:
+    if key not in state["said"]:
+        state["said"].add(key)
+        log.log(level, message)
 
 
 def _encoder_output(vae, out: torch.Tensor):
