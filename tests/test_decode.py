@@ -89,3 +89,21 @@ def test_progress_callback_sees_every_stage(vaes):
     budget = budgets_for(vae, tuple(z.shape))["smallest"]
     vaekit.decode(vae, z, budget, progress=lambda stage, done, total: seen.add(stage))
     assert seen == set(range(len(vaekit.plan(vae, tuple(z.shape), budget).stages)))
+
+
+def test_progress_off_a_terminal_is_a_few_lines(vaes):
+    """stderr captured (CI, notebooks): one line per tenth of the rows, no carriage-return redraws (#14)."""
+    import io
+
+    from vaekit.progress import STEPS, progress_callback
+
+    vae = vaes("sd")
+    z = torch.randn(1, 4, 33, 47)
+    budget = budgets_for(vae, tuple(z.shape))["smallest"]
+    plan = vaekit.plan(vae, tuple(z.shape), budget)
+    log = io.StringIO()
+    with progress_callback(True, plan, stream=log) as callback:
+        vaekit.decode(vae, z, budget, progress=callback)
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and 1 <= len(lines) <= STEPS
+    assert lines[-1].startswith("vaekit decode: 100% (") and "rows/s" in lines[-1]

@@ -129,3 +129,26 @@ def test_short_disk_is_a_budget_error_before_any_work(case, tmp_path, monkeypatc
     with pytest.raises(BudgetError, match="only 1.0 KiB is free"):
         vaekit.decode(vae, z, budget, out=tmp_path / "image.npy", scratch_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_files_get_the_mode_open_would_give(case, tmp_path, umask):
+    """mkstemp's private 0600 must not survive the rename: outputs follow the umask like open() (#14)."""
+    import os
+    import stat
+
+    from vaekit.io import save_latents, save_output
+
+    vae, z, _, budget = case
+    old = os.umask(umask)
+    try:
+        written = [vaekit.decode(vae, z, budget, out=tmp_path / f"image{ext}") for ext in (".npy", ".tif", ".png")]
+        zarr = vaekit.decode(vae, z, budget, out=tmp_path / "image.zarr")
+        save_output(torch.zeros(1, 3, 8, 8), tmp_path / "held.png")
+        save_latents(z, tmp_path / "latents.safetensors")
+        written += [tmp_path / "held.png", tmp_path / "latents.safetensors"]
+    finally:
+        os.umask(old)
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+    assert stat.S_IMODE(zarr.stat().st_mode) == 0o777 & ~umask

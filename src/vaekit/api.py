@@ -16,6 +16,7 @@ from .measure import PeakMemory
 from .plan import HOST_SHARE, Plan, make_plan
 from .precision import check_dtype
 from .program import Program
+from .progress import progress_callback
 from .recovery import Event, RunReport, free_caches, is_oom
 from .run import execute
 from .sinks import check_shared, open_sink, sink_bytes
@@ -159,7 +160,7 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
             if result is None:  # streaming, planned so or because the whole model ran out of memory
                 the_plan = the_plan if the_plan.mode == "stream" else planned(force_stream=True)
                 _check_disk(the_plan, scratch_dir, out)
-                with _progress(progress, the_plan) as callback:
+                with progress_callback(progress, the_plan) as callback:
                     result = execute(program, the_plan, inp, scratch_dir=scratch_dir, progress=callback,
                                      report=report, compiled=compile, sink=sink, peers=peers)
             elif sink is not None:
@@ -337,31 +338,3 @@ def _check_values(x: torch.Tensor, op: str, image_range: bool = True) -> None:
     if image_range and op == "encode" and (low < -IMAGE_RANGE_SLACK or high > IMAGE_RANGE_SLACK):
         raise InputError(f"images must be in [-1, 1], got values in [{low:.4g}, {high:.4g}]: "
                          "for 0-255 pixels use x / 127.5 - 1, for [0, 1] use x * 2 - 1")
-
-
-class _progress:
-    """Context manager giving the executor a progress callback (tqdm bar, user callable or None)."""
-
-    def __init__(self, progress, the_plan: Plan):
-        self.progress, self.plan, self.bar = progress, the_plan, None
-
-    def __enter__(self):
-        if callable(self.progress):
-            return self.progress
-        if not self.progress:
-            return None
-        from tqdm.auto import tqdm
-
-        heights = [s.height for s in self.plan.stages]
-        done_before = [sum(heights[:i]) for i in range(len(heights))]
-        self.bar = tqdm(total=sum(heights), unit="row", desc=f"vaekit {self.plan.op}", leave=False)
-
-        def callback(stage: int, rows_done: int, _rows_total: int) -> None:
-            self.bar.n = done_before[stage] + rows_done
-            self.bar.refresh()
-
-        return callback
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()

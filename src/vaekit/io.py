@@ -14,7 +14,8 @@ from safetensors import SafetensorError
 
 from .errors import CheckpointError, InputError
 
-__all__ = ["load_latents", "load_image", "save_output", "save_latents", "atomic_path", "to_uint8"]
+__all__ = ["load_latents", "load_image", "save_output", "save_latents", "atomic_path", "temp_beside", "open_mode",
+           "to_uint8"]
 
 LATENT_SUFFIXES = (".safetensors", ".pt", ".pth", ".npy")
 OUTPUT_SUFFIXES = (".png", ".npy", ".pt", ".tif", ".tiff", ".zarr")
@@ -116,15 +117,49 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
+def temp_beside(target: Path, directory: bool = False) -> Path:
+    """A new empty temporary file (or directory) beside ``target``, to be renamed onto it when complete.
+
+    mkstemp/mkdtemp make it private (0600/0700), and a rename keeps that mode: it is given the mode a
+    plain ``open()`` (``mkdir``) would, 0666 (0777) less the umask, so others can read what vaekit wrote."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix, suffix = f".{target.name}.", ".part" + target.suffix
+    if directory:
+        tmp = tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=target.parent)
+    else:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=target.parent)
+        os.close(fd)
+    os.chmod(tmp, open_mode(directory))
+    return Path(tmp)
+
+
+def open_mode(directory: bool = False) -> int:
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (os.umask can only set it,
+    and setting it for a moment would race with threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(target):
     """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part" + target.suffix, dir=target.parent)
-    os.close(fd)
+    tmp = str(temp_beside(target))
     try:
         yield Path(tmp)
+        os.chmod(tmp, open_mode())  # again: some writers (safetensors) replace the file with a 0600 one
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

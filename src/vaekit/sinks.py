@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import queue
 import shutil
-import tempfile
 import threading
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .io import to_uint8
+from .io import temp_beside, to_uint8
 
 __all__ = ["open_sink", "Sink", "SINK_SUFFIXES", "TILE", "sink_bytes", "sink_rows", "check_shared"]
 
@@ -46,14 +45,7 @@ class Sink:
             check_shared(self.target)
             self.tmp = Path(shared_tmp)
             return
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        prefix, suffix = f".{self.target.name}.", ".part" + self.target.suffix
-        if self.directory:
-            self.tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=self.target.parent))
-        else:
-            fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=self.target.parent)
-            os.close(fd)
-            self.tmp = Path(tmp)
+        self.tmp = temp_beside(self.target, directory=self.directory)
 
     def write(self, r0: int, band: torch.Tensor) -> None:
         raise NotImplementedError
