@@ -4,10 +4,17 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the built-in TAEF2 weights (MIT): copied from the workspace's shared data, never downloaded
+WEIGHTS := src/vaekit/weights/taef2_encoder.pth src/vaekit/weights/taef2_decoder.pth
+SHARED_WEIGHTS ?= ../shared/data/taesd
 
 .PHONY: demo test bench lint setup clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(WEIGHTS)
+
+src/vaekit/weights/%.pth:
+	@if [ -f "$(SHARED_WEIGHTS)/$*.pth" ]; then cp "$(SHARED_WEIGHTS)/$*.pth" $@ && chmod 644 $@; \
+	else echo "note: $(SHARED_WEIGHTS)/$*.pth not found: vaekit.load('taef2') needs it (src/vaekit/weights/README.md)"; fi
 
 # torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -17,10 +24,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) $(WEIGHTS)
 	$(BIN)/vaekit demo --out demo-out
 
-test: $(STAMP)
+test: $(STAMP) $(WEIGHTS)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 

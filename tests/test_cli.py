@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+import vaekit
 from conftest import REL_TOL, TAESD_DIR, make_vae, needs_taesd, relative_error, untiled
 from vaekit.cli import main
 
@@ -130,6 +131,17 @@ def test_taesd_files_as_the_model(photo, tmp_path, capsys):
     assert main(["encode", str(photo), str(z), "--model", halves[0], "--quiet"]) == 0
     assert main(["decode", str(z), str(tmp_path / "d.png"), "--model", halves[1], "--quiet"]) == 0
     assert Image.open(tmp_path / "d.png").size == (256, 200)
+
+
+def test_roundtrip_uses_the_built_in_taef2_by_default(photo, tmp_path, capsys):
+    from vaekit.loader import builtin_paths
+
+    try:
+        builtin_paths("taef2")
+    except vaekit.errors.CheckpointError:
+        pytest.skip("built-in TAEF2 weights not installed (make copies them from ../shared/data/taesd)")
+    assert main(["roundtrip", str(photo), str(tmp_path / "rt.png"), "--budget", "16MiB", "--quiet"]) == 0
+    assert float(capsys.readouterr().out.split("PSNR")[1].split()[0]) > 25
 
 
 def test_encode_refuses_a_wrong_output_suffix_before_work(model_dir, photo, tmp_path, capsys):

@@ -146,3 +146,19 @@ def test_wrong_architecture_is_refused(tmp_path):
     torch.save(state, tmp_path / "bad_taesd_decoder.pth")
     with pytest.raises(CheckpointError, match="do not fit"):
         vaekit.load(tmp_path / "bad_taesd_decoder.pth")
+
+
+def test_taef2_is_built_in(tmp_path, monkeypatch):
+    from vaekit.loader import builtin_paths
+
+    try:
+        builtin_paths("taef2")
+    except vaekit.errors.CheckpointError:
+        pytest.skip("built-in TAEF2 weights not installed (make copies them from ../shared/data/taesd)")
+    vae = vaekit.load("taef2")
+    assert type(vae).__name__ == "TinyAutoencoder" and vae.encoder is not None and vae.decoder is not None
+    monkeypatch.setenv("VAEKIT_WEIGHTS", str(tmp_path))  # an empty folder first: the package's copy still found
+    assert vaekit.load("taef2") is not None
+    monkeypatch.setattr(vaekit.loader, "__file__", str(tmp_path / "loader.py"))  # nowhere: a clear error
+    with pytest.raises(vaekit.errors.CheckpointError, match="VAEKIT_WEIGHTS"):
+        vaekit.load("taef2")

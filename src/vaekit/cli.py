@@ -1,12 +1,13 @@
 """The ``vaekit`` command: a thin layer over the public API.
 
-    vaekit decode LATENTS OUT --model MODEL [--budget 2GiB] [--device cpu|cuda] [--dtype float32]
-    vaekit encode IMAGE OUT.safetensors --model MODEL [--budget 2GiB] [--sample --seed 0]
-    vaekit roundtrip IMAGE OUT.png --model MODEL [--budget 2GiB]      (prints the PSNR)
+    vaekit decode LATENTS OUT [--model MODEL] [--budget 2GiB] [--device cpu|cuda] [--dtype float32]
+    vaekit encode IMAGE OUT.safetensors [--model MODEL] [--budget 2GiB] [--sample --seed 0]
+    vaekit roundtrip IMAGE OUT.png [--model MODEL] [--budget 2GiB]      (prints the PSNR)
     vaekit plan --model MODEL --size 4096x4096 [--budget 4GiB] [--op encode]
     vaekit doctor
 
-MODEL is a diffusers folder, an LDM single-file VAE (.safetensors) or TAESD .pth files.
+MODEL is a diffusers folder, an LDM single-file VAE (.safetensors), TAESD .pth files, or taef2 (built
+in: the default).
     vaekit demo
     vaekit bench
 
@@ -183,8 +184,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     model = argparse.ArgumentParser(add_help=False)
-    model.add_argument("--model", required=True, nargs="+",
-                       help="a diffusers VAE folder, an LDM single-file VAE, or TAESD .pth files (encoder and/or decoder)")
+    model.add_argument("--model", nargs="+", default=["taef2"],
+                       help="a diffusers VAE folder, an LDM single-file VAE, TAESD .pth files (encoder and/or "
+                            "decoder), or taef2 (built in, the default)")
     model.add_argument("--dtype", choices=sorted(DTYPES), help="compute dtype (default: the checkpoint's)")
     run = argparse.ArgumentParser(add_help=False)
     run.add_argument("--budget", help="activation memory budget, e.g. 768MiB, 2GiB (default: free memory)")

@@ -1,5 +1,6 @@
 """``vaekit.load``: any VAE file or folder users have, as a model ``decode``/``encode`` accept.
 
+    "taef2"                     the built-in TAEF2 (MIT; src/vaekit/weights/) -> taesd.TinyAutoencoder
     a diffusers folder          config.json + safetensors                 -> its diffusers class
     a TAESD-family .pth         encoder or decoder, variant from the keys  -> taesd.TinyAutoencoder
     an LDM single-file VAE      A1111 / ComfyUI .safetensors (or .pt/.ckpt) -> AutoencoderKL, converted
@@ -12,6 +13,7 @@ arbitrary unpickling is refused, as is a truncated or empty one, each with a Che
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -20,7 +22,10 @@ import torch
 from .errors import CheckpointError
 from .taesd import VARIANTS, TinyAutoencoder
 
-__all__ = ["load", "read_state_dict", "detect_taesd"]
+__all__ = ["load", "read_state_dict", "detect_taesd", "BUILTIN", "builtin_paths"]
+
+#: models vaekit knows by name: their weight files (src/vaekit/weights/README.md says where they come from)
+BUILTIN = {"taef2": ("taef2_encoder.pth", "taef2_decoder.pth")}
 
 TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 LDM_PREFIXES = ("first_stage_model.", "vae.")
@@ -32,6 +37,8 @@ def load(path, *more, dtype: torch.dtype | None = None, device=None):
     TAESD-family encoders and decoders come in separate files: pass both (in any order) to get one
     model that encodes and decodes, e.g. ``load("taef2_encoder.pth", "taef2_decoder.pth")``.
     """
+    if not more and str(path) in BUILTIN and not Path(path).exists():
+        path, *more = builtin_paths(str(path))
     paths = [Path(p) for p in (path, *more)]
     for p in paths:
         if not p.exists():
@@ -50,6 +57,20 @@ def load(path, *more, dtype: torch.dtype | None = None, device=None):
     if device is not None:
         model = model.to(device)
     return model.eval()
+
+
+def builtin_paths(name: str) -> list[Path]:
+    """The weight files of a built-in model: in the package's ``weights/`` or in ``$VAEKIT_WEIGHTS``."""
+    folders = [Path(__file__).parent / "weights"]
+    if os.environ.get("VAEKIT_WEIGHTS"):
+        folders.insert(0, Path(os.environ["VAEKIT_WEIGHTS"]))
+    for folder in folders:
+        paths = [folder / f for f in BUILTIN[name]]
+        if all(p.is_file() for p in paths):
+            return paths
+    raise CheckpointError(f"the built-in {name} weights ({', '.join(BUILTIN[name])}) are not installed: run `make "
+                          f"setup` beside ../shared/data/taesd, or put them in a folder named by VAEKIT_WEIGHTS "
+                          "(MIT, github.com/madebyollin/taesd)")
 
 
 def _load_files(paths: list[Path]):
