@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 WEIGHTS := src/vaekit/weights/taef2_encoder.pth src/vaekit/weights/taef2_decoder.pth
 SHARED_WEIGHTS ?= ../shared/data/taesd
 
-.PHONY: demo test bench lint setup clean
+.PHONY: demo test bench gpu-check lint setup clean
 
 setup: $(STAMP) $(WEIGHTS)
 
@@ -36,6 +36,10 @@ bench: $(STAMP)
 	$(BIN)/vaekit bench --model sana --out benchmarks/results
 	$(BIN)/vaekit bench --compile --out benchmarks/results
 	$(BIN)/vaekit bench --dist --out benchmarks/results
+
+# on a machine with a CUDA GPU (and a CUDA build of torch: make gpu-check TORCH_SPEC=torch); says so and exits 0 without one
+gpu-check: $(STAMP)
+	$(BIN)/vaekit gpu-check --out benchmarks/results
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -282,12 +282,19 @@ def main(argv=None) -> int:
                              "(weights from ../shared/data/taesd or $VAEKIT_TAESD_DIR)")
     parser.add_argument("--dist", action="store_true",
                         help="patch parallel: torchrun ranks against one process (SD VAE, 1024², .npy sink)")
+    parser.add_argument("--device", default="cpu", help="cuda: the GPU check (vaekit gpu-check, its options after --)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--compile-worker", help=argparse.SUPPRESS)
     parser.add_argument("--gigapixel-worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ref", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.device != "cpu":
+        from .gpu_check import main as gpu_check_main
+
+        return gpu_check_main(["--device", args.device, "--out", str(args.out), *[a for a in rest if a != "--"]])
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.worker:
         print(json.dumps(_worker(args.model, args.worker, args.size, args.ref)))
         return 0

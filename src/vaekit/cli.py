@@ -231,11 +231,12 @@ def _parser() -> argparse.ArgumentParser:
     # listed for --help; their own parsers (demo.py, bench.py) read their arguments
     sub.add_parser("demo", help="decode one latent three ways and show the seams (vaekit demo --help)")
     sub.add_parser("bench", help="benchmark against diffusers, fresh process per run (vaekit bench --help)")
+    sub.add_parser("gpu-check", help="exactness, peaks, ladder, tiers and timings on a CUDA GPU (vaekit gpu-check --help)")
     return parser
 
 
 def _delegated(argv: list[str]):
-    """(main function, its argv) when the command is demo or bench, else None."""
+    """(main function, its argv) when the command is demo, bench or gpu-check, else None."""
     rest = [a for a in argv if a != "--debug"]
     if rest and rest[0] == "demo":
         from .demo import main as demo_main
@@ -245,6 +246,10 @@ def _delegated(argv: list[str]):
         from .bench import main as bench_main
 
         return bench_main, rest[1:]
+    if rest and rest[0] == "gpu-check":
+        from .gpu_check import main as gpu_check_main
+
+        return gpu_check_main, rest[1:]
     return None
 
 
