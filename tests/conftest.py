@@ -69,6 +69,22 @@ def assert_exact_at_every_budget(vae, x: torch.Tensor, ref: torch.Tensor, op: st
         assert relative_error(out, ref) <= REL_TOL, (label, name)
 
 
+def with_and_without_apply(target, call, budget, streams: bool = True):
+    """``call()`` without, then with ``vaekit.apply(target, budget)``: the two results. ``streams``:
+    assert that apply's calls streamed (False where the call makes no VAE call at all)."""
+    import vaekit
+
+    ref = call()
+    report = vaekit.RunReport()
+    vaekit.apply(target, budget, report=report)
+    try:
+        out = call()
+    finally:
+        vaekit.unapply(target)
+    assert report.mode == ("stream" if streams else "")
+    return ref, out
+
+
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).abs().max() / ref.abs().max())
 

@@ -13,7 +13,7 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny
 
 import vaekit
-from conftest import REL_TOL, make_vae, relative_error
+from conftest import REL_TOL, make_vae, relative_error, with_and_without_apply
 from test_dc import make_dc
 from test_tiny import TINY_CONFIG
 from vaekit.errors import InputError
@@ -35,17 +35,9 @@ def _images(*shape, seed=1, scale=1.0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
 
 
-def _both(vae, call, budget=BUDGET):
+def _both(vae, call):
     """``call()`` without and with apply (streaming asserted): the two results."""
-    ref = call()
-    report = vaekit.RunReport()
-    apply(vae, budget, report=report)
-    try:
-        out = call()
-    finally:
-        unapply(vae)
-    assert report.mode == "stream"
-    return ref, out
+    return with_and_without_apply(vae, call, BUDGET)
 
 
 def _close(out, ref, tol=REL_TOL):

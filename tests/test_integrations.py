@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vaekit
-from conftest import REL_TOL, make_vae, relative_error
+from conftest import REL_TOL, make_vae, relative_error, with_and_without_apply
 from vaekit.integrations import apply, is_applied, unapply
 
 pytest.importorskip("transformers")  # diffusers pipelines import it
@@ -33,14 +33,7 @@ def _sd_pipe(cls_name: str = "StableDiffusionPipeline", in_channels: int = 4):
 
 
 def _same_with_apply(pipe, call, budget="1MiB"):
-    ref = call()
-    report = vaekit.RunReport()
-    apply(pipe, budget, report=report)
-    try:
-        out = call()
-    finally:
-        unapply(pipe)
-    assert report.mode == "stream"  # the small budget really streamed
+    ref, out = with_and_without_apply(pipe, call, budget)  # the small budget really streamed
     assert out.shape == ref.shape and relative_error(out, ref) <= REL_TOL
     return ref
 
@@ -63,20 +56,11 @@ def test_stable_diffusion_output_types_and_images_per_prompt(output_type):
     call = lambda: _images(pipe(**SD_CALL, output_type=output_type, num_images_per_prompt=2,  # noqa: E731
                                 generator=torch.Generator().manual_seed(0)).images)
     if output_type == "latent":  # no VAE call at all: identical
-        ref = call()
-        apply(pipe, "1MiB")
-        try:
-            assert torch.equal(call(), ref)
-        finally:
-            unapply(pipe)
+        ref, out = with_and_without_apply(pipe, call, "1MiB", streams=False)
+        assert torch.equal(out, ref)
         return
     if output_type == "pil":  # 8-bit: at most one level apart where rounding falls either way
-        ref = call()
-        apply(pipe, "1MiB")
-        try:
-            out = call()
-        finally:
-            unapply(pipe)
+        ref, out = with_and_without_apply(pipe, call, "1MiB")
         assert out.shape == ref.shape == (2, 72, 88, 3) and float((out - ref).abs().max()) <= 1
         return
     assert _same_with_apply(pipe, call).shape[0] == 2

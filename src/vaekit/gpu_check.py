@@ -60,11 +60,12 @@ def _latents(vae, size: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, latent_channels(vae), n, n + 3, generator=torch.Generator().manual_seed(seed))
 
 
-def _smallest(vae, z: torch.Tensor) -> int:
+def _smallest(vae, z: torch.Tensor, lower: str = "disk") -> int:
+    """The least budget a streamed decode of ``z`` fits in, maps going down to the ``lower`` tier."""
     from .arch import program_for
     from .plan import smallest_budget
 
-    return smallest_budget(program_for(vae, "decode"), tuple(z.shape), z.element_size())
+    return smallest_budget(program_for(vae, "decode"), tuple(z.shape), z.element_size(), lower)
 
 
 def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -73,7 +74,6 @@ def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 def _exactness(models: dict, device: torch.device, dtype: str, quick: bool) -> list[dict]:
     import vaekit
-    from vaekit.plan import smallest_budget
 
     rows = []
     for name, vae in models.items():
@@ -83,7 +83,7 @@ def _exactness(models: dict, device: torch.device, dtype: str, quick: bool) -> l
         with torch.no_grad():
             ref = vaekit.arch.family(vae).whole(vae, "decode", z)
         shape = tuple(z.shape)
-        low = smallest_budget(vaekit.arch.program_for(vae, "decode"), shape, z.element_size())
+        low = _smallest(vae, z)
         whole = vaekit.plan(vae, shape, None, device="meta", dtype=z.dtype).whole_peak_bytes
         for label, budget in (("smallest", low), ("mixed", (low + whole) // 2)):
             report = vaekit.RunReport()
@@ -149,15 +149,13 @@ def _ladder(vae, device: torch.device, quick: bool) -> dict:
 def _tiers(vae, device: torch.device, quick: bool) -> dict:
     """A plan whose maps leave the device: pinned host RAM up to host_budget, the rest on disk."""
     import vaekit
-    from vaekit.plan import smallest_budget
 
     size = 136 if quick else 1024
     vae = vae.to(device)
     z = _latents(vae, size).to(device)
     with torch.no_grad():
         ref = vaekit.arch.family(vae).whole(vae, "decode", z)
-    low = smallest_budget(vaekit.arch.program_for(vae, "decode"), tuple(z.shape), 4,
-                          "host" if device.type == "cuda" else "disk")
+    low = _smallest(vae, z, "host" if device.type == "cuda" else "disk")
     report = vaekit.RunReport()
     out = vaekit.decode(vae, z, low, report=report, host_budget="8MiB" if quick else "256MiB")
     vae.to("cpu")
