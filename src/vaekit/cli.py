@@ -5,6 +5,7 @@
     vaekit roundtrip IMAGE OUT.png [--model MODEL] [--budget 2GiB]      (prints the PSNR)
     vaekit plan --model MODEL --size 4096x4096 [--budget 4GiB] [--op encode]
     vaekit doctor
+    vaekit comfyui install COMFYUI_DIR [--copy]                         (the ComfyUI nodes)
 
 MODEL is a diffusers folder, an LDM single-file VAE (.safetensors), TAESD .pth files, or taef2 (built
 in: the default).
@@ -178,6 +179,17 @@ def _plan(args) -> int:
     return 0
 
 
+def _comfyui(args) -> int:
+    from .integrations.comfyui import install
+
+    target = install(args.comfyui_dir, copy=args.copy)
+    how = "copied to" if args.copy else "linked at"
+    print(f"vaekit's ComfyUI nodes {how} {target}\n"
+          f"  ComfyUI must run with a Python that has vaekit (this one: {sys.executable}); restart ComfyUI, then "
+          f"find them under latent/vaekit\n  to undo: rm {'-r ' if args.copy else ''}{target}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vaekit", description="Exact streaming VAE decode and encode in a budget.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -227,6 +239,12 @@ def _parser() -> argparse.ArgumentParser:
 
     doc = sub.add_parser("doctor", help="versions, devices, free memory, bf16 capability, what vaekit would choose")
     doc.set_defaults(run=_doctor)
+
+    comfy = sub.add_parser("comfyui", help="install vaekit's ComfyUI nodes")
+    comfy.add_argument("action", choices=("install",))
+    comfy.add_argument("comfyui_dir", help="the ComfyUI folder (where its main.py is)")
+    comfy.add_argument("--copy", action="store_true", help="copy the node pack instead of linking it")
+    comfy.set_defaults(run=_comfyui)
 
     # listed for --help; their own parsers (demo.py, bench.py) read their arguments
     sub.add_parser("demo", help="decode one latent three ways and show the seams (vaekit demo --help)")

@@ -22,7 +22,7 @@ import torch
 from .errors import CheckpointError
 from .taesd import VARIANTS, TinyAutoencoder
 
-__all__ = ["load", "read_state_dict", "detect_taesd", "BUILTIN", "builtin_paths"]
+__all__ = ["load", "read_state_dict", "detect_taesd", "ldm_vae_config", "BUILTIN", "builtin_paths"]
 
 #: models vaekit knows by name: their weight files (src/vaekit/weights/README.md says where they come from)
 BUILTIN = {"taef2": ("taef2_encoder.pth", "taef2_decoder.pth")}
@@ -192,7 +192,24 @@ def _is_ldm_vae(state: dict) -> bool:
 def _ldm_vae(state: dict, path: Path):
     """Convert with diffusers' single-file utilities; the ddconfig they need comes from the shapes."""
     from diffusers import AutoencoderKL
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    try:
+        config = ldm_vae_config(state)
+        converted = convert_ldm_vae_checkpoint(state, config)
+        with torch.device("meta"):
+            model = AutoencoderKL(**config)
+        model.load_state_dict(converted, strict=True, assign=True)
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path.name} has encoder./decoder. keys but is not a VAE diffusers can convert: "
+                              f"{str(e).splitlines()[0]}") from None
+    return model
+
+
+def ldm_vae_config(state: dict) -> dict:
+    """The diffusers AutoencoderKL config of an LDM-format VAE state dict, from its shapes alone (diffusers'
+    ``create_vae_diffusers_config_from_ldm`` given the ddconfig it would otherwise read from a yaml)."""
+    from diffusers.loaders.single_file_utils import create_vae_diffusers_config_from_ldm
 
     vae = _strip_prefix(state)
     levels = sorted({int(k.split(".")[2]) for k in vae if k.startswith("encoder.down.")})
@@ -203,15 +220,7 @@ def _ldm_vae(state: dict, path: Path):
                     in_channels=vae["encoder.conv_in.weight"].shape[1], out_ch=vae["decoder.conv_out.weight"].shape[0],
                     z_channels=vae["decoder.conv_in.weight"].shape[1])
     original = {"model": {"params": {"first_stage_config": {"params": {"ddconfig": ddconfig}}}}}
-    try:
-        config = create_vae_diffusers_config_from_ldm(original, state)
-        config["use_quant_conv"] = "quant_conv.weight" in vae
-        config["use_post_quant_conv"] = "post_quant_conv.weight" in vae
-        converted = convert_ldm_vae_checkpoint(state, config)
-        with torch.device("meta"):
-            model = AutoencoderKL(**config)
-        model.load_state_dict(converted, strict=True, assign=True)
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{path.name} has encoder./decoder. keys but is not a VAE diffusers can convert: "
-                              f"{str(e).splitlines()[0]}") from None
-    return model
+    config = create_vae_diffusers_config_from_ldm(original, state)
+    config["use_quant_conv"] = "quant_conv.weight" in vae
+    config["use_post_quant_conv"] = "post_quant_conv.weight" in vae
+    return config

@@ -1,0 +1,301 @@
+"""ComfyUI nodes: VAE Decode (exact, budgeted) and VAE Encode (exact) for ComfyUI's own ``VAE`` objects.
+
+ComfyUI's ``VAEDecode`` guesses the memory a decode needs from a fixed per-pixel formula and, when the
+device runs out, falls back to averaging three passes of overlapping tiles: slower, and not the
+untiled pixels. These nodes take the same ``VAE`` (``comfy.sd.VAE``) and give the tensor ComfyUI's own
+untiled node gives, streamed inside a budget:
+
+- the network is rebuilt once per ``VAE`` object as the diffusers model (or vaekit's TAESD) it is,
+  on the meta device, with diffusers' single-file converter giving the key mapping; it is cached in a
+  ``WeakKeyDictionary``, so a freed ``VAE`` frees it too;
+- for each call ComfyUI's model management loads the weights (``load_models_gpu``, as its own node
+  does), the meta model is bound to those very tensors (no copy) and unbound after, and the device's
+  cache is emptied: the weights stay ComfyUI's to move or unload;
+- ``budget`` "auto" is what ComfyUI says is free on the device once the weights are loaded; or bytes
+  ("2GiB", "768MiB");
+- progress goes to ComfyUI's progress bar, a cancel in the UI stops the run between bands, and
+  vaekit's errors reach the UI as one line that names the node and what would work.
+
+Families: ComfyUI's LDM-format AutoencoderKL (SD 1.x/2.x, SDXL, SD3, FLUX.1 VAEs) and its TAESD
+(taesd, taesdxl, taesd3, taef1). Other VAEs ComfyUI loads are refused with a message saying so.
+``vaekit comfyui install COMFYUI_DIR`` links ``comfyui_pack/`` into ``custom_nodes/``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "Decode", "Encode", "bridge", "install", "PACK",
+           "PACK_NAME"]
+
+CATEGORY = "latent/vaekit"
+#: of what ComfyUI says is free, the share "auto" plans for (the rest: allocator slack, other work)
+AUTO_SHARE = 0.9
+PACK = Path(__file__).parent / "comfyui_pack"  #: the folder ComfyUI loads from custom_nodes/
+PACK_NAME = "vaekit_nodes"  #: its name there (not "vaekit": ComfyUI would register the module under that name)
+PREVIEW_PX = 1024  #: with an output file, the IMAGE returned is a preview at most this wide and high
+
+
+@dataclass
+class Bridge:
+    """A ComfyUI VAE's network as a model vaekit streams: ``model`` on the meta device, and how
+    ComfyUI's state dict becomes its weights. TAESD latents in ComfyUI are unscaled: ``scale``/``shift``
+    are its ``vae_scale``/``vae_shift`` (1 and 0 for other families)."""
+
+    model: torch.nn.Module
+    convert: object  # ComfyUI state dict -> the model's state dict (same tensors, renamed or viewed)
+    scale: float = 1.0
+    shift: float = 0.0
+
+
+_BRIDGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def bridge(vae) -> Bridge:
+    """The cached :class:`Bridge` of a ``comfy.sd.VAE`` (made on first use)."""
+    found = _BRIDGES.get(vae)
+    if found is None:
+        found = _BRIDGES[vae] = _make_bridge(vae)
+    return found
+
+
+def _make_bridge(vae) -> Bridge:
+    from ..errors import UnsupportedModelError
+
+    network = vae.first_stage_model
+    if network is None:
+        raise UnsupportedModelError("this VAE holds no weights (ComfyUI found none in the checkpoint)")
+    state = network.state_dict()
+    kind = type(network).__name__
+    if kind == "TAESD":
+        return _taesd_bridge(state)
+    decoder = getattr(network, "decoder", None)
+    ldm = type(decoder).__module__ == "comfy.ldm.modules.diffusionmodules.model" and type(decoder).__name__ == "Decoder"
+    if ldm and "decoder.conv_in.weight" in state:
+        return _kl_bridge(state)
+    raise UnsupportedModelError(
+        f"vaekit cannot stream ComfyUI's {kind} ({type(decoder).__module__}.{type(decoder).__name__}): it streams "
+        "the SD 1.x/2.x, SDXL, SD3 and FLUX.1 VAEs and TAESD; use ComfyUI's VAE Decode for this one")
+
+
+def _kl_bridge(state: dict) -> Bridge:
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    from ..loader import ldm_vae_config
+
+    config = ldm_vae_config(state)
+    with torch.device("meta"):
+        model = AutoencoderKL(**config).eval()
+    return Bridge(model, lambda sd: convert_ldm_vae_checkpoint(sd, config))
+
+
+def _taesd_bridge(state: dict) -> Bridge:
+    from ..taesd import TinyAutoencoder
+
+    latent = state["taesd_decoder.1.weight"].shape[1]
+    variant = {4: "taesd", 16: "taesd3"}[latent]  # ComfyUI's TAESD has these two shapes (taesdxl, taef1 alike)
+    with torch.device("meta"):
+        model = TinyAutoencoder(variant).eval()
+    names = {"taesd_encoder.": "encoder.", "taesd_decoder.": "decoder."}
+
+    def convert(sd: dict) -> dict:
+        return {names[k[:14]] + k[14:]: v for k, v in sd.items() if k[:14] in names}
+
+    return Bridge(model, convert, float(state["vae_scale"]), float(state["vae_shift"]))
+
+
+class _Bound:
+    """``with _Bound(bridge, vae):`` the meta model holds ComfyUI's current weight tensors (views, no copy);
+    after, meta again, so no reference outlives the call and ComfyUI alone decides where weights live."""
+
+    def __init__(self, the_bridge: Bridge, vae):
+        self.bridge, self.vae = the_bridge, vae
+
+    def __enter__(self) -> torch.nn.Module:
+        state = self.vae.first_stage_model.state_dict()  # detached tensors, where model management put them
+        self.bridge.model.load_state_dict(self.bridge.convert(state), strict=True, assign=True)
+        return self.bridge.model
+
+    def __exit__(self, *exc) -> None:
+        self.bridge.model.to_empty(device="meta")
+
+
+def _run(node: str, vae, op: str, x: torch.Tensor, budget: str, out: Path | None = None) -> torch.Tensor | Path:
+    """``op`` of ComfyUI-convention input: weights loaded through ComfyUI, streamed within the budget, the
+    device's cache emptied after. Decode returns [-1, 1] images (or ``out``), encode ComfyUI's latents."""
+    import comfy.model_management as mm
+
+    import vaekit
+
+    from ..errors import VaekitError
+    from ..units import parse_bytes
+
+    try:
+        vae.throw_exception_if_invalid()
+        the_bridge = bridge(vae)
+        named = None if budget.strip().lower() in ("", "auto") else parse_bytes(budget)
+        estimate = vae.memory_used_decode if op == "decode" else vae.memory_used_encode
+        mm.load_models_gpu([vae.patcher], memory_required=named or estimate(x.shape, vae.vae_dtype),
+                           force_full_load=True)  # the stages need every weight on the device
+        limit = named or int(mm.get_free_memory(vae.device) * AUTO_SHARE)
+        if op == "decode":
+            x = (x - the_bridge.shift) * the_bridge.scale  # TAESD: as ComfyUI's own decode scales (else 0, 1)
+        x = x.to(vae.vae_dtype)
+        with _Bound(the_bridge, vae) as model:
+            progress = _progress_bar(vaekit.plan(model, tuple(x.shape), limit, op, device=vae.device, out=out))
+            if op == "decode":
+                return vaekit.decode(model, x, limit, device=vae.device, progress=progress, out=out)
+            latents = vaekit.encode(model, x, limit, device=vae.device, progress=progress)
+        return latents.to(vae.output_device).float() / the_bridge.scale + the_bridge.shift
+    except VaekitError as e:
+        raise RuntimeError(f"{node}: {e}") from e
+    finally:
+        mm.soft_empty_cache()
+
+
+def _progress_bar(plan):
+    """vaekit's progress(stage, rows_done, rows_total) on ComfyUI's bar, moved at most once per percent (each
+    move is a message to the browser); a cancel in the UI stops the run between bands."""
+    import comfy.model_management as mm
+    import comfy.utils
+
+    heights = [s.height for s in plan.stages]
+    before = [sum(heights[:i]) for i in range(len(heights))]
+    total = max(sum(heights), 1)
+    bar, shown = comfy.utils.ProgressBar(total), [-1]
+
+    def callback(stage: int, rows_done: int, _rows_total: int) -> None:
+        mm.throw_exception_if_processing_interrupted()
+        done = before[stage] + rows_done
+        if done * 100 // total > shown[0]:
+            shown[0] = done * 100 // total
+            bar.update_absolute(done)
+
+    return callback
+
+
+class Decode:
+    """LATENT -> IMAGE, the pixels ComfyUI's untiled VAE Decode gives, inside a budget."""
+
+    NAME = "VAE Decode (exact, budgeted)"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "decode"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Decodes latents exactly as the untiled VAE Decode does, streamed inside a memory budget: "
+                   "no out-of-memory, no tiles, no seams.")
+
+    @classmethod
+    def INPUT_TYPES(cls):  # noqa: N802 (ComfyUI's name)
+        return {"required": {
+            "samples": ("LATENT", {"tooltip": "The latents to decode."}),
+            "vae": ("VAE",),
+            "budget": ("STRING", {"default": "auto", "tooltip": "Memory for the decode's activations: auto (what "
+                                  "ComfyUI says is free on the device) or bytes like 2GiB, 768MiB."}),
+        }, "optional": {
+            "output_file": ("STRING", {"default": "", "tooltip": "For images too large to hold: write the image "
+                                       "band by band to this .png/.tif/.npy/.zarr (relative paths go to ComfyUI's "
+                                       "output folder) and return a preview."}),
+        }}
+
+    def decode(self, samples, vae, budget="auto", output_file=""):
+        latents = samples["samples"]  # B,C,h,w latent px, unscaled as ComfyUI keeps them
+        if output_file:
+            path = _output_path(output_file)
+            _run(self.NAME, vae, "decode", latents, budget, out=path)
+            return (_preview(path),)
+        images = _run(self.NAME, vae, "decode", latents, budget)  # B,3,H,W image px in [-1, 1]
+        return (vae.process_output(images.to(vae.output_device).float()).movedim(1, -1),)  # B,H,W,3 in [0, 1]
+
+
+class Encode:
+    """IMAGE -> LATENT, the latents ComfyUI's untiled VAE Encode gives, inside a budget."""
+
+    NAME = "VAE Encode (exact)"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "encode"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Encodes images exactly as the untiled VAE Encode does, streamed inside a memory budget."
+
+    @classmethod
+    def INPUT_TYPES(cls):  # noqa: N802 (ComfyUI's name)
+        return {"required": {
+            "pixels": ("IMAGE",),
+            "vae": ("VAE",),
+            "budget": ("STRING", {"default": "auto", "tooltip": "auto, or bytes like 2GiB, 768MiB."}),
+        }}
+
+    def encode(self, pixels, vae, budget="auto"):
+        pixels = vae.vae_encode_crop_pixels(pixels[..., :3])  # B,H,W,3 image px, cropped as ComfyUI crops
+        images = vae.process_input(pixels.movedim(-1, 1))  # B,3,H,W image px in [-1, 1]
+        return ({"samples": _run(self.NAME, vae, "encode", images, budget)},)
+
+
+def _output_path(name: str) -> Path:
+    path = Path(name).expanduser()
+    if not path.is_absolute():
+        import folder_paths
+
+        path = Path(folder_paths.get_output_directory()) / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _preview(path: Path) -> torch.Tensor:
+    """The written image shrunk by a whole step to at most PREVIEW_PX, read without holding it whole
+    (.npy memory-mapped, .tif and .zarr through zarr, .png by PIL's reducing decoder): 1,H,W,3 in [0, 1]."""
+    import numpy as np
+
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.thumbnail((PREVIEW_PX, PREVIEW_PX))
+            return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255)[None]
+    if suffix == ".npy":
+        image = np.load(path, mmap_mode="r")[0]  # 3,H,W float32 image px in [-1, 1]
+        step = -(-max(image.shape[1:]) // PREVIEW_PX)
+        small = (np.asarray(image[:3, ::step, ::step]).transpose(1, 2, 0) + 1) / 2  # h,w,3
+    else:
+        import tifffile
+        import zarr
+
+        store = tifffile.imread(path, aszarr=True) if suffix in (".tif", ".tiff") else str(path)
+        image = zarr.open_array(store, mode="r")  # H,W,3 (tif) or B,H,W,3 (zarr) uint8 image px
+        first = () if image.ndim == 3 else (0,)  # the first image of a batch, read by strides only
+        step = -(-max(image.shape[-3:-1]) // PREVIEW_PX)
+        small = np.asarray(image[(*first, slice(None, None, step), slice(None, None, step), slice(0, 3))],
+                           dtype=np.float32) / 255  # h,w,3
+    return torch.from_numpy(np.ascontiguousarray(small.clip(0, 1), dtype=np.float32))[None]
+
+
+def install(comfyui_dir, copy: bool = False) -> Path:
+    """Link (or copy) the node pack into ``COMFYUI_DIR/custom_nodes/vaekit_nodes``; returns that path.
+    Undo: remove that link or folder. A path already there that is not this pack is left alone."""
+    import shutil
+
+    from ..errors import InputError
+
+    custom = Path(comfyui_dir).expanduser() / "custom_nodes"
+    if not custom.is_dir() or not (custom.parent / "nodes.py").is_file():
+        raise InputError(f"{comfyui_dir} is not a ComfyUI folder (no nodes.py and custom_nodes/ in it): pass the "
+                         "folder ComfyUI's main.py is in")
+    target = custom / PACK_NAME
+    if target.is_symlink() and target.resolve() == PACK.resolve():
+        return target  # already linked here
+    if target.exists() or target.is_symlink():
+        raise InputError(f"{target} already exists: remove it first to install this vaekit's nodes")
+    if copy:
+        shutil.copytree(PACK, target, ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        target.symlink_to(PACK.resolve(), target_is_directory=True)
+    return target
+
+
+NODE_CLASS_MAPPINGS = {"VaekitDecode": Decode, "VaekitEncode": Encode}
+NODE_DISPLAY_NAME_MAPPINGS = {key: node.NAME for key, node in NODE_CLASS_MAPPINGS.items()}

@@ -1,0 +1,145 @@
+"""Run in a fresh process by test_comfyui.py: ComfyUI (a checkout, --cpu) loads vaekit's node pack as it
+loads any custom node, and its VAE objects, built from seeded random state dicts, go through both
+ComfyUI's own VAEDecode/VAEEncode and vaekit's nodes. Prints one JSON object of measurements.
+
+    python comfyui_worker.py COMFYUI_DIR SCRATCH_DIR
+
+ComfyUI imports torchvision for models not built here, and the package index's torchvision does not load
+with this CPU torch: an empty module stands in for it, after diffusers and transformers have looked for
+the real one (they must find none).
+"""
+
+import asyncio
+import gc
+import importlib.machinery
+import json
+import sys
+import types
+import weakref
+from pathlib import Path
+
+from diffusers import AutoencoderKL  # noqa: F401  (imported before the stand-in below: it must see no torchvision)
+
+for name in ("torchvision", "torchvision.transforms"):
+    stand_in = types.ModuleType(name)
+    stand_in.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    sys.modules[name] = stand_in
+sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
+
+COMFYUI, SCRATCH = Path(sys.argv[1]), Path(sys.argv[2])
+sys.argv = ["main.py", "--cpu"]
+sys.path.insert(0, str(COMFYUI))
+import comfy.options  # noqa: E402
+
+comfy.options.enable_args_parsing()
+import comfy.sd  # noqa: E402
+import comfy.utils  # noqa: E402
+import comfyui_version  # noqa: E402
+import nodes  # noqa: E402
+import torch  # noqa: E402
+
+import vaekit  # noqa: E402
+from vaekit.integrations import comfyui as vk  # noqa: E402
+from vaekit.models import sd_vae  # noqa: E402
+from vaekit.plan import smallest_budget  # noqa: E402
+from vaekit.taesd import TinyAutoencoder  # noqa: E402
+
+results: dict = {"comfyui_version": comfyui_version.__version__}
+
+
+def rel(a, b) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+# ---- the pack, installed and loaded as ComfyUI loads custom nodes ------------------------------------
+root = SCRATCH / "ComfyUI"
+(root / "custom_nodes").mkdir(parents=True)
+(root / "nodes.py").write_text("")  # install() checks it is given a ComfyUI folder
+pack = vk.install(root)
+loaded = asyncio.run(nodes.load_custom_node(str(pack)))
+results["pack_loaded"] = bool(loaded) and {"VaekitDecode", "VaekitEncode"} <= set(nodes.NODE_CLASS_MAPPINGS)
+Decode, Encode = nodes.NODE_CLASS_MAPPINGS["VaekitDecode"], nodes.NODE_CLASS_MAPPINGS["VaekitEncode"]
+
+# ---- ComfyUI VAE objects from seeded random weights ---------------------------------------------------
+ticks: list = []
+comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: ticks.append((value, total)))
+
+
+def smallest(vae, shape, op) -> int:
+    model = vk.bridge(vae).model
+    return smallest_budget(vaekit.arch.program_for(model, op), shape, 4)
+
+
+def compare(name: str, vae, latents, images) -> None:
+    """Decode and encode through ComfyUI's nodes and vaekit's at the smallest budget and a larger one."""
+    out = results[name] = {}
+    with torch.inference_mode():
+        ref = nodes.VAEDecode().decode(vae, {"samples": latents})[0]
+        low = smallest(vae, tuple(latents.shape), "decode")
+        for label, budget in (("smallest", low), ("4x", 4 * low)):
+            plan = vaekit.plan(vk.bridge(vae).model, tuple(latents.shape), budget)
+            ticks.clear()
+            got = Decode().decode({"samples": latents}, vae, budget=str(budget))[0]
+            out[f"decode_{label}"] = dict(rel=rel(got, ref), streamed=plan.mode == "stream", shape=list(got.shape),
+                                          ref_shape=list(ref.shape), ticks=len(ticks),
+                                          finished=bool(ticks) and ticks[-1][0] == ticks[-1][1])
+        ref_z = nodes.VAEEncode().encode(vae, images)[0]["samples"]
+        shape = (images.shape[0], 3, *images.shape[1:3])
+        got_z = Encode().encode(images, vae, budget=str(smallest(vae, shape, "encode")))[0]["samples"]
+        out["encode_smallest"] = dict(rel=rel(got_z, ref_z), shape=list(got_z.shape), ref_shape=list(ref_z.shape))
+        out["unbound"] = all(p.device.type == "meta" for p in vk.bridge(vae).model.parameters())
+
+
+torch.manual_seed(0)
+g = torch.Generator().manual_seed(1)
+images = torch.rand(1, 100, 84, 3, generator=g)  # B,H,W,C image px in [0, 1]; ComfyUI crops to 96x80
+
+sd = comfy.sd.VAE(sd=sd_vae(seed=0).state_dict())  # SD 1.x: 4 channels, quant convs (diffusers keys, converted)
+compare("sd", sd, torch.randn(1, 4, 13, 11, generator=g), images)
+
+flux_like = sd_vae(seed=1, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
+flux = comfy.sd.VAE(sd=flux_like.state_dict())  # SD3 / FLUX.1 shape: 16 channels, no quant convs
+compare("flux", flux, torch.randn(2, 16, 9, 12, generator=g), images.expand(2, -1, -1, -1))
+
+tiny = TinyAutoencoder("taesd")
+state = {f"taesd_{part}.{k}": v for part in ("encoder", "decoder") for k, v in
+         getattr(tiny, part).state_dict().items()}
+state.update(vae_scale=torch.tensor(0.18215), vae_shift=torch.tensor(0.0))  # as ComfyUI's loader sets them
+taesd = comfy.sd.VAE(sd=state)
+compare("taesd", taesd, torch.randn(1, 4, 13, 11, generator=g), images)
+
+# ---- what ComfyUI does after an out-of-memory: three passes of overlapping tiles ------------------------
+with torch.inference_mode():
+    z = torch.randn(1, 4, 40, 36, generator=g)
+    ref = nodes.VAEDecode().decode(sd, {"samples": z})[0]
+    tiled = sd.decode_tiled(z, tile_x=16, tile_y=16, overlap=4)  # the fallback's code, small tiles for small z
+    exact = Decode().decode({"samples": z}, sd, budget=str(smallest(sd, tuple(z.shape), "decode")))[0]
+    results["tiled_fallback"] = dict(rel=rel(tiled, ref), vaekit_rel=rel(exact, ref))
+
+    # ---- an output file: written band by band, a preview returned ----------------------------------------
+    preview = Decode().decode({"samples": z}, sd, budget="24MiB", output_file=str(SCRATCH / "big.npy"))[0]
+    import numpy as np
+
+    written = torch.from_numpy(np.load(SCRATCH / "big.npy"))  # 1,3,H,W in [-1, 1]
+    results["output_file"] = dict(rel=rel(sd.process_output(written).movedim(1, -1), ref),
+                                  preview=list(preview.shape), lo=float(preview.min()), hi=float(preview.max()))
+    preview_png = Decode().decode({"samples": z}, sd, budget="24MiB", output_file=str(SCRATCH / "big.png"))[0]
+    results["output_png"] = dict(preview=list(preview_png.shape),
+                                 max_diff=float((preview_png - ref).abs().max()))
+
+    # ---- errors reach the UI as one line naming the node ---------------------------------------------------
+    try:
+        Decode().decode({"samples": z}, sd, budget="1KiB")
+        results["error"] = None
+    except RuntimeError as e:
+        results["error"] = str(e)
+
+# ---- one bridge per VAE object, freed with it ------------------------------------------------------------
+first = vk.bridge(sd)
+results["cached"] = vk.bridge(sd) is first
+watch = weakref.ref(first.model)
+del sd, first, compare
+gc.collect()
+results["freed_with_the_vae"] = watch() is None
+
+print(json.dumps(results))

@@ -1,0 +1,124 @@
+"""The ComfyUI node pack: installed, loaded and compared with ComfyUI's own nodes in a fresh process
+when VAEKIT_COMFYUI names a ComfyUI checkout (and VAEKIT_COMFYUI_PYTHON a Python with ComfyUI's
+requirements and vaekit, default this one); what needs no ComfyUI runs always."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REL_TOL
+from vaekit.cli import main
+from vaekit.integrations import comfyui
+
+COMFYUI = os.environ.get("VAEKIT_COMFYUI")
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    if not COMFYUI:
+        pytest.skip("VAEKIT_COMFYUI is not set: it names a ComfyUI checkout to test the nodes against")
+    python = os.environ.get("VAEKIT_COMFYUI_PYTHON", sys.executable)
+    scratch = tmp_path_factory.mktemp("comfyui")
+    done = subprocess.run([python, str(Path(__file__).with_name("comfyui_worker.py")), COMFYUI, str(scratch)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("family", ["sd", "flux", "taesd"])
+def test_nodes_give_what_comfyuis_untiled_nodes_give(measured, family):
+    assert measured["pack_loaded"]
+    result = measured[family]
+    for case in ("decode_smallest", "decode_4x", "encode_smallest"):
+        assert result[case]["shape"] == result[case]["ref_shape"], case
+        assert result[case]["rel"] <= REL_TOL, case
+    assert result["decode_smallest"]["streamed"]
+    assert result["decode_smallest"]["finished"] and 0 < result["decode_smallest"]["ticks"] <= 101  # once a percent
+    assert result["unbound"]  # no reference to ComfyUI's weights outlives the call
+
+
+def test_comfyuis_tiled_fallback_differs_and_the_node_does_not(measured):
+    assert measured["tiled_fallback"]["rel"] > 1000 * REL_TOL
+    assert measured["tiled_fallback"]["vaekit_rel"] <= REL_TOL
+
+
+def test_output_file_holds_the_image_and_a_preview_comes_back(measured):
+    assert measured["output_file"]["rel"] <= REL_TOL
+    assert measured["output_file"]["preview"] == [1, 320, 288, 3]
+    assert 0 <= measured["output_file"]["lo"] and measured["output_file"]["hi"] <= 1
+    assert measured["output_png"]["max_diff"] <= 1 / 255 + 1e-6  # 8-bit rounding only
+
+
+def test_errors_name_the_node_and_the_fix(measured):
+    assert measured["error"].startswith("VAE Decode (exact, budgeted): ")
+    assert "smallest budget that fits" in measured["error"]
+
+
+def test_one_bridge_per_vae_freed_with_it(measured):
+    assert measured["cached"] and measured["freed_with_the_vae"]
+
+
+# ---- without ComfyUI -------------------------------------------------------------------------------------
+
+
+def _fake_comfyui(tmp_path: Path) -> Path:
+    (tmp_path / "custom_nodes").mkdir()
+    (tmp_path / "nodes.py").write_text("")
+    return tmp_path
+
+
+def test_install_links_the_pack_and_says_how_to_undo(tmp_path, capsys):
+    root = _fake_comfyui(tmp_path)
+    assert main(["comfyui", "install", str(root)]) == 0
+    target = root / "custom_nodes" / comfyui.PACK_NAME
+    assert target.is_symlink() and target.resolve() == comfyui.PACK.resolve()
+    assert f"rm {target}" in capsys.readouterr().out
+    assert main(["comfyui", "install", str(root)]) == 0  # again: already there, nothing changes
+
+
+def test_install_copy_and_refusals(tmp_path, capsys):
+    root = _fake_comfyui(tmp_path)
+    assert main(["comfyui", "install", str(root), "--copy"]) == 0
+    copied = root / "custom_nodes" / comfyui.PACK_NAME
+    assert (copied / "__init__.py").is_file() and not copied.is_symlink()
+    assert main(["comfyui", "install", str(root)]) == 2  # something else is there: left alone
+    assert "already exists" in capsys.readouterr().err
+    assert main(["comfyui", "install", str(tmp_path / "nowhere")]) == 2
+    assert "not a ComfyUI folder" in capsys.readouterr().err
+
+
+def test_the_pack_exposes_the_nodes_under_comfyuis_names():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("custom_nodes_vaekit_nodes", comfyui.PACK / "__init__.py")
+    pack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pack)
+    assert pack.NODE_CLASS_MAPPINGS == {"VaekitDecode": comfyui.Decode, "VaekitEncode": comfyui.Encode}
+    assert pack.NODE_DISPLAY_NAME_MAPPINGS["VaekitDecode"] == "VAE Decode (exact, budgeted)"
+    inputs = comfyui.Decode.INPUT_TYPES()
+    assert inputs["required"]["budget"][1]["default"] == "auto" and "output_file" in inputs["optional"]
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".tif", ".zarr", ".png"])
+def test_preview_of_a_written_image(tmp_path, suffix, monkeypatch):
+    from vaekit.sinks import open_sink
+
+    monkeypatch.setattr(comfyui, "PREVIEW_PX", 16)
+    image = torch.rand(1, 3, 50, 40) * 2 - 1  # 1,3,H,W image px in [-1, 1]
+    sink = open_sink(tmp_path / f"out{suffix}", tuple(image.shape))
+    sink.write(0, image.permute(0, 2, 3, 1))
+    path = sink.close()
+    preview = comfyui._preview(Path(path))
+    step = 4  # ceil(50 / 16)
+    if suffix == ".png":
+        assert preview.shape[1:] == (16, 13, 3)  # PIL's thumbnail keeps the aspect
+        return
+    expected = ((image[0, :, ::step, ::step].permute(1, 2, 0) + 1) / 2).numpy()
+    assert preview.shape == (1, 13, 10, 3)
+    assert np.abs(preview[0].numpy() - expected).max() <= (1e-6 if suffix == ".npy" else 1 / 255)
