@@ -115,6 +115,10 @@ with torch.inference_mode():
     tiled = sd.decode_tiled(z, tile_x=16, tile_y=16, overlap=4)  # the fallback's code, small tiles for small z
     exact = Decode().decode({"samples": z}, sd, budget=str(smallest(sd, tuple(z.shape), "decode")))[0]
     results["tiled_fallback"] = dict(rel=rel(tiled, ref), vaekit_rel=rel(exact, ref))
+    auto = Decode().decode({"samples": z}, sd)[0]  # budget "auto": what ComfyUI says is free
+    import comfy.model_management as mm
+
+    results["auto"] = dict(rel=rel(auto, ref), loaded_by_comfyui=any(m.model is sd.patcher for m in mm.current_loaded_models))
 
     # ---- an output file: written band by band, a preview returned ----------------------------------------
     preview = Decode().decode({"samples": z}, sd, budget="24MiB", output_file=str(SCRATCH / "big.npy"))[0]

@@ -48,6 +48,11 @@ def test_comfyuis_tiled_fallback_differs_and_the_node_does_not(measured):
     assert measured["tiled_fallback"]["vaekit_rel"] <= REL_TOL
 
 
+def test_auto_budget_and_comfyuis_model_management(measured):
+    assert measured["auto"]["rel"] <= REL_TOL
+    assert measured["auto"]["loaded_by_comfyui"]  # the weights went through load_models_gpu
+
+
 def test_output_file_holds_the_image_and_a_preview_comes_back(measured):
     assert measured["output_file"]["rel"] <= REL_TOL
     assert measured["output_file"]["preview"] == [1, 320, 288, 3]
