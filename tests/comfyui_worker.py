@@ -118,7 +118,8 @@ with torch.inference_mode():
     auto = Decode().decode({"samples": z}, sd)[0]  # budget "auto": what ComfyUI says is free
     import comfy.model_management as mm
 
-    results["auto"] = dict(rel=rel(auto, ref), loaded_by_comfyui=any(m.model is sd.patcher for m in mm.current_loaded_models))
+    loaded = any(m.model is sd.patcher for m in mm.current_loaded_models)  # through load_models_gpu
+    results["auto"] = dict(rel=rel(auto, ref), loaded_by_comfyui=loaded)
 
     # ---- an output file: written band by band, a preview returned ----------------------------------------
     preview = Decode().decode({"samples": z}, sd, budget="24MiB", output_file=str(SCRATCH / "big.npy"))[0]

@@ -36,8 +36,11 @@ def make_vae(name: str, seed: int = 0, **overrides) -> AutoencoderKL:
     config.setdefault("down_block_types", ("DownEncoderBlock2D",) * levels)
     config.setdefault("up_block_types", ("UpDecoderBlock2D",) * levels)
     torch.manual_seed(seed)
-    vae = AutoencoderKL(**config).eval()
-    # random init leaves GroupNorm affine at 1/0 and biases small: perturb so every term matters
+    return perturb_norms(AutoencoderKL(**config).eval())
+
+
+def perturb_norms(vae):
+    """Random init leaves GroupNorm affine at 1/0: perturb it so every term matters."""
     with torch.no_grad():
         for module in vae.modules():
             if isinstance(module, torch.nn.GroupNorm):

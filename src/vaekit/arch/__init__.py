@@ -18,8 +18,9 @@ __all__ = ["family", "program_for", "check_state", "scale_factor", "latent_chann
 
 OPS = ("decode", "encode")
 
-_FAMILIES: dict[str, ModuleType] = {"AutoencoderKL": kl, "AutoencoderDC": dc, "AutoencoderTiny": tiny,
-                                     "TinyAutoencoder": tiny}
+#: AutoencoderKLFlux2 is AutoencoderKL's encoder and decoder (its BatchNorm belongs to the pipeline)
+_FAMILIES: dict[str, ModuleType] = {"AutoencoderKL": kl, "AutoencoderKLFlux2": kl, "AutoencoderDC": dc,
+                                     "AutoencoderTiny": tiny, "TinyAutoencoder": tiny}
 
 
 def family(vae) -> ModuleType:

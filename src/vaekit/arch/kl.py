@@ -1,4 +1,6 @@
-"""diffusers AutoencoderKL (SD 1.x/2.x, SDXL, SD3, Flux): encoder and decoder as stage programs.
+"""diffusers AutoencoderKL (SD 1.x/2.x, SDXL, SD3, FLUX.1) and AutoencoderKLFlux2 (FLUX.2: the same
+Encoder/Decoder, 32 latent channels, maybe a wider decoder; its BatchNorm over patchified latents is the
+pipeline's, outside encode/decode): encoder and decoder as stage programs.
 
 Decoder, one row per stage (rows at the stage's output resolution):
 
