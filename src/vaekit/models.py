@@ -9,7 +9,8 @@ import torch
 
 from .errors import CheckpointError
 
-__all__ = ["SD_VAE_CONFIG", "SANA_DC_CONFIG", "sd_vae", "sana_dc", "load_model", "meta_model"]
+__all__ = ["SD_VAE_CONFIG", "SANA_DC_CONFIG", "HUNYUAN_IMAGE_CONFIG", "sd_vae", "sana_dc", "hunyuan_image", "load_model",
+           "meta_model"]
 
 #: Stable Diffusion 1.x/2.x VAE architecture (diffusers AutoencoderKL config)
 SD_VAE_CONFIG = dict(
@@ -46,6 +47,21 @@ def sana_dc(seed: int = 0):
 
     torch.manual_seed(seed)
     return AutoencoderDC(**SANA_DC_CONFIG).eval()
+
+
+#: HunyuanImage 2.1's VAE (hunyuanvideo-community/HunyuanImage-2.1-Diffusers, vae/config.json): 32x down, 64 channels
+HUNYUAN_IMAGE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=64, block_out_channels=(128, 256, 512, 512, 1024, 1024),
+    layers_per_block=2, spatial_compression_ratio=32, sample_size=512, scaling_factor=0.75289,
+)
+
+
+def hunyuan_image(seed: int = 0):
+    """A HunyuanImage-2.1-architecture AutoencoderKLHunyuanImage with seeded random weights (no download)."""
+    from diffusers import AutoencoderKLHunyuanImage
+
+    torch.manual_seed(seed)
+    return AutoencoderKLHunyuanImage(**HUNYUAN_IMAGE_CONFIG).eval()
 
 
 def _config(path: Path) -> dict:

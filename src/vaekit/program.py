@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-__all__ = ["MapSpec", "Shortcut", "ConvStage", "KeyValueStage", "AttentionStage", "GLUStage", "LinearKVStage",
-           "LinearQueryStage", "Program", "Stage", "ACTIVATIONS"]
+__all__ = ["MapSpec", "Shortcut", "ConvAttention", "SHUFFLE_ORDERS", "ConvStage", "KeyValueStage", "AttentionStage",
+           "GLUStage", "LinearKVStage", "LinearQueryStage", "Program", "Stage", "ACTIVATIONS"]
 
 #: element-wise functions a stage may apply before its conv (``act``) or after its skip add (``post``)
 ACTIVATIONS = (
@@ -26,6 +26,33 @@ ACTIVATIONS = (
     "from_signed",  # (x + 1) / 2: [-1, 1] images to the [0, 1] that TAESD encoders expect
     "to_signed",  # x * 2 - 1: back to [-1, 1]
 )
+
+
+#: how a pixel (un)shuffle orders the f*f*C channels of its coarse side: "channel" is torch's
+#: (c, r1, r2), channel-major; "offset" is (r1, r2, c), offset-major (HunyuanImage's resamplers)
+SHUFFLE_ORDERS = ("channel", "offset")
+
+
+@dataclass(frozen=True, eq=False)
+class ConvAttention:
+    """A single-head self-attention whose projections are 1x1 convs (HunyuanImage, Wan), in the
+    shape of diffusers' ``Attention`` that the attention stages read: softmax(q k^T / sqrt(C)) v."""
+
+    group_norm: nn.GroupNorm
+    to_q: nn.Conv2d
+    to_k: nn.Conv2d
+    to_v: nn.Conv2d
+    proj: nn.Conv2d
+    heads: int = 1
+    rescale_output_factor: float = 1.0
+
+    @property
+    def scale(self) -> float:
+        return self.to_q.out_channels**-0.5
+
+    @property
+    def to_out(self) -> tuple[nn.Conv2d]:
+        return (self.proj,)
 
 
 class _SameSize:
@@ -65,6 +92,7 @@ class Shortcut:
     repeat: int = 1  # repeat_interleave of channels
     mean: int = 1  # average of groups of this many channels
     shuffle: int = 1  # pixel_shuffle factor, last
+    order: str = "channel"  # channel order of the (un)shuffled map: see SHUFFLE_ORDERS
 
     @classmethod
     def of(cls, conv: nn.Conv2d | None) -> Shortcut | None:
@@ -81,7 +109,8 @@ class ConvStage:
     ``norm`` is a GroupNorm (with global statistics of ``src``, collected by the stage that wrote it)
     or a per-pixel RMSNorm. ``pad`` is the zero padding (top, bottom, left, right) at the conv's
     input, "same" by default; it applies only at the true image border, halo rows from the
-    neighbours everywhere else. ``shuffle``/``unshuffle`` are pixel (un)shuffles of the conv output.
+    neighbours everywhere else. ``shuffle``/``unshuffle`` are pixel (un)shuffles of the conv output,
+    with channels in ``order`` (SHUFFLE_ORDERS).
     ``dst`` may be ``skip`` itself: the stage then writes its output over its input, band by band
     (the skip rows are read once, at the same rows), so a residual block needs two maps, not three.
     """
@@ -102,6 +131,7 @@ class ConvStage:
     out_scale: float = 1.0
     post: str | None = None
     stats_groups: int | None = None  # groups of the GroupNorm that reads dst next, if any
+    order: str = "channel"  # of the pixel (un)shuffle's channels
 
     @property
     def kernel(self) -> int:
@@ -170,7 +200,7 @@ class KeyValueStage(_SameSize):
     name: str
     src: str
     dst: str
-    attn: nn.Module  # diffusers Attention
+    attn: nn.Module | ConvAttention  # diffusers Attention
     stats_groups: int | None = None
 
 
@@ -183,7 +213,7 @@ class AttentionStage(_SameSize):
     src: str
     kv: str
     dst: str
-    attn: nn.Module  # diffusers Attention
+    attn: nn.Module | ConvAttention  # diffusers Attention
     stats_groups: int | None = None
 
     @property

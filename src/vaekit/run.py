@@ -220,17 +220,17 @@ def stage_weights(stage, device, dtype) -> dict[str, dict[str, torch.Tensor]]:
         qkv = torch.cat([params(attn.to_q)["weight"], params(attn.to_k)["weight"], params(attn.to_v)["weight"]])
         return {"qkv": {"weight": qkv}, "to_out": params(attn.to_out), "norm_out": params(attn.norm_out),
                 "multiscale": [{"in": params(m.proj_in), "out": params(m.proj_out)} for m in attn.to_qkv_multiscale]}
-    attn = stage.attn
+    attn = stage.attn  # diffusers Attention (linear projections) or program.ConvAttention (1x1 convs)
     norm = _params(attn.group_norm, device, dtype)
     if isinstance(stage, KeyValueStage):
-        k, v = _params(attn.to_k, device, dtype), _params(attn.to_v, device, dtype)
+        k, v = _as_linear(params(attn.to_k)), _as_linear(params(attn.to_v))
         return {"norm": norm, "kv": {"weight": torch.cat([k["weight"], v["weight"]]),
                                      "bias": torch.cat([_bias(k), _bias(v)])}}
-    return {"norm": norm, "to_q": _params(attn.to_q, device, dtype), "to_out": _params(attn.to_out[0], device, dtype)}
+    return {"norm": norm, "to_q": _as_linear(params(attn.to_q)), "to_out": _as_linear(params(attn.to_out[0]))}
 
 
 def _as_linear(conv: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A 1x1 conv's weights as a linear layer's, for NHWC bands."""
+    """A 1x1 conv's weights as a linear layer's, for NHWC bands (a linear layer's stay as they are)."""
     return {**conv, "weight": conv["weight"].flatten(1)}
 
 

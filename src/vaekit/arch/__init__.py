@@ -12,7 +12,7 @@ from types import ModuleType
 
 from ..errors import UnsupportedModelError
 from ..program import Program
-from . import dc, kl, tiny
+from . import dc, hunyuan, kl, tiny
 
 __all__ = ["family", "program_for", "check_state", "scale_factor", "latent_channels", "OPS"]
 
@@ -20,7 +20,8 @@ OPS = ("decode", "encode")
 
 #: AutoencoderKLFlux2 is AutoencoderKL's encoder and decoder (its BatchNorm belongs to the pipeline)
 _FAMILIES: dict[str, ModuleType] = {"AutoencoderKL": kl, "AutoencoderKLFlux2": kl, "AutoencoderDC": dc,
-                                     "AutoencoderTiny": tiny, "TinyAutoencoder": tiny}
+                                     "AutoencoderKLHunyuanImage": hunyuan, "AutoencoderTiny": tiny,
+                                     "TinyAutoencoder": tiny}
 
 
 def family(vae) -> ModuleType:

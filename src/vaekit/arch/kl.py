@@ -26,7 +26,8 @@ from ..errors import UnsupportedModelError
 from ..program import AttentionStage, ConvStage, KeyValueStage, Program, Shortcut
 from .builder import ProgramBuilder
 
-__all__ = ["program", "whole", "finish", "scale_factor", "decode_program", "encode_program", "DOWNSAMPLE_PAD"]
+__all__ = ["program", "whole", "finish", "scale_factor", "decode_program", "encode_program", "attention_query",
+           "DOWNSAMPLE_PAD"]
 
 #: diffusers Downsample2D with padding=0 pads one zero row and column at the bottom and right
 DOWNSAMPLE_PAD = (0, 1, 0, 1)
@@ -105,6 +106,11 @@ def _attention(b: ProgramBuilder, name: str, x: str, attn: nn.Module) -> str:
              f"{name}: only the VAE mid-block self-attention (GroupNorm, residual)")
     kv = b.new_map(2 * attn.to_k.out_features)
     b.add(KeyValueStage(f"{name}.kv", x, kv, attn), norm=attn.group_norm)
+    return attention_query(b, name, x, kv, attn)
+
+
+def attention_query(b: ProgramBuilder, name: str, x: str, kv: str, attn) -> str:
+    """Pass two of the mid-block attention, written over ``x`` (pass one wrote ``kv``)."""
     return b.add(AttentionStage(f"{name}.query", x, kv, x, attn), norm=attn.group_norm)
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..program import ConvStage, Shortcut
 from .act import activate
-from .conv import apply_shortcut, conv_band
+from .conv import apply_shortcut, conv_band, pixel_shuffle, pixel_unshuffle
 from .norm import group_scale_shift, pixel_norm
 
 __all__ = ["compiled_conv_band", "compilable", "kind_of", "MIN_RECOMPILE_LIMIT"]
@@ -52,6 +52,7 @@ class _Kind:
     shortcut: tuple | None
     out_scale: float
     post: str | None
+    order: str
 
 
 def _norm_name(norm: nn.Module | None) -> str:
@@ -63,11 +64,11 @@ def _norm_name(norm: nn.Module | None) -> str:
 def kind_of(stage: ConvStage) -> _Kind:
     sc = stage.shortcut
     shortcut = None if stage.skip is None else (
-        () if sc is None else (sc.conv is not None, sc.unshuffle, sc.repeat, sc.mean, sc.shuffle))
+        () if sc is None else (sc.conv is not None, sc.unshuffle, sc.repeat, sc.mean, sc.shuffle, sc.order))
     _, _, left, right = stage.padding
     return _Kind(_norm_name(stage.norm), getattr(stage.norm, "eps", 0.0), stage.act, stage.upsample, stage.stride,
                  left, right, stage.conv.groups, stage.shuffle, stage.unshuffle, _norm_name(stage.out_norm),
-                 getattr(stage.out_norm, "eps", 0.0), shortcut, stage.out_scale, stage.post)
+                 getattr(stage.out_norm, "eps", 0.0), shortcut, stage.out_scale, stage.post, stage.order)
 
 
 def _prologue(kind: _Kind, x, mask, scale, shift, norm_w):
@@ -91,9 +92,9 @@ def _epilogue(kind: _Kind, shortcut: Shortcut | None, out, out_norm_w, skip):
     """The conv's NCHW output -> the NHWC band: pixel (un)shuffle, out norm, + skip, scale, post.
     ``shortcut`` is the kind's conv-free shortcut (a conv shortcut was applied to ``skip`` eagerly)."""
     if kind.shuffle != 1:
-        out = F.pixel_shuffle(out, kind.shuffle)
+        out = pixel_shuffle(out, kind.shuffle, kind.order)
     if kind.unshuffle != 1:
-        out = F.pixel_unshuffle(out, kind.unshuffle)
+        out = pixel_unshuffle(out, kind.unshuffle, kind.order)
     if kind.out_norm:
         out = pixel_norm(out.permute(0, 2, 3, 1), kind.out_norm == "batch", kind.out_eps, out_norm_w).permute(0, 3, 1, 2)
     if kind.shortcut is not None:
@@ -114,7 +115,7 @@ def _graphs(kind: _Kind):
         def prologue(x, mask, scale, shift, norm_w):
             return _prologue(kind, x, mask, scale, shift, norm_w)
 
-        spec = kind.shortcut  # (has conv, unshuffle, repeat, mean, shuffle), () for identity, None for no skip
+        spec = kind.shortcut  # (has conv, unshuffle, repeat, mean, shuffle, order), () identity, None no skip
         shortcut = Shortcut(None, *spec[1:]) if spec and not spec[0] else None
 
         def epilogue(out, out_norm_w, skip):

@@ -44,9 +44,9 @@ def conv_band(stage: ConvStage, w: dict, read, stats: dict, r0: int, r1: int, sr
     out = F.conv2d(x, w["conv"]["weight"], w["conv"].get("bias"), stride=stage.stride, padding=(0, left),
                    groups=stage.conv.groups)  # (B, C_conv, conv rows, W_conv)
     if stage.shuffle != 1:
-        out = F.pixel_shuffle(out, stage.shuffle)  # (B, C_out, rows, W)  dst px
+        out = pixel_shuffle(out, stage.shuffle, stage.order)  # (B, C_out, rows, W)  dst px
     if stage.unshuffle != 1:
-        out = F.pixel_unshuffle(out, stage.unshuffle)
+        out = pixel_unshuffle(out, stage.unshuffle, stage.order)
     if stage.out_norm is not None:
         out = local_norm(out.permute(0, 2, 3, 1), stage.out_norm, w["out_norm"]).permute(0, 3, 1, 2)
     if stage.skip is not None:
@@ -63,7 +63,7 @@ def apply_shortcut(skip: torch.Tensor, shortcut: Shortcut | None, weights: dict 
     if shortcut is None:
         return skip
     if shortcut.unshuffle != 1:
-        skip = F.pixel_unshuffle(skip, shortcut.unshuffle)  # (B, C * u^2, rows / u, W / u)
+        skip = pixel_unshuffle(skip, shortcut.unshuffle, shortcut.order)  # (B, C * u^2, rows / u, W / u)
     if shortcut.conv is not None:
         skip = F.conv2d(skip, weights["weight"], weights.get("bias"))
     if shortcut.repeat != 1:
@@ -71,5 +71,20 @@ def apply_shortcut(skip: torch.Tensor, shortcut: Shortcut | None, weights: dict 
     if shortcut.mean != 1:
         skip = skip.unflatten(1, (-1, shortcut.mean)).mean(dim=2)  # (B, C / m, rows, W)
     if shortcut.shuffle != 1:
-        skip = F.pixel_shuffle(skip, shortcut.shuffle)  # (B, C / s^2, rows * s, W * s)
+        skip = pixel_shuffle(skip, shortcut.shuffle, shortcut.order)  # (B, C / s^2, rows * s, W * s)
     return skip
+
+
+def pixel_shuffle(x: torch.Tensor, f: int, order: str = "channel") -> torch.Tensor:
+    """(B, f*f*C, H, W) -> (B, C, f*H, f*W), the coarse channels in ``order`` (program.SHUFFLE_ORDERS)."""
+    if order == "offset":  # (r1, r2, c) -> torch's (c, r1, r2)
+        x = x.unflatten(1, (f * f, -1)).transpose(1, 2).flatten(1, 2)
+    return F.pixel_shuffle(x, f)
+
+
+def pixel_unshuffle(x: torch.Tensor, f: int, order: str = "channel") -> torch.Tensor:
+    """(B, C, f*H, f*W) -> (B, f*f*C, H, W), the channels in ``order`` (program.SHUFFLE_ORDERS)."""
+    x = F.pixel_unshuffle(x, f)
+    if order == "offset":  # torch's (c, r1, r2) -> (r1, r2, c)
+        x = x.unflatten(1, (-1, f * f)).transpose(1, 2).flatten(1, 2)
+    return x
