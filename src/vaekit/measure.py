@@ -10,6 +10,8 @@ import platform
 import psutil
 import torch
 
+from .store import trim_heap
+
 __all__ = ["PeakMemory", "rss_bytes", "psnr", "machine"]
 
 
@@ -21,17 +23,6 @@ def psnr(image: torch.Tensor, reference: torch.Tensor) -> float:
 
 def rss_bytes() -> int:
     return psutil.Process().memory_info().rss
-
-
-def _trim_heap() -> None:
-    """Give the C heap's free pages back to the OS (glibc), so memory a previous run freed but the heap
-    kept does not count as already resident, which would hide the next run's growth."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: measurements in one process may read low after a larger run
 
 
 def _reset_hwm() -> bool:
@@ -70,7 +61,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start = torch.cuda.memory_allocated(self.device)
         else:
-            _trim_heap()
+            trim_heap()  # heap pages a previous, larger run freed would otherwise read as already resident
             if not _reset_hwm():
                 if self.strict:
                     raise OSError("peak RSS needs Linux /proc/<pid>/clear_refs")

@@ -135,7 +135,8 @@ def _bound_heap() -> None:
         _LIBC.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
-def _trim_heap() -> None:
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the OS (glibc; nothing elsewhere)."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
 
@@ -227,7 +228,7 @@ class Store:
         for stored in self.maps.values():
             if isinstance(stored, _DiskMap):
                 stored.buffer = None
-        _trim_heap()
+        trim_heap()
 
     def close(self, discard: bool = False) -> None:
         for name in list(self.maps):
