@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -39,13 +40,21 @@ def plan(vae, shape, budget=None, op: str = "decode", *, device=None, dtype=None
     ``host_budget``: on CUDA, the host RAM the maps that leave the GPU may take before the rest go to
     disk (default: 80% of the RAM available now).
     """
-    return _plan(program_for(vae, op), vae, shape, budget, op, _device(vae, device, check=False), dtype,
-                 sink=out is not None, host_budget=host_budget)
+    program, device = program_for(vae, op), _device(vae, device, check=False)
+    if _video(vae):  # the plan of the chunks after the first (the largest), shown with the video's shapes
+        shape = _check_shape(program, vae, shape, op)
+        chunks = family(vae).chunk_frames(vae, op, shape[2])
+        first = _plan(program, vae, (*shape[:2], chunks[0], *shape[3:]), budget, op, device, dtype, first=True)
+        rest = _plan(program, vae, (*shape[:2], max(chunks), *shape[3:]), budget, op, device, dtype,
+                     host_budget=host_budget)
+        frames = first.out_shape[2] + (len(chunks) - 1) * rest.out_shape[2]
+        return dataclasses.replace(rest, in_shape=shape, out_shape=(*rest.out_shape[:2], frames, *rest.out_shape[3:]))
+    return _plan(program, vae, shape, budget, op, device, dtype, sink=out is not None, host_budget=host_budget)
 
 
 def _plan(program: Program, vae, shape, budget, op: str, device: torch.device, dtype=None,
           force_stream: bool = False, compiled: bool = False, sink: bool = False, host_budget=None,
-          share: dict | None = None) -> Plan:
+          share: dict | None = None, first: bool = False) -> Plan:
     dtype = dtype or _model_dtype(vae)
     shape = _check_shape(program, vae, shape, op)
     limit = None if budget is None else parse_bytes(budget)
@@ -53,7 +62,7 @@ def _plan(program: Program, vae, shape, budget, op: str, device: torch.device, d
     itemsize = torch.empty((), dtype=dtype).element_size()
     return make_plan(program, shape, itemsize, str(dtype).removeprefix("torch."), str(device), limit, free_bytes=free,
                      force_stream=force_stream or compiled, compiled=compiled, sink=sink,
-                     host_budget=_host_budget(host_budget, device), **(share or {}))
+                     host_budget=_host_budget(host_budget, device), first=first, **(share or {}))
 
 
 def _host_budget(host_budget, device: torch.device) -> int | None:
@@ -123,6 +132,9 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
     in place or use in autograd later, with no copy to make (an inference tensor would need one)."""
     program = program_for(vae, op)
     check_state(vae)
+    if _video(vae):
+        return _run_video(vae, program, op, x, budget, device=device, report=report, scratch_dir=scratch_dir,
+                          stream=stream, strict=strict)
     what = "latents" if op == "decode" else "images"
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
@@ -177,6 +189,44 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
         raise PrecisionError(f"the {op} produced NaN or Inf from finite {'latents' if op == 'decode' else 'images'} "
                              f"in {result.dtype}: the model's weights are out of range for this input")
     return result if sink is not None else result.to(x.device)
+
+
+def _video(vae) -> bool:
+    return getattr(family(vae), "VIDEO", False)
+
+
+def _run_video(vae, program: Program, op: str, x, budget, *, device, report, scratch_dir, stream, strict):
+    """A video model: (B, C, F, H, W) in chunks of frames along time (run.run_video), each chunk streamed
+    in rows; or the model's own call when the plan of a chunk fits whole."""
+    from .run import run_video
+
+    what = "latents" if op == "decode" else "videos"
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise InputError(f"{what} must be a floating-point torch.Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    shape = _check_shape(program, vae, tuple(x.shape), op)
+    _check_values(x, op, image_range=strict)
+    compute = _device(vae, device)
+    check_dtype(_model_dtype(vae), compute)
+    report = report if report is not None else RunReport()
+    chunks = family(vae).chunk_frames(vae, op, shape[2])
+    rest = _plan(program, vae, (*shape[:2], max(chunks), *shape[3:]), budget, op, compute,
+                 force_stream=stream or not _same_device(next(vae.parameters()).device, compute))
+    inp = x.to(device=compute, dtype=_model_dtype(vae))
+    with torch.no_grad():
+        result = _whole(vae, op, inp, report) if rest.mode == "whole" else None
+        if result is None:
+            rest = rest if rest.mode == "stream" else _plan(program, vae, rest.in_shape, budget, op, compute,
+                                                            force_stream=True)
+            first = _plan(program, vae, (*shape[:2], chunks[0], *shape[3:]), budget, op, compute, force_stream=True,
+                          first=True)
+            frames = first.out_shape[2] + (len(chunks) - 1) * rest.out_shape[2]
+            out = torch.empty(*rest.out_shape[:2], frames, *rest.out_shape[3:], dtype=inp.dtype, device=compute)
+            _check_disk(rest, scratch_dir, None)
+            result = run_video(program, (first, rest), inp, chunks, out, scratch_dir=scratch_dir, report=report)
+    report.mode, report.plan = rest.mode, rest
+    if strict and not bool(torch.isfinite(result).all()):
+        raise PrecisionError(f"the {op} produced NaN or Inf from finite {what} in {result.dtype}")
+    return result.to(x.device)
 
 
 def _world() -> tuple[int, int]:
@@ -311,19 +361,22 @@ def _check_shape(program: Program, vae, shape, op: str) -> tuple[int, int, int, 
     shape = tuple(int(d) for d in shape)
     channels = program.maps[program.input].channels
     what = "latents" if op == "decode" else "images"
-    if len(shape) != 4:
+    if _video(vae) and len(shape) != 5:
+        raise InputError(f"{what} of a {type(vae).__name__} must be 5-D (batch, channels, frames, height, width), "
+                         f"got shape {shape}")
+    if not _video(vae) and len(shape) != 4:
         raise InputError(f"{what} must be 4-D (batch, channels, height, width), got shape {shape}")
     if shape[1] != channels:
         raise InputError(f"{what} have {shape[1]} channels but this {type(vae).__name__} expects {channels}")
     if min(shape) < 1:
         raise InputError(f"{what} shape {shape} has an empty dimension")
     try:
-        out_h, out_w = program.sizes(*shape[2:])[program.output]
+        out_h, out_w = program.sizes(*shape[-2:])[program.output]
     except ValueError as e:  # e.g. a pixel unshuffle of an odd size
-        raise InputError(f"{what} of {shape[3]}x{shape[2]} do not fit this {type(vae).__name__} ({e}): use sizes "
+        raise InputError(f"{what} of {shape[-1]}x{shape[-2]} do not fit this {type(vae).__name__} ({e}): use sizes "
                          f"that are multiples of {family(vae).scale_factor(vae)}") from None
     if min(out_h, out_w) < 1:
-        raise InputError(f"{what} of {shape[3]}x{shape[2]} are too small for this {type(vae).__name__}")
+        raise InputError(f"{what} of {shape[-1]}x{shape[-2]} are too small for this {type(vae).__name__}")
     return shape
 
 

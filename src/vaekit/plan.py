@@ -16,7 +16,16 @@ import math
 from dataclasses import dataclass
 
 from .errors import BudgetError
-from .program import AttentionStage, ConvStage, GLUStage, KeyValueStage, LinearKVStage, LinearQueryStage, Program
+from .program import (
+    AttentionStage,
+    CausalConvStage,
+    ConvStage,
+    GLUStage,
+    KeyValueStage,
+    LinearKVStage,
+    LinearQueryStage,
+    Program,
+)
 from .units import format_bytes
 
 __all__ = ["StagePlan", "MapPlan", "Plan", "make_plan", "validate", "smallest_budget", "bound_host", "TARGET_ROWS",
@@ -132,11 +141,13 @@ def _shape(shape) -> str:
 # ---- shapes -------------------------------------------------------------------------------------
 
 
-def map_shapes(program: Program, in_shape) -> dict[str, tuple[int, int, int, int]]:
-    """Map name -> (B, H, W, C) for an NCHW input of ``in_shape``."""
-    b, _, h, w = in_shape
+def map_shapes(program: Program, in_shape, first: bool = False) -> dict[str, tuple[int, int, int, int]]:
+    """Map name -> (B, H, W, C) for an NCHW input of ``in_shape``; for a chunk of video frames,
+    (B, C, F, H, W) (``first``: the video's first), the frames of each map join its batch dimension."""
+    b, h, w = in_shape[0], *in_shape[-2:]
     sizes = program.sizes(h, w)
-    return {name: (b, *sizes[name], spec.channels) for name, spec in program.maps.items()}
+    frames = program.frames(in_shape[2] if len(in_shape) == 5 else 1, first)
+    return {name: (b * frames[name], *sizes[name], spec.channels) for name, spec in program.maps.items()}
 
 
 def _nbytes(shape, itemsize: int) -> int:
@@ -167,7 +178,20 @@ def _chunk_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str],
     temp = max(itemsize, PROLOGUE_ITEMSIZE)
 
     def read_buffer(name: str, n_rows: int) -> int:  # a view when resident, a copy otherwise
-        return 0 if tiers.get(name) in ("device", "input") else n_rows * shapes[name][2] * shapes[name][3] * b * itemsize
+        n, _, width, channels = shapes[name]
+        return 0 if tiers.get(name) in ("device", "input") else n * n_rows * width * channels * itemsize
+
+    if isinstance(stage, CausalConvStage):
+        n_out, halo_rows = shapes[stage.dst][0], min(rows + 2 * stage.halo, src_h)
+        n_seq = b + (shapes[stage.cache][0] if stage.cache else 0)  # the chunk's frames after the cached ones
+        total = read_buffer(stage.src, halo_rows) + b * halo_rows * src_w * c_in * temp  # band, normalized
+        total += read_buffer(stage.cache, halo_rows) if stage.cache else 0
+        total += 2 * n_seq * halo_rows * (src_w + 2 * stage.halo) * c_in * itemsize  # the sequence, padded
+        total += 3 * n_out * rows * dst_w * c_out * itemsize  # conv output, unfolded frames, sum
+        total += 2 * stage.conv.weight.numel() * itemsize
+        if stage.skip is not None:
+            total += read_buffer(stage.skip, rows) + (n_out * rows * dst_w * c_out * itemsize if stage.shortcut else 0)
+        return total
 
     if isinstance(stage, ConvStage):
         f = stage.upsample
@@ -238,17 +262,23 @@ def whole_bytes(program: Program, shapes, itemsize: int) -> int:
             peak = max(peak, 14 * src)  # x, the 8x expansion and its depthwise output, the gated half, out
         elif isinstance(stage, LinearKVStage | LinearQueryStage):
             peak = max(peak, 2 * src + 6 * src * (1 + len(stage.attn.to_qkv_multiscale)))  # qkv, scales, fp32
+        elif isinstance(stage, CausalConvStage):  # input, normalized, [cache; input] padded; output, unfolded
+            peak = max(peak, (_nbytes(shapes[stage.skip], itemsize) if stage.skip else 0) + 4 * src + 2 * dst)
         else:
             peak = max(peak, 2 * src + dst)
-    return peak + _nbytes(shapes[program.output], itemsize)
+    caches = sum(_nbytes(shapes[name], itemsize) for name, _ in program.caches)  # the model keeps one tail each
+    return peak + caches + _nbytes(shapes[program.output], itemsize)
 
 
 # ---- planning ----------------------------------------------------------------------------------
 
 
 def _lives(program: Program) -> dict[str, range]:
+    """Stages during which each map exists; a video's time caches exist through the whole chunk."""
     first, last = program.first_write(), program.last_use()
-    return {name: range(max(first[name], 0), last[name] + 1) for name in last}
+    every = range(len(program.stages))
+    return {name: every if name in program.persistent else range(max(first[name], 0), last[name] + 1)
+            for name in {*last, *program.persistent}}
 
 
 def assign_tiers(program: Program, shapes, itemsize: int, budget: int, lower: str, sink: bool = False,
@@ -348,20 +378,24 @@ def row_step(stage, compiled: bool = False) -> int:
 def make_plan(program: Program, in_shape, itemsize: int, dtype: str, device: str, budget: int | None,
               *, free_bytes: int | None = None, force_stream: bool = False, compiled: bool = False,
               sink: bool = False, host_budget: int | None = None, held: dict[str, int] | None = None,
-              heights: tuple[int, ...] | None = None) -> Plan:
+              heights: tuple[int, ...] | None = None, first: bool = False) -> Plan:
     """Plan ``program`` on an NCHW input of ``in_shape``.
 
     ``budget`` None means "what is free" (``free_bytes``). ``sink``: the output goes to a file band by
     band and is never held (tier "sink"). ``host_budget``: on CUDA, the most host RAM the maps below
     the device may take, the rest going to disk (None: unbounded). ``held`` and ``heights``: a
-    distributed rank's rows of each map and of each stage (dist.py), if not all. Raises BudgetError
-    when nothing fits.
+    distributed rank's rows of each map and of each stage (dist.py), if not all. A video program
+    plans one chunk of frames, (B, C, F, H, W) (``first``: the video's first chunk). Raises
+    BudgetError when nothing fits.
     """
-    shapes = map_shapes(program, in_shape)
+    shapes = map_shapes(program, in_shape, first)
     whole = whole_bytes(program, shapes, itemsize)
     limit = budget if budget is not None else free_bytes
-    out_shape = shapes[program.output]
-    common = dict(op=program.op, in_shape=tuple(in_shape), out_shape=(out_shape[0], out_shape[3], *out_shape[1:3]),
+    n, out_h, out_w, out_c = shapes[program.output]
+    out_shape = (n, out_c, out_h, out_w)
+    if len(in_shape) == 5:  # frames apart again
+        out_shape = (in_shape[0], out_c, n // in_shape[0], out_h, out_w)
+    common = dict(op=program.op, in_shape=tuple(in_shape), out_shape=out_shape,
                   dtype=dtype, device=device, budget=budget, whole_peak_bytes=whole)
     if not force_stream and (limit is None or whole <= limit):
         return Plan(mode="whole", stages=(), maps=(), **common)
@@ -376,7 +410,7 @@ def make_plan(program: Program, in_shape, itemsize: int, dtype: str, device: str
         height = None if heights is None else heights[i]
         planned = plan_stage(stage, shapes, itemsize, tiers, resident[i], limit, compiled, height)
         if planned is None:
-            smallest = smallest_budget(program, in_shape, itemsize, lower, compiled, sink)
+            smallest = smallest_budget(program, in_shape, itemsize, lower, compiled, sink, first)
             what = "budget" if budget is not None else "free memory"
             raise BudgetError(
                 f"{program.op} of {_shape(in_shape)} cannot fit in {format_bytes(limit)} ({what}): stage "
@@ -399,9 +433,9 @@ def _tier_peak(program: Program, maps, tier: str) -> int:
 
 
 def smallest_budget(program: Program, in_shape, itemsize: int, lower: str = "disk", compiled: bool = False,
-                    sink: bool = False) -> int:
+                    sink: bool = False, first: bool = False) -> int:
     """The least budget any streamed plan fits in: every map a tier down, one row per chunk."""
-    shapes = map_shapes(program, in_shape)
+    shapes = map_shapes(program, in_shape, first)
     tiers = {name: lower for name in shapes}
     tiers[program.input], tiers[program.output] = "input", "sink" if sink else "output"
     need = 0

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 __all__ = ["MapSpec", "Shortcut", "ConvAttention", "SHUFFLE_ORDERS", "ConvStage", "KeyValueStage", "AttentionStage",
-           "GLUStage", "LinearKVStage", "LinearQueryStage", "Program", "Stage", "ACTIVATIONS"]
+           "GLUStage", "LinearKVStage", "LinearQueryStage", "CausalConvStage", "Program", "Stage", "ACTIVATIONS"]
 
 #: element-wise functions a stage may apply before its conv (``act``) or after its skip add (``post``)
 ACTIVATIONS = (
@@ -25,6 +25,7 @@ ACTIVATIONS = (
     "tanh_clamp",  # tanh(x / 3) * 3: TAESD decoders clamp their input latents
     "from_signed",  # (x + 1) / 2: [-1, 1] images to the [0, 1] that TAESD encoders expect
     "to_signed",  # x * 2 - 1: back to [-1, 1]
+    "clamp",  # to [-1, 1]: the Wan decoders' last step
 )
 
 
@@ -38,17 +39,18 @@ class ConvAttention:
     """A single-head self-attention whose projections are 1x1 convs (HunyuanImage, Wan), in the
     shape of diffusers' ``Attention`` that the attention stages read: softmax(q k^T / sqrt(C)) v."""
 
-    group_norm: nn.GroupNorm
-    to_q: nn.Conv2d
-    to_k: nn.Conv2d
-    to_v: nn.Conv2d
+    group_norm: nn.Module  # a GroupNorm, or a per-pixel norm (Wan's RMS norm)
+    to_q: nn.Conv2d | None
+    to_k: nn.Conv2d | None
+    to_v: nn.Conv2d | None
     proj: nn.Conv2d
     heads: int = 1
     rescale_output_factor: float = 1.0
+    qkv: nn.Conv2d | None = None  # one conv giving q, k, v side by side (Wan), instead of to_q/to_k/to_v
 
     @property
     def scale(self) -> float:
-        return self.to_q.out_channels**-0.5
+        return self.proj.in_channels**-0.5
 
     @property
     def to_out(self) -> tuple[nn.Conv2d]:
@@ -270,29 +272,111 @@ class LinearQueryStage(_SameSize):
         return super().rows_read(name, r0, r1, src_hw)
 
 
-Stage = ConvStage | KeyValueStage | AttentionStage | GLUStage | LinearKVStage | LinearQueryStage
+@dataclass(frozen=True, eq=False)
+class CausalConvStage(_SameSize):
+    """dst = split(conv3d([cache ; act(norm(src))])) + shortcut(skip): a causal 3-D conv over frames.
+
+    Maps of a video hold their frames in the batch dimension: (B * frames, H, W, C), each sample's
+    frames consecutive. The conv has ``time_kernel`` taps in time (stride ``time_stride``) and k x k
+    'same' taps in space. ``cache`` holds the last ``cache_frames`` frames of the conv's input (after
+    norm and act) from the chunks before, zeros before the first (the causal padding); the stage
+    writes the new tail to ``cache_out``, a second map, because later bands still read the old
+    tail's halo rows (the runner swaps the two after each chunk). ``time_split`` > 1: the conv's
+    output channels are that many frames side by side (Wan's temporal upsampler), unfolded in order.
+    ``first``: what the stage does on a video's first chunk instead, as Wan's resamplers do:
+    "pass" (dst = src, the cache untouched) or "pass_keep" (dst = src, and the cache takes the tail).
+    """
+
+    name: str
+    src: str
+    dst: str
+    conv: nn.Module  # Conv3d: (C_out, C_in, time_kernel, k, k)
+    cache: str | None = None
+    cache_out: str | None = None
+    norm: nn.Module | None = None  # per-pixel (Wan's RMS norm)
+    act: str | None = None
+    skip: str | None = None
+    shortcut: Shortcut | None = None
+    time_split: int = 1
+    time_stride: int = 1
+    first: str | None = None
+    post: str | None = None
+    stats_groups: None = None
+
+    @property
+    def time_kernel(self) -> int:
+        return self.conv.kernel_size[0]
+
+    @property
+    def cache_frames(self) -> int:
+        return self.time_kernel - self.time_stride
+
+    @property
+    def halo(self) -> int:
+        return self.conv.kernel_size[1] // 2
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return tuple(n for n in (self.src, self.cache, self.skip) if n is not None)
+
+    def out_frames(self, frames: int, first: bool = False) -> int:
+        if first and self.first is not None:
+            return frames
+        if self.time_stride != 1:
+            return (self.cache_frames + frames - self.time_kernel) // self.time_stride + 1
+        return frames * self.time_split
+
+    def rows_read(self, name: str, r0: int, r1: int, src_hw: tuple[int, int]) -> tuple[int, int]:
+        return (r0, r1) if name == self.skip else super().rows_read(name, r0, r1, src_hw)
+
+
+Stage = ConvStage | KeyValueStage | AttentionStage | GLUStage | LinearKVStage | LinearQueryStage | CausalConvStage
 
 
 @dataclass(frozen=True)
 class Program:
-    """What to run: ``stages`` in order, from map ``input`` to map ``output``."""
+    """What to run: ``stages`` in order, from map ``input`` to map ``output``.
+
+    A video program runs once per chunk of frames; its ``caches`` are the (cache, cache_out) map pairs
+    of its causal convs (CausalConvStage), which outlive the chunk: they are planned as alive at every
+    stage and never freed by it."""
 
     op: str
     input: str
     output: str
     maps: dict[str, MapSpec] = field(hash=False)
     stages: tuple[Stage, ...]
+    caches: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def persistent(self) -> frozenset[str]:
+        return frozenset(name for pair in self.caches for name in pair)
 
     def sizes(self, h: int, w: int) -> dict[str, tuple[int, int]]:
         """Map name -> (height, width) for an input of h x w."""
         sizes = {self.input: (h, w)}
         for stage in self.stages:
+            for cache in (getattr(stage, "cache", None), getattr(stage, "cache_out", None)):
+                if cache is not None:
+                    sizes[cache] = sizes[stage.src]
             if stage.dst is None:
                 continue
             hw = stage.out_hw(*sizes[stage.src])
             if sizes.setdefault(stage.dst, hw) != hw:
                 raise ValueError(f"{stage.name}: writes {hw} into {stage.dst} of size {sizes[stage.dst]}")
         return sizes
+
+    def frames(self, frames: int, first: bool = False) -> dict[str, int]:
+        """Map name -> frames per sample for an input chunk of ``frames`` frames (``first``: the
+        video's first chunk); 1 for every map of an image program."""
+        out = {self.input: frames}
+        for stage in self.stages:
+            if isinstance(stage, CausalConvStage) and stage.cache is not None:
+                out[stage.cache] = out[stage.cache_out] = stage.cache_frames
+            if stage.dst is not None:
+                made = stage.out_frames(out[stage.src], first) if isinstance(stage, CausalConvStage) else out[stage.src]
+                out.setdefault(stage.dst, made)
+        return out
 
     def first_write(self) -> dict[str, int]:
         """Map name -> index of the stage that first writes it (-1 for the input)."""

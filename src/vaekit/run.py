@@ -4,6 +4,7 @@ runs out of memory takes the next rung of the recovery ladder (recovery.py) and 
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -11,17 +12,27 @@ from torch import nn
 
 from .errors import PrecisionError
 from .ops.attention import attention_band, kv_band
+from .ops.causal import causal_conv_band, causal_first_band
 from .ops.compiled import compiled_conv_band
 from .ops.conv import conv_band
 from .ops.glu import glu_band
 from .ops.linear_attention import linear_kv_band, linear_query_band
 from .ops.norm import GroupStats
 from .plan import Plan
-from .program import AttentionStage, ConvStage, GLUStage, KeyValueStage, LinearKVStage, LinearQueryStage, Program
+from .program import (
+    AttentionStage,
+    CausalConvStage,
+    ConvStage,
+    GLUStage,
+    KeyValueStage,
+    LinearKVStage,
+    LinearQueryStage,
+    Program,
+)
 from .recovery import Event, Ladder, RunReport, is_oom
 from .store import Store
 
-__all__ = ["execute", "stage_weights"]
+__all__ = ["execute", "run_video", "stage_weights"]
 
 
 #: called before every chunk's compute (None: nothing); vaekit.testing swaps it to inject failures
@@ -32,16 +43,17 @@ FP16_MAX = torch.finfo(torch.float16).max
 
 def execute(program: Program, plan: Plan, x: torch.Tensor, *, scratch_dir: str | os.PathLike | None = None,
             progress=None, report: RunReport | None = None, compiled: bool = False, sink=None,
-            peers=None) -> torch.Tensor | None:
+            peers=None, store: Store | None = None, first: bool = False) -> torch.Tensor | None:
     """Run ``program`` on NCHW ``x`` (already on the compute device, in the compute dtype) by ``plan``.
     ``compiled``: conv stages run through torch.compile graphs shared by every image size (plan with
     ``compiled=True`` too: their chunks must be even where they upsample). ``sink``: the output's bands
     go there (sinks.py) as they are made, and nothing is returned. ``peers``: this rank's
     ``dist.Peers`` in a distributed run: it computes and holds only its rows (dist.py), and ``x`` is
-    its slab of the input's rows."""
+    its slab of the input's rows. A video program runs one chunk of frames, ``x`` (B, C, F, H, W), in
+    ``store``, which holds the time caches across chunks (run_video); ``first``: the video's first."""
     report = report if report is not None else RunReport()
-    with Store(x.device, scratch_dir) as store:
-        run = _Run(program, plan, x, store, report, compiled, sink, peers)
+    with contextlib.nullcontext(store) if store is not None else Store(x.device, scratch_dir) as store:
+        run = _Run(program, plan, x, store, report, compiled, sink, peers, first)
         for i, (stage, sp) in enumerate(zip(program.stages, plan.stages, strict=True)):
             run.alloc(stage)
             weights = stage_weights(stage, x.device, run.dtype)  # load
@@ -59,9 +71,11 @@ class _Run:
     """The state of one execution: the store, statistics, where maps live, the compute dtype."""
 
     def __init__(self, program: Program, plan: Plan, x: torch.Tensor, store: Store, report: RunReport,
-                 compiled: bool = False, sink=None, peers=None):
+                 compiled: bool = False, sink=None, peers=None, first: bool = False):
         self.program, self.store, self.report, self.sink, self.peers = program, store, report, sink, peers
-        self.kernels = {**_KERNELS, ConvStage: compiled_conv_band} if compiled else _KERNELS
+        self.kernels = {**_KERNELS, ConvStage: compiled_conv_band} if compiled else dict(_KERNELS)
+        if first:  # a video's first chunk: resamplers that say so pass it through (program.CausalConvStage)
+            self.kernels[CausalConvStage] = _first_chunk
         self.compiled = compiled
         self.shapes = {m.name: m.shape for m in plan.maps}
         self.tiers = dict(plan.tiers)  # the recovery ladder may move maps down
@@ -71,7 +85,10 @@ class _Run:
         self.out_dtype = x.dtype  # the result stays in the model's dtype
         self.ladder = Ladder(store, self.tiers, "host" if x.device.type == "cuda" else "disk", report,
                              {m.name: m.nbytes for m in plan.maps}, plan.host_budget)
-        store.maps[program.input] = x.permute(0, 2, 3, 1)  # (B, h, w, C)  input px, a view
+        if x.dim() == 5:  # a chunk of frames, into the batch dimension: (B*F, h, w, C)  input px
+            store.maps[program.input] = x.permute(0, 2, 3, 4, 1).flatten(0, 1)
+        else:
+            store.maps[program.input] = x.permute(0, 2, 3, 1)  # (B, h, w, C)  input px, a view
         if peers is not None:  # a rank is given the input rows its stages read
             store.row0[program.input] = peers.layout.slabs[program.input][peers.rank][0]
 
@@ -92,7 +109,8 @@ class _Run:
         return band if band.dtype == self.dtype else band.to(self.dtype)  # maps written before an upcast
 
     def release(self, i: int, stage) -> None:
-        for name in [n for n, last in self.last_use.items() if last == i and n != self.program.output]:
+        keep = {self.program.output} | self.program.persistent  # time caches outlive the chunk
+        for name in [n for n, last in self.last_use.items() if last == i and n not in keep]:
             self.store.free(name)
             self.stats.pop(name, None)
         if isinstance(stage, LinearQueryStage):
@@ -126,6 +144,7 @@ class _Run:
                 if BEFORE_CHUNK is not None:
                     BEFORE_CHUNK()
                 band = _compute(stage, weights, self.read, self.stats, r0, r1, src_h, dst_h, kv_rows, self.kernels)
+                band, tail = band if isinstance(band, tuple) else (band, None)  # a causal conv's new cache rows
             except Exception as e:  # only out-of-memory is handled; anything else goes up as it is
                 if not is_oom(e):
                     raise
@@ -135,6 +154,8 @@ class _Run:
                 continue
             if self.dtype != torch.float32 and not bool(torch.isfinite(band).all()):
                 band, weights = self.upcast(stage, r0, r1, src_h, dst_h, kv_rows, weights)
+            if tail is not None:
+                self.store.write(stage.cache_out, r0, tail)
             if stage.dst is None:  # a reduction: sums a state over the bands, writes no map
                 total = band if total is None else total.add_(band)
             elif stage.dst == self.program.output and self.sink is not None:
@@ -161,6 +182,7 @@ class _Run:
         dtype, self.dtype = self.dtype, torch.float32
         band = _compute(stage, stage_weights(stage, self.device, torch.float32), self.read, self.stats, r0, r1,
                         src_h, dst_h, kv_rows)
+        band = band[0] if isinstance(band, tuple) else band
         if not bool(torch.isfinite(band).all()):
             raise PrecisionError(f"stage {stage.name} overflows even in float32 (rows {r0}-{r1}): the input "
                                  "or the weights are out of range")
@@ -182,7 +204,11 @@ def _name(dtype: torch.dtype) -> str:
 
 
 _KERNELS = {ConvStage: conv_band, KeyValueStage: kv_band, GLUStage: glu_band, LinearKVStage: linear_kv_band,
-            LinearQueryStage: linear_query_band}
+            LinearQueryStage: linear_query_band, CausalConvStage: causal_conv_band}
+
+
+def _first_chunk(stage: CausalConvStage, *args):
+    return (causal_first_band if stage.first else causal_conv_band)(stage, *args)
 
 
 def _compute(stage, weights, read, stats, r0, r1, src_h, dst_h, kv_rows, kernels=None):
@@ -208,9 +234,12 @@ def stage_weights(stage, device, dtype) -> dict[str, dict[str, torch.Tensor]]:
     def params(module):
         return _params(module, device, dtype)
 
-    if isinstance(stage, ConvStage):
-        return {"conv": params(stage.conv), "norm": params(stage.norm), "out_norm": params(stage.out_norm),
-                "shortcut": params(stage.shortcut.conv if stage.shortcut else None)}
+    if isinstance(stage, ConvStage | CausalConvStage):
+        shortcut = _as_2d(params(stage.shortcut.conv if stage.shortcut else None))
+        if isinstance(stage, CausalConvStage):
+            return {"conv": params(stage.conv), "norm": params(stage.norm), "shortcut": shortcut}
+        return {"conv": _as_2d(params(stage.conv)), "norm": params(stage.norm), "out_norm": params(stage.out_norm),
+                "shortcut": shortcut}
     if isinstance(stage, GLUStage):
         block = stage.block
         return {"inverted": _as_linear(params(block.conv_inverted)), "depth": params(block.conv_depth),
@@ -222,11 +251,25 @@ def stage_weights(stage, device, dtype) -> dict[str, dict[str, torch.Tensor]]:
                 "multiscale": [{"in": params(m.proj_in), "out": params(m.proj_out)} for m in attn.to_qkv_multiscale]}
     attn = stage.attn  # diffusers Attention (linear projections) or program.ConvAttention (1x1 convs)
     norm = _params(attn.group_norm, device, dtype)
+    if getattr(attn, "qkv", None) is not None:  # one conv for q, k, v: its thirds
+        qkv = _as_linear(params(attn.qkv))
+        q, k, v = ({name: t.chunk(3)[i] for name, t in qkv.items()} for i in range(3))
+        if isinstance(stage, KeyValueStage):
+            return {"norm": norm, "kv": {"weight": torch.cat([k["weight"], v["weight"]]),
+                                         "bias": torch.cat([_bias(k), _bias(v)])}}
+        return {"norm": norm, "to_q": q, "to_out": _as_linear(params(attn.to_out[0]))}
     if isinstance(stage, KeyValueStage):
         k, v = _as_linear(params(attn.to_k)), _as_linear(params(attn.to_v))
         return {"norm": norm, "kv": {"weight": torch.cat([k["weight"], v["weight"]]),
                                      "bias": torch.cat([_bias(k), _bias(v)])}}
     return {"norm": norm, "to_q": _as_linear(params(attn.to_q)), "to_out": _as_linear(params(attn.to_out[0]))}
+
+
+def _as_2d(conv: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A 3-D conv with one time tap (Wan's kernel-1 convs) as the 2-D conv it is, frame by frame."""
+    if conv.get("weight") is not None and conv["weight"].dim() == 5:
+        return {**conv, "weight": conv["weight"].squeeze(2)}
+    return conv
 
 
 def _as_linear(conv: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -236,3 +279,29 @@ def _as_linear(conv: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _bias(linear: dict[str, torch.Tensor]) -> torch.Tensor:
     return linear["bias"] if "bias" in linear else linear["weight"].new_zeros(linear["weight"].shape[0])
+
+
+def run_video(program: Program, plans: tuple[Plan, Plan], x: torch.Tensor, chunks: list[int], out: torch.Tensor, *,
+              scratch_dir=None, progress=None, report: RunReport | None = None) -> torch.Tensor:
+    """Run a video program chunk by chunk along time: ``x`` (B, C, F, H, W) in chunks of ``chunks``
+    frames, the first by ``plans[0]``, the rest by ``plans[1]``, into ``out`` (B, C_out, F_out, H', W').
+    The causal convs' time caches are maps of one store for the whole video, zeros before the first
+    chunk, on the tiers the plan gave them: memory is bounded by the chunk, not by the frames."""
+    report = report if report is not None else RunReport()
+    with Store(x.device, scratch_dir) as store:
+        shapes, tiers = {m.name: m.shape for m in plans[1].maps}, plans[1].tiers
+        for name in program.persistent:
+            store.alloc(name, shapes[name], x.dtype, tiers[name])
+            store.zero(name)
+        t0 = o0 = 0
+        for k, frames in enumerate(chunks):
+            first = k == 0
+            y = execute(program, plans[0] if first else plans[1], x[:, :, t0 : t0 + frames], store=store, first=first,
+                        scratch_dir=scratch_dir, report=report, progress=progress)  # (B*F', C_out, H', W')
+            y = y.unflatten(0, (x.shape[0], -1)).transpose(1, 2)  # (B, C_out, F', H', W')
+            out[:, :, o0 : o0 + y.shape[2]] = y
+            for stage in program.stages:  # the tails written this chunk become the caches of the next
+                if getattr(stage, "cache_out", None) and not (first and stage.first == "pass"):
+                    store.swap(stage.cache, stage.cache_out)
+            t0, o0 = t0 + frames, o0 + y.shape[2]
+    return out

@@ -169,6 +169,17 @@ class Store:
         else:
             raise ValueError(f"unknown tier {tier!r}; tiers are {TIERS}")
 
+    def zero(self, name: str) -> None:
+        """Fill a newly allocated map with zeros (a video's time caches before the first frame); a
+        new disk map is zeros already (its file is extended by ftruncate)."""
+        if isinstance(self.maps[name], torch.Tensor):
+            self.maps[name].zero_()
+
+    def swap(self, a: str, b: str) -> None:
+        """Exchange what maps ``a`` and ``b`` hold (a time cache and its next tail, after a chunk)."""
+        self.maps[a], self.maps[b] = self.maps[b], self.maps[a]
+        self.row0[a], self.row0[b] = self.row0.get(b, 0), self.row0.get(a, 0)
+
     def read(self, name: str, r0: int, r1: int) -> torch.Tensor:
         """Rows [r0, r1) of map ``name`` on the device, (B, rows, W, C). Do not modify it in place."""
         stored, off = self.maps[name], self.row0.get(name, 0)

@@ -12,7 +12,7 @@ from types import ModuleType
 
 from ..errors import UnsupportedModelError
 from ..program import Program
-from . import dc, hunyuan, kl, tiny
+from . import dc, hunyuan, kl, tiny, wan
 
 __all__ = ["family", "program_for", "check_state", "scale_factor", "latent_channels", "OPS"]
 
@@ -20,7 +20,9 @@ OPS = ("decode", "encode")
 
 #: AutoencoderKLFlux2 is AutoencoderKL's encoder and decoder (its BatchNorm belongs to the pipeline)
 _FAMILIES: dict[str, ModuleType] = {"AutoencoderKL": kl, "AutoencoderKLFlux2": kl, "AutoencoderDC": dc,
-                                     "AutoencoderKLHunyuanImage": hunyuan, "AutoencoderTiny": tiny,
+                                     "AutoencoderKLHunyuanImage": hunyuan, "AutoencoderKLWan": wan,
+                                     "AutoencoderKLQwenImage": wan,
+                                     "AutoencoderTiny": tiny,
                                      "TinyAutoencoder": tiny}
 
 

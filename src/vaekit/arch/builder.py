@@ -7,7 +7,7 @@ import dataclasses
 from torch import nn
 
 from ..errors import UnsupportedModelError
-from ..program import ConvStage, MapSpec, Program, Stage
+from ..program import CausalConvStage, ConvStage, MapSpec, Program, Stage
 
 __all__ = ["ProgramBuilder"]
 
@@ -24,6 +24,7 @@ class ProgramBuilder:
         self.maps: dict[str, MapSpec] = {}
         self.stages: list[Stage] = []
         self._writer: dict[str, int] = {}
+        self.caches: list[tuple[str, str]] = []
         self.input = self.new_map(in_channels, name="input")
 
     def new_map(self, channels: int, name: str | None = None) -> str:
@@ -52,5 +53,17 @@ class ProgramBuilder:
         dst = self.new_map(conv.out_channels)
         return self.add(ConvStage(name, src, dst, conv, **options), norm=options.get("norm"))
 
+    def causal(self, name: str, src: str, conv: nn.Module, dst: str | None = None, **options) -> str:
+        """Append a CausalConvStage from ``src`` into ``dst`` (default: a new map); a conv with more
+        than one time tap gets its time cache, a pair of maps named after the stage."""
+        split = options.get("time_split", 1)
+        dst = dst or self.new_map(conv.out_channels // split)
+        cache = cache_out = None
+        if conv.kernel_size[0] > 1:
+            cache = self.new_map(conv.in_channels, name=f"{name}.cache")
+            cache_out = self.new_map(conv.in_channels, name=f"{name}.cache_out")
+            self.caches.append((cache, cache_out))
+        return self.add(CausalConvStage(name, src, dst, conv, cache, cache_out, **options))
+
     def build(self, output: str) -> Program:
-        return Program(self.op, self.input, output, dict(self.maps), tuple(self.stages))
+        return Program(self.op, self.input, output, dict(self.maps), tuple(self.stages), tuple(self.caches))

@@ -28,7 +28,7 @@ import weakref
 import torch
 
 from .. import api
-from ..errors import InputError
+from ..errors import InputError, UnsupportedModelError
 
 __all__ = ["apply", "unapply", "is_applied"]
 
@@ -124,6 +124,8 @@ def _run(vae, op: str, x, args: tuple, kwargs: dict):
                            **options)
         except InputError as e:  # raised before any work: a size, a dtype, NaN/Inf or a model state it cannot take
             why = f"vaekit does not take this input ({e})"
+        except UnsupportedModelError as e:  # before any work too: an op vaekit does not stream for this model
+            why = f"vaekit does not stream this {op} ({e})"
     level = logging.WARNING if why.startswith("autograd") else logging.INFO  # a warning: it does not stream
     _say_once(state, why.split(" (")[0], f"vaekit: {why}: running the model's own {op}", level)
     return _own_method(vae, op, x, args, kwargs)

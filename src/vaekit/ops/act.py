@@ -20,6 +20,8 @@ def activate(x: torch.Tensor, name: str | None, inplace: bool = False) -> torch.
         return torch.tanh(x / 3) * 3
     if name == "from_signed":
         return x.add_(1).div_(2) if inplace else x.add(1).div(2)
+    if name == "clamp":
+        return x.clamp_(-1, 1) if inplace else x.clamp(-1, 1)
     if name == "to_signed":
         return x.mul_(2).sub_(1) if inplace else x.mul(2).sub(1)
     raise ValueError(f"unknown activation {name!r}")

@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from ..program import AttentionStage, KeyValueStage
-from .norm import norm_act
+from .norm import normalize
 
 __all__ = ["kv_band", "attention_band"]
 
 
 def kv_band(stage: KeyValueStage, w: dict, read, stats: dict, r0: int, r1: int, src_h: int, dst_h: int):
     """Keys and values of rows [r0, r1): (B, rows, W, 2 * inner)."""
-    x = norm_act(read(stage.src, r0, r1), stats[stage.src], stage.attn.group_norm, None, w["norm"])
+    x = normalize(read(stage.src, r0, r1), stats.get(stage.src), stage.attn.group_norm, None, w["norm"])
     return F.linear(x, w["kv"]["weight"], w["kv"]["bias"])  # (B, rows, W, 2 * inner)
 
 
@@ -29,7 +29,7 @@ def attention_band(stage: AttentionStage, w: dict, read, stats: dict, r0: int, r
     attn = stage.attn
     residual = read(stage.src, r0, r1)  # (B, rows, W, C)  latent px
     b, rows, width, c = residual.shape
-    x = norm_act(residual, stats[stage.src], attn.group_norm, None, w["norm"])
+    x = normalize(residual, stats.get(stage.src), attn.group_norm, None, w["norm"])
     q = _heads(F.linear(x, w["to_q"]["weight"], w["to_q"].get("bias")), attn.heads)  # (B, heads, rows*W, d)
     kv_rows = kv_rows or src_h
     if kv_rows >= src_h:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..program import ConvStage, Shortcut
 from .act import activate
-from .norm import local_norm, norm_act
+from .norm import local_norm, normalize
 
 __all__ = ["conv_band", "apply_shortcut"]
 
@@ -22,12 +21,7 @@ def conv_band(stage: ConvStage, w: dict, read, stats: dict, r0: int, r1: int, sr
     """Output rows [r0, r1) of ``stage`` as an NHWC tensor (B, r1 - r0, W, C_out)."""
     a, b = stage.src_rows(r0, r1, src_h)
     x = read(stage.src, a, b)  # (B, b - a, W, C_in)  src px
-    if isinstance(stage.norm, nn.GroupNorm):
-        x = norm_act(x, stats[stage.src], stage.norm, stage.act, w["norm"])
-    else:
-        if stage.norm is not None:
-            x = local_norm(x, stage.norm, w["norm"])
-        x = activate(x, stage.act, inplace=stage.norm is not None)  # x may be a view of a stored map
+    x = normalize(x, stats.get(stage.src), stage.norm, stage.act, w["norm"])  # x may be a view of a stored map
     x = x.permute(0, 3, 1, 2)  # (B, C_in, rows, W), channels_last in memory
     f = stage.upsample
     if f != 1:

@@ -75,10 +75,34 @@ def group_scale_shift(stats: tuple[torch.Tensor, torch.Tensor], eps: float, weig
     return scale.to(torch.float32).view(b, 1, 1, c), shift.to(torch.float32).view(b, 1, 1, c)
 
 
+def normalize(band: torch.Tensor, stats, norm, act: str | None, weights: dict, inplace: bool = True) -> torch.Tensor:
+    """``act(norm(band))`` for any norm a stage applies to its source: a GroupNorm with the map's
+    global ``stats``, a per-pixel norm, or none (``inplace`` False when ``band`` may be a stored map)."""
+    from .act import activate
+
+    if isinstance(norm, torch.nn.GroupNorm):
+        return norm_act(band, stats, norm, act, weights)
+    if norm is not None:
+        band = local_norm(band, norm, weights)
+    return activate(band, act, inplace=inplace and norm is not None)
+
+
 def local_norm(band: torch.Tensor, norm, weights: dict) -> torch.Tensor:
-    """A per-pixel norm of an NHWC band: diffusers' RMSNorm over channels, or an eval-mode BatchNorm2d
-    (a per-channel affine map with the running statistics). Both are local: no statistics to gather."""
+    """A per-pixel norm of an NHWC band: diffusers' RMSNorm over channels, an eval-mode BatchNorm2d
+    (a per-channel affine map with the running statistics), or Wan's RMS norm (an L2 normalization
+    scaled by sqrt(C), with ``gamma``). All are local: no statistics to gather."""
+    if hasattr(norm, "gamma"):
+        return l2_norm(band, weights)
     return pixel_norm(band, isinstance(norm, torch.nn.BatchNorm2d), norm.eps, weights)
+
+
+def l2_norm(band: torch.Tensor, weights: dict) -> torch.Tensor:
+    """Wan's RMS norm of an NHWC band, as diffusers computes it: F.normalize over channels (in float32
+    for half types), times sqrt(C), times gamma, plus bias."""
+    x = band.float() if band.dtype in (torch.float16, torch.bfloat16) else band
+    out = torch.nn.functional.normalize(x, dim=-1).to(band.dtype) * band.shape[-1] ** 0.5
+    out = out * weights["gamma"].flatten()
+    return out + weights["bias"].flatten() if "bias" in weights else out
 
 
 def pixel_norm(band: torch.Tensor, batch: bool, eps: float, weights: dict) -> torch.Tensor:

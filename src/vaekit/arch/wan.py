@@ -1,0 +1,111 @@
+"""diffusers AutoencoderKLWan (Wan 2.1 video; Qwen-Image's AutoencoderKLQwenImage is the same network on
+one frame): the decoder as a stage program over one chunk of frames.
+
+diffusers decodes one latent frame at a time, each causal conv carrying the last two frames of its
+input to the next chunk; the program is that chunk, its caches are maps (program.CausalConvStage),
+and the runner (run.run_video) feeds it the chunks. Every norm is per pixel (Wan's RMS norm), so
+nothing is global except the mid-block attention, over each frame's tokens. One row per block:
+
+    post_quant_conv   1x1x1                                              latent px
+    conv_in           3x3x3 causal
+    mid               resnet | attention per frame (RMS norm, one 1x1 qkv conv) | resnet
+    resnet            norm1+silu+conv1 (3x3x3) | norm2+silu+conv2 (3x3x3) + shortcut(x)
+    upsample3d        time conv (3x1x1, 2C: two frames, not on the first chunk) | nearest 2x + 3x3
+    upsample2d        nearest 2x + 3x3                                   map px double
+    conv_out          norm+silu+3x3x3, clamped to [-1, 1]                image px
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..errors import UnsupportedModelError
+from ..program import AttentionStage, ConvAttention, ConvStage, KeyValueStage, Program, Shortcut
+from .builder import ProgramBuilder
+
+__all__ = ["program", "whole", "finish", "scale_factor", "chunk_frames", "VIDEO"]
+
+VIDEO = True  #: inputs are (B, C, frames, H, W), run chunk by chunk (run.run_video)
+UPSAMPLE = 2
+
+
+def program(vae, op: str) -> Program:
+    if op != "decode":
+        raise UnsupportedModelError(f"{type(vae).__name__}: vaekit streams its decoder only, so far")
+    _require(getattr(vae.config, "patch_size", None) is None and not getattr(vae.config, "is_residual", False),
+             "Wan 2.2's residual VAE (patchified, is_residual) is not supported yet")
+    dec = vae.decoder
+    b = ProgramBuilder("decode", vae.config.z_dim)
+    x = b.causal("post_quant_conv", b.input, _causal(vae.post_quant_conv))
+    x = b.causal("conv_in", x, _causal(dec.conv_in))
+    x = _mid(b, x, dec.mid_block)
+    for i, block in enumerate(dec.up_blocks):
+        for j, resnet in enumerate(block.resnets):
+            x = _resnet(b, f"up.{i}.resnets.{j}", x, resnet)
+        for resample in block.upsamplers or ():
+            x = _upsample(b, f"up.{i}.upsample", x, resample)
+    x = b.causal("conv_out", x, _causal(dec.conv_out), norm=dec.norm_out, act="silu", post="clamp")
+    return b.build(output=x)
+
+
+def _mid(b: ProgramBuilder, x: str, mid: nn.Module) -> str:
+    x = _resnet(b, "mid.resnets.0", x, mid.resnets[0])
+    for i, (attn, resnet) in enumerate(zip(mid.attentions, mid.resnets[1:], strict=True)):
+        view = ConvAttention(attn.norm, None, None, None, attn.proj, qkv=attn.to_qkv)
+        kv = b.new_map(2 * attn.proj.in_channels)
+        b.add(KeyValueStage(f"mid.attentions.{i}.kv", x, kv, view))
+        x = b.add(AttentionStage(f"mid.attentions.{i}.query", x, kv, x, view))
+        x = _resnet(b, f"mid.resnets.{i + 1}", x, resnet)
+    return x
+
+
+def _resnet(b: ProgramBuilder, name: str, x: str, resnet: nn.Module) -> str:
+    h = b.causal(f"{name}.conv1", x, _causal(resnet.conv1), norm=resnet.norm1, act="silu")
+    has_conv = isinstance(resnet.conv_shortcut, nn.Conv3d)
+    out = b.new_map(resnet.conv2.out_channels) if has_conv else x  # the same channels: written over x
+    shortcut = Shortcut(conv=_causal(resnet.conv_shortcut)) if has_conv else None
+    return b.causal(f"{name}.conv2", h, _causal(resnet.conv2), dst=out, norm=resnet.norm2, act="silu", skip=x,
+                    shortcut=shortcut)
+
+
+def _upsample(b: ProgramBuilder, name: str, x: str, resample: nn.Module) -> str:
+    _require(resample.mode in ("upsample2d", "upsample3d"), f"{name}: resampling mode {resample.mode}")
+    if resample.mode == "upsample3d":  # two frames from each: a time conv to 2C, not on the first chunk
+        x = b.causal(f"{name}.time_conv", x, _causal(resample.time_conv), time_split=2, first="pass")
+    conv = resample.resample[1]
+    _require(isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.padding == (1, 1),
+             f"{name}: only nearest 2x + 3x3 conv")
+    return b.add(ConvStage(f"{name}.resample", x, b.new_map(conv.out_channels), conv, upsample=UPSAMPLE))
+
+
+def _causal(conv: nn.Module) -> nn.Module:
+    """A WanCausalConv3d: time padding all before (causal), 'same' zero padding in space."""
+    kt, kh, kw = conv.kernel_size
+    pad = getattr(conv, "_padding", None)
+    _require(kh == kw and kh % 2 == 1 and conv.stride == (1, 1, 1) and conv.dilation == (1, 1, 1)
+             and conv.groups == 1 and pad == (kh // 2, kh // 2, kh // 2, kh // 2, kt - 1, 0),
+             f"only causal convs with 'same' spatial padding, got kernel {conv.kernel_size} padding {pad}")
+    return conv
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UnsupportedModelError(f"AutoencoderKLWan: {message}")
+
+
+def chunk_frames(vae, op: str, frames: int) -> list[int]:
+    """Frames per chunk, as diffusers runs them: one latent frame at a time."""
+    return [1] * frames
+
+
+def whole(vae, op: str, x):
+    """The model's own chunked decode, untiled in space (vae.decode would honour enable_tiling())."""
+    return type(vae)._decode(vae, x).sample
+
+
+def finish(vae, op: str, out, sample: bool = False, generator=None):
+    return out
+
+
+def scale_factor(vae) -> int:
+    return vae.spatial_compression_ratio

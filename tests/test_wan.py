@@ -1,0 +1,188 @@
+"""The Wan family (AutoencoderKLWan, AutoencoderKLQwenImage): decode streamed in chunks of frames and
+rows, time caches in the store, equal to diffusers' own (frame-chunked, untiled) decode."""
+
+import pytest
+import torch
+from diffusers import AutoencoderKLQwenImage, AutoencoderKLWan
+
+import vaekit
+from conftest import REL_TOL, relative_error
+from vaekit.arch import program_for
+from vaekit.plan import smallest_budget
+
+SMALL = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1)  # two time upsamplings, as Wan 2.1
+
+
+def make(cls=AutoencoderKLWan, seed: int = 0):
+    torch.manual_seed(seed)
+    vae = cls(**SMALL).eval()
+    with torch.no_grad():
+        for module in vae.modules():  # the RMS norms' gamma starts at 1: perturb so every term matters
+            if hasattr(module, "gamma"):
+                module.gamma.normal_(1.0, 0.2)
+    return vae
+
+
+def budgets(vae, shape) -> dict[str, int]:
+    """Smallest (every map and cache on disk, one row per chunk), mixed, and whole, for a video's chunks."""
+    program, (b, c, _, h, w) = program_for(vae, "decode"), shape
+    low = max(smallest_budget(program, (b, c, 1, h, w), 4, first=True), smallest_budget(program, (b, c, 1, h, w), 4))
+    whole = vaekit.plan(vae, shape, budget=None).whole_peak_bytes
+    return {"smallest": low, "mixed": (low + whole) // 2, "whole": whole}
+
+
+@pytest.fixture(scope="module")
+def wan():
+    return make()
+
+
+def test_decode_is_exact_at_every_budget(wan):
+    z = torch.randn(1, 4, 3, 7, 5, generator=torch.Generator().manual_seed(0))  # 3 latent frames, odd px
+    with torch.no_grad():
+        ref = wan.decode(z).sample  # (1, 3, 9, 56, 40): 1 + 4 * 2 frames
+        for name, budget in budgets(wan, tuple(z.shape)).items():
+            report = vaekit.RunReport()
+            out = vaekit.decode(wan, z, budget, report=report)
+            assert report.mode == ("whole" if name == "whole" else "stream"), name
+            assert out.shape == ref.shape == (1, 3, 9, 56, 40) and relative_error(out, ref) <= REL_TOL, name
+
+
+def test_time_caches_go_to_disk_at_the_smallest_budget(wan):
+    z = torch.randn(1, 4, 2, 7, 5, generator=torch.Generator().manual_seed(1))
+    low = budgets(wan, tuple(z.shape))["smallest"]
+    tiers = vaekit.plan(wan, tuple(z.shape), low).tiers
+    assert {tiers[n] for n in program_for(wan, "decode").persistent} == {"disk"}
+
+
+def test_the_time_caches_matter(wan, monkeypatch):
+    """Without carrying the caches from chunk to chunk the frames after the first are far off: the
+    exactness test above would catch a cache bug."""
+    from vaekit.store import Store
+
+    z = torch.randn(1, 4, 3, 7, 5, generator=torch.Generator().manual_seed(2))
+    monkeypatch.setattr(Store, "swap", lambda self, a, b: None)
+    with torch.no_grad():
+        out = vaekit.decode(wan, z, budgets(wan, tuple(z.shape))["smallest"])
+        ref = wan.decode(z).sample
+    assert relative_error(out[:, :, :1], ref[:, :, :1]) <= REL_TOL  # the first chunk has no past
+    assert relative_error(out[:, :, 1:], ref[:, :, 1:]) > 1e-2
+
+
+def test_memory_is_bounded_by_the_chunk_not_the_frames(wan):
+    short, long = (vaekit.plan(wan, (1, 4, t, 30, 52), "8MiB") for t in (3, 40))
+    assert long.peak_bytes == short.peak_bytes <= 8 << 20
+    assert long.out_shape == (1, 3, 1 + 4 * 39, 240, 416)
+    assert long.whole_peak_bytes == short.whole_peak_bytes  # diffusers itself decodes frame by frame
+
+
+def test_qwen_image_single_frame_batch_two():
+    vae = make(AutoencoderKLQwenImage, seed=3)
+    z = torch.randn(2, 4, 1, 9, 7, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = vae.decode(z).sample
+        low = budgets(vae, tuple(z.shape))["smallest"]
+        assert vaekit.plan(vae, tuple(z.shape), low).mode == "stream"
+        assert relative_error(vaekit.decode(vae, z, low), ref) <= REL_TOL
+
+
+def test_apply_streams_the_decode(wan):
+    z = torch.randn(1, 4, 2, 7, 5, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = wan.decode(z).sample
+        report = vaekit.RunReport()
+        vaekit.apply(wan, budgets(wan, tuple(z.shape))["smallest"], report=report)
+        try:
+            out = wan.decode(z).sample
+        finally:
+            vaekit.unapply(wan)
+    assert report.mode == "stream" and relative_error(out, ref) <= REL_TOL
+
+
+def test_images_and_encode_are_refused_clearly(wan):
+    from vaekit.errors import InputError, UnsupportedModelError
+
+    with pytest.raises(InputError, match="5-D"):
+        vaekit.decode(wan, torch.randn(1, 4, 7, 5))
+    with pytest.raises(UnsupportedModelError, match="decoder only"):
+        vaekit.encode(wan, torch.rand(1, 3, 1, 56, 40))
+
+
+# ---- pipelines (tiny, from config dicts, called with prompt embeddings) -----------------------------------
+
+
+def _wan_pipe(name: str):
+    import diffusers
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1).eval()
+    image = name == "WanImageToVideoPipeline"
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                        in_channels=36 if image else 16, out_channels=16, text_dim=32, freq_dim=256,
+                                        ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                        rope_max_seq_len=32, image_dim=4 if image else None).eval()
+    more = {}
+    if image:
+        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+        torch.manual_seed(0)
+        config = CLIPVisionConfig(hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2,
+                                  image_size=32, intermediate_size=16, patch_size=1)
+        more = dict(image_encoder=CLIPVisionModelWithProjection(config).eval(),
+                    image_processor=CLIPImageProcessor(crop_size=32, size=32), transformer_2=None)
+    pipe = getattr(diffusers, name)(tokenizer=None, text_encoder=None, transformer=transformer, vae=vae,
+                                    scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), **more)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("name", ["WanPipeline", "WanImageToVideoPipeline"])
+def test_wan_pipelines_are_the_same_under_apply(name):
+    from PIL import Image
+
+    from conftest import with_and_without_apply
+
+    pipe = _wan_pipe(name)
+    emb, neg = torch.randn(2, 1, 6, 32, generator=torch.Generator().manual_seed(1))
+    more = {"image": Image.new("RGB", (80, 48), (90, 140, 200))} if name == "WanImageToVideoPipeline" else {}
+
+    def call():  # the image-to-video pipeline also encodes its image: vaekit gives that to the model's own encode
+        return pipe(prompt_embeds=emb, negative_prompt_embeds=neg, height=48, width=80, num_frames=9,
+                    num_inference_steps=2, guidance_scale=3.0, output_type="pt",
+                    generator=torch.Generator().manual_seed(0), **more).frames
+
+    ref, out = with_and_without_apply(pipe, call, "1MiB")
+    assert out.shape == ref.shape == (1, 9, 3, 48, 80) and relative_error(out, ref) <= REL_TOL
+
+
+@pytest.mark.parametrize("name", ["QwenImagePipeline", "QwenImageEditPipeline"])
+def test_qwen_image_pipelines_are_the_same_under_apply(name):
+    import diffusers
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+    from PIL import Image
+
+    from conftest import with_and_without_apply
+
+    torch.manual_seed(0)
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=1,
+                                              attention_head_dim=16, num_attention_heads=3, joint_attention_dim=16,
+                                              axes_dims_rope=(8, 4, 4)).eval()
+    torch.manual_seed(0)
+    vae = AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                 temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()
+    edit = name == "QwenImageEditPipeline"
+    pipe = getattr(diffusers, name)(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None,
+                                    tokenizer=None, transformer=transformer, **({"processor": None} if edit else {}))
+    pipe.set_progress_bar_config(disable=True)
+    emb, mask = torch.randn(1, 6, 16, generator=torch.Generator().manual_seed(1)), torch.ones(1, 6, dtype=torch.long)
+    image = Image.fromarray((np.random.default_rng(0).random((48, 40, 3)) * 255).astype(np.uint8))
+
+    def call():
+        return pipe(prompt_embeds=emb, prompt_embeds_mask=mask, height=48, width=40, num_inference_steps=2,
+                    true_cfg_scale=1.0, output_type="pt", generator=torch.Generator().manual_seed(0),
+                    **({"image": image} if edit else {})).images
+
+    ref, out = with_and_without_apply(pipe, call, "2200KiB")
+    assert out.shape == ref.shape == (1, 3, 48, 40) and relative_error(out, ref) <= REL_TOL
