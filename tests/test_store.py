@@ -68,7 +68,7 @@ def test_demote_moves_a_device_map_to_disk(tmp_path):
         store.alloc("m", tuple(data.shape), data.dtype, "device")
         store.write("m", 0, data)
         store.demote("m", "disk")
-        assert os.listdir(store.scratch) == ["m.bin"]
+        assert os.listdir(store.scratch) == ["1-m.bin"]
         assert torch.equal(store.read("m", 0, 130), data)
 
 
@@ -116,3 +116,19 @@ def test_a_failed_write_does_not_hide_the_error_that_ended_the_run(tmp_path, mon
         store.write("m", 0, torch.zeros(1, 4, 4, 2))
         raise KeyboardInterrupt
     assert os.listdir(tmp_path) == []
+
+
+def test_swapped_disk_maps_keep_their_own_files(tmp_path):
+    """Time caches swap with their next tails after each chunk: each file stays with its data."""
+    a, b = torch.randn(1, 5, 3, 2), torch.randn(1, 5, 3, 2)
+    with Store("cpu", tmp_path) as store:
+        store.alloc("c", tuple(a.shape), a.dtype, "disk")
+        store.alloc("c_out", tuple(b.shape), b.dtype, "disk")
+        store.zero("c")
+        assert torch.equal(store.read("c", 0, 5), torch.zeros_like(a))
+        store.write("c", 0, a)
+        store.write("c_out", 0, b)
+        store.swap("c", "c_out")
+        store.demote("c", "disk")  # a move after a swap: the new file must not clobber the other map's
+        assert torch.equal(store.read("c", 0, 5), b) and torch.equal(store.read("c_out", 0, 5), a)
+    assert not os.listdir(tmp_path)

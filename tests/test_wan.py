@@ -23,11 +23,13 @@ def make(cls=AutoencoderKLWan, seed: int = 0):
     return vae
 
 
-def budgets(vae, shape) -> dict[str, int]:
+def budgets(vae, shape, op: str = "decode") -> dict[str, int]:
     """Smallest (every map and cache on disk, one row per chunk), mixed, and whole, for a video's chunks."""
-    program, (b, c, _, h, w) = program_for(vae, "decode"), shape
-    low = max(smallest_budget(program, (b, c, 1, h, w), 4, first=True), smallest_budget(program, (b, c, 1, h, w), 4))
-    whole = vaekit.plan(vae, shape, budget=None).whole_peak_bytes
+    program, (b, c, _, h, w) = program_for(vae, op), shape
+    steady = 1 if op == "decode" else 4
+    low = max(smallest_budget(program, (b, c, 1, h, w), 4, first=True),
+              smallest_budget(program, (b, c, steady, h, w), 4))
+    whole = vaekit.plan(vae, shape, budget=None, op=op).whole_peak_bytes
     return {"smallest": low, "mixed": (low + whole) // 2, "whole": whole}
 
 
@@ -45,6 +47,21 @@ def test_decode_is_exact_at_every_budget(wan):
             out = vaekit.decode(wan, z, budget, report=report)
             assert report.mode == ("whole" if name == "whole" else "stream"), name
             assert out.shape == ref.shape == (1, 3, 9, 56, 40) and relative_error(out, ref) <= REL_TOL, name
+
+
+def test_encode_is_exact_at_every_budget(wan):
+    x = torch.rand(1, 3, 11, 24, 40, generator=torch.Generator().manual_seed(5)) * 2 - 1  # 1 + 4 + 4 frames (+2 unused)
+    with torch.no_grad():
+        ref = wan.encode(x).latent_dist.mode()  # (1, 4, 3, 3, 5)
+        for name, budget in budgets(wan, tuple(x.shape), "encode").items():
+            report = vaekit.RunReport()
+            out = vaekit.encode(wan, x, budget, report=report)
+            assert report.mode == ("whole" if name == "whole" else "stream"), name
+            assert out.shape == ref.shape == (1, 4, 3, 3, 5) and relative_error(out, ref) <= REL_TOL, name
+        sample = vaekit.encode(wan, x, budgets(wan, tuple(x.shape), "encode")["smallest"], sample=True,
+                               generator=torch.Generator().manual_seed(6))
+        assert torch.equal(sample, wan.encode(x).latent_dist.sample(torch.Generator().manual_seed(6))) or \
+            relative_error(sample, wan.encode(x).latent_dist.sample(torch.Generator().manual_seed(6))) <= REL_TOL
 
 
 def test_time_caches_go_to_disk_at_the_smallest_budget(wan):
@@ -98,13 +115,13 @@ def test_apply_streams_the_decode(wan):
     assert report.mode == "stream" and relative_error(out, ref) <= REL_TOL
 
 
-def test_images_and_encode_are_refused_clearly(wan):
-    from vaekit.errors import InputError, UnsupportedModelError
+def test_four_d_input_is_refused_clearly(wan):
+    from vaekit.errors import InputError
 
     with pytest.raises(InputError, match="5-D"):
         vaekit.decode(wan, torch.randn(1, 4, 7, 5))
-    with pytest.raises(UnsupportedModelError, match="decoder only"):
-        vaekit.encode(wan, torch.rand(1, 3, 1, 56, 40))
+    with pytest.raises(InputError, match="5-D"):
+        vaekit.encode(wan, torch.rand(1, 3, 56, 40))
 
 
 # ---- pipelines (tiny, from config dicts, called with prompt embeddings) -----------------------------------
@@ -147,7 +164,7 @@ def test_wan_pipelines_are_the_same_under_apply(name):
     emb, neg = torch.randn(2, 1, 6, 32, generator=torch.Generator().manual_seed(1))
     more = {"image": Image.new("RGB", (80, 48), (90, 140, 200))} if name == "WanImageToVideoPipeline" else {}
 
-    def call():  # the image-to-video pipeline also encodes its image: vaekit gives that to the model's own encode
+    def call():  # the image-to-video pipeline also encodes its image (and zero frames after it)
         return pipe(prompt_embeds=emb, negative_prompt_embeds=neg, height=48, width=80, num_frames=9,
                     num_inference_steps=2, guidance_scale=3.0, output_type="pt",
                     generator=torch.Generator().manual_seed(0), **more).frames
@@ -179,10 +196,74 @@ def test_qwen_image_pipelines_are_the_same_under_apply(name):
     emb, mask = torch.randn(1, 6, 16, generator=torch.Generator().manual_seed(1)), torch.ones(1, 6, dtype=torch.long)
     image = Image.fromarray((np.random.default_rng(0).random((48, 40, 3)) * 255).astype(np.uint8))
 
+    size = 256 if edit else 48  # the edit pipeline encodes its image resized to ~1024x1024: decode large enough
+    # to stream within a budget that holds that encode's smallest
+
     def call():
-        return pipe(prompt_embeds=emb, prompt_embeds_mask=mask, height=48, width=40, num_inference_steps=2,
+        return pipe(prompt_embeds=emb, prompt_embeds_mask=mask, height=size, width=size, num_inference_steps=2,
                     true_cfg_scale=1.0, output_type="pt", generator=torch.Generator().manual_seed(0),
                     **({"image": image} if edit else {})).images
 
-    ref, out = with_and_without_apply(pipe, call, "2200KiB")
-    assert out.shape == ref.shape == (1, 3, 48, 40) and relative_error(out, ref) <= REL_TOL
+    ref, out = with_and_without_apply(pipe, call, "16MiB" if edit else "2200KiB")
+    assert out.shape == ref.shape == (1, 3, size, size) and relative_error(out, ref) <= REL_TOL
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".zarr", ".mp4"])
+def test_decode_to_a_file_frame_by_frame(wan, tmp_path, suffix):
+    import numpy as np
+
+    z = torch.randn(1, 4, 3, 7, 5, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref = wan.decode(z).sample  # (1, 3, 9, 56, 40)
+        path = vaekit.decode(wan, z, budgets(wan, tuple(z.shape))["smallest"], out=tmp_path / f"video{suffix}")
+    assert path == tmp_path / f"video{suffix}" and [p.name for p in tmp_path.iterdir()] == [path.name]
+    if suffix == ".npy":
+        assert relative_error(torch.from_numpy(np.load(path)), ref) <= REL_TOL
+        return
+    ref8 = ((ref.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 4, 1)  # (1, 9, 56, 40, 3) 8-bit
+    if suffix == ".zarr":
+        import zarr
+
+        assert (torch.from_numpy(zarr.open_array(str(path))[:]).float() - ref8).abs().max() <= 1
+        return
+    import av
+
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 9 and frames[0].shape == (56, 40, 3)
+    error = (torch.from_numpy(np.stack(frames)).float() - ref8[0]).abs().mean()
+    assert error < 12  # H.264 at crf 18 on noise-like frames: lossy, but the frames are these
+
+
+def test_a_failed_video_leaves_no_file(wan, tmp_path, monkeypatch):
+    from vaekit import run as run_module
+
+    z = torch.randn(1, 4, 3, 7, 5, generator=torch.Generator().manual_seed(8))
+    (tmp_path / "video.mp4").write_bytes(b"an earlier file")
+    monkeypatch.setattr(run_module, "execute", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        vaekit.decode(wan, z, out=tmp_path / "video.mp4")
+    assert [p.name for p in tmp_path.iterdir()] == ["video.mp4"]
+    assert (tmp_path / "video.mp4").read_bytes() == b"an earlier file"
+
+
+def test_cli_decodes_video_latents_to_mp4(wan, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from vaekit.cli import main
+
+    wan.save_pretrained(tmp_path / "vae")
+    z = torch.randn(1, 4, 2, 7, 5, generator=torch.Generator().manual_seed(9))
+    save_file({"latents": z}, tmp_path / "latents.safetensors")
+    out = tmp_path / "out.mp4"
+    assert main(["decode", str(tmp_path / "latents.safetensors"), str(out), "--model", str(tmp_path / "vae"),
+                 "--budget", "4MiB", "--fps", "8", "--crf", "23", "--quiet"]) == 0
+    assert capsys.readouterr().out.strip() == str(out) and out.stat().st_size > 0
+    import av
+
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        assert stream.average_rate == 8 and sum(1 for _ in container.decode(video=0)) == 5
+    assert main(["decode", str(tmp_path / "latents.safetensors"), str(tmp_path / "out.png"), "--model",
+                 str(tmp_path / "vae")]) == 2
+    assert "use .mp4, .npy or .zarr" in capsys.readouterr().err

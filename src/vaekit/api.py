@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .arch import check_state, family, program_for
-from .errors import BudgetError, DeviceError, InputError, PrecisionError
+from .errors import BudgetError, DeviceError, InputError, PrecisionError, UnsupportedModelError
 from .measure import PeakMemory
 from .plan import HOST_SHARE, Plan, make_plan
 from .precision import check_dtype
@@ -78,7 +78,8 @@ def _host_budget(host_budget, device: torch.device) -> int | None:
 
 def decode(vae, latents: torch.Tensor, budget=None, *, device=None, progress=None, compile: bool = False,
            scratch_dir: str | os.PathLike | None = None, report: RunReport | None = None,
-           out: str | os.PathLike | None = None, host_budget=None, dist: bool = False):
+           out: str | os.PathLike | None = None, host_budget=None, dist: bool = False, fps: int | None = None,
+           crf: int | None = None):
     """``vae.decode(latents).sample``, exactly, while holding at most ``budget`` bytes of activations.
 
     latents: NCHW, already divided by the scaling factor, as for ``vae.decode``.
@@ -92,7 +93,8 @@ def decode(vae, latents: torch.Tensor, budget=None, *, device=None, progress=Non
         size (always streams; the first call compiles, later sizes reuse the graphs).
     out: a file (.npy, .tif/.tiff, .zarr, .png) to write the image to band by band instead of
         returning it; the image is then never held in memory (the budget does not count it).
-        Returns the path.
+        Returns the path. A video model's (B, C, F, H, W) latents decode frame by frame into .npy,
+        .zarr or .mp4 (H.264, yuv420p; ``fps``, default 16, and ``crf``, x264's quality, default 18).
     host_budget: on CUDA, the host RAM for maps that do not stay on the GPU; past it they go to
         scratch files on disk (default: 80% of the RAM available).
     dist: under ``torchrun``, split every stage's rows across the ranks (dist.py): each rank computes
@@ -102,7 +104,8 @@ def decode(vae, latents: torch.Tensor, budget=None, *, device=None, progress=Non
     Returns the image (in [-1, 1] for a trained model) on the latents' device, in the model's dtype.
     """
     return run(vae, "decode", latents, budget, device=device, progress=progress, compile=compile,
-               scratch_dir=scratch_dir, report=report, out=out, host_budget=host_budget, dist=dist)
+               scratch_dir=scratch_dir, report=report, out=out, host_budget=host_budget, dist=dist,
+               video={"fps": fps, "crf": crf})
 
 
 def encode(vae, images: torch.Tensor, budget=None, *, sample: bool = False, generator: torch.Generator | None = None,
@@ -122,7 +125,7 @@ def encode(vae, images: torch.Tensor, budget=None, *, sample: bool = False, gene
 
 def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=None, compile: bool = False,
         scratch_dir=None, report: RunReport | None = None, stream: bool = False, out=None, host_budget=None,
-        dist: bool = False, strict: bool = True):
+        dist: bool = False, strict: bool = True, video: dict | None = None):
     """The program's own output for ``op``: for AutoencoderKL encode the moments (mean | logvar), not
     yet the latents. ``stream=True`` never runs the model whole. Used by decode, encode and apply.
     ``strict=False`` (apply: the model's own call takes these) lets images outside [-1, 1] through and
@@ -133,8 +136,11 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
     program = program_for(vae, op)
     check_state(vae)
     if _video(vae):
+        if dist and _world()[1] > 1:
+            raise UnsupportedModelError(f"patch parallel (dist=True) does not take a {type(vae).__name__} yet: run "
+                                        "one process per video")
         return _run_video(vae, program, op, x, budget, device=device, report=report, scratch_dir=scratch_dir,
-                          stream=stream, strict=strict)
+                          stream=stream, strict=strict, out=out, **(video or {}))
     what = "latents" if op == "decode" else "images"
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
@@ -195,35 +201,59 @@ def _video(vae) -> bool:
     return getattr(family(vae), "VIDEO", False)
 
 
-def _run_video(vae, program: Program, op: str, x, budget, *, device, report, scratch_dir, stream, strict):
+def _run_video(vae, program: Program, op: str, x, budget, *, device, report, scratch_dir, stream, strict, out=None,
+               fps: int | None = None, crf: int | None = None):
     """A video model: (B, C, F, H, W) in chunks of frames along time (run.run_video), each chunk streamed
-    in rows; or the model's own call when the plan of a chunk fits whole."""
+    in rows; or the model's own call when the plan of a chunk fits whole. ``out``: a .npy/.zarr/.mp4
+    file the frames go to as they are made (the video is never held)."""
     from .run import run_video
+    from .sinks import MP4_CRF, MP4_FPS, open_video_sink
 
     what = "latents" if op == "decode" else "videos"
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise InputError(f"{what} must be a floating-point torch.Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if out is not None and op != "decode":
+        raise InputError("out= takes a decoded video; encode returns the latents")
     shape = _check_shape(program, vae, tuple(x.shape), op)
     _check_values(x, op, image_range=strict)
     compute = _device(vae, device)
     check_dtype(_model_dtype(vae), compute)
     report = report if report is not None else RunReport()
     chunks = family(vae).chunk_frames(vae, op, shape[2])
-    rest = _plan(program, vae, (*shape[:2], max(chunks), *shape[3:]), budget, op, compute,
-                 force_stream=stream or not _same_device(next(vae.parameters()).device, compute))
+    rest = _plan(program, vae, (*shape[:2], max(chunks), *shape[3:]), budget, op, compute, sink=out is not None,
+                 force_stream=stream or out is not None or not _same_device(next(vae.parameters()).device, compute))
+    first = _plan(program, vae, (*shape[:2], chunks[0], *shape[3:]), budget, op, compute, sink=out is not None,
+                  force_stream=True, first=True)
+    frames = first.out_shape[2] + (len(chunks) - 1) * rest.out_shape[2]
+    out_shape = (*rest.out_shape[:2], frames, *rest.out_shape[3:])  # (B, C, F, H, W)
+    sink = None if out is None else open_video_sink(out, out_shape, fps or MP4_FPS, crf or MP4_CRF)
     inp = x.to(device=compute, dtype=_model_dtype(vae))
-    with torch.no_grad():
-        result = _whole(vae, op, inp, report) if rest.mode == "whole" else None
-        if result is None:
-            rest = rest if rest.mode == "stream" else _plan(program, vae, rest.in_shape, budget, op, compute,
-                                                            force_stream=True)
-            first = _plan(program, vae, (*shape[:2], chunks[0], *shape[3:]), budget, op, compute, force_stream=True,
-                          first=True)
-            frames = first.out_shape[2] + (len(chunks) - 1) * rest.out_shape[2]
-            out = torch.empty(*rest.out_shape[:2], frames, *rest.out_shape[3:], dtype=inp.dtype, device=compute)
-            _check_disk(rest, scratch_dir, None)
-            result = run_video(program, (first, rest), inp, chunks, out, scratch_dir=scratch_dir, report=report)
+    try:
+        with torch.no_grad():
+            result = _whole(vae, op, inp, report) if rest.mode == "whole" else None
+            if result is None:
+                rest = rest if rest.mode == "stream" else _plan(program, vae, rest.in_shape, budget, op, compute,
+                                                                force_stream=True)
+                _check_disk(rest, scratch_dir, None)
+                if sink is None:
+                    result = torch.empty(out_shape, dtype=inp.dtype, device=compute)
+
+                def emit(f0: int, y: torch.Tensor) -> None:
+                    if sink is not None:
+                        sink.write_frames(f0, y.permute(0, 2, 3, 4, 1))  # (B, F', H, W, C)
+                    else:
+                        result[:, :, f0 : f0 + y.shape[2]] = y
+
+                run_video(program, (first, rest), inp, chunks, emit, scratch_dir=scratch_dir, report=report)
+        if sink is not None:
+            result = sink.close()
+    except BaseException:
+        if sink is not None:
+            sink.abort()  # no partial file, and an existing one is left alone
+        raise
     report.mode, report.plan = rest.mode, rest
+    if sink is not None:
+        return result
     if strict and not bool(torch.isfinite(result).all()):
         raise PrecisionError(f"the {op} produced NaN or Inf from finite {what} in {result.dtype}")
     return result.to(x.device)

@@ -1,7 +1,8 @@
 """`vaekit bench`: vaekit against diffusers, decoding with seeded random weights, each run in a fresh process.
 
-Models: ``sd`` (the SD-architecture AutoencoderKL, 512² and 1024²) and ``sana`` (Sana's DC-AE
-f32c32 AutoencoderDC, 2048²). For every image size: diffusers untiled (the reference), diffusers
+Models: ``sd`` (the SD-architecture AutoencoderKL, 512² and 1024²), ``sana`` (Sana's DC-AE
+f32c32 AutoencoderDC, 2048²) and ``wan`` (the Wan 2.1 video VAE, its real config: 9 frames of
+240x416, sizes written FRAMESxHEIGHTxWIDTH). For every image size: diffusers untiled (the reference), diffusers
 ``enable_tiling()`` (its default tiles: 512 px for DC-AE), and vaekit at several budgets. Reports
 seconds, peak RSS growth over the RSS after loading, max abs error and PSNR against untiled; writes
 ``bench[-MODEL].json``, ``.md`` and ``.png``.
@@ -27,6 +28,7 @@ __all__ = ["main", "run_benchmark", "run_worker", "psnr"]
 MODELS = {
     "sd": ((512, 1024), ("diffusers-untiled", "diffusers-tiling", "vaekit:768MiB", "vaekit:1.5GiB", "vaekit:none")),
     "sana": ((2048,), ("diffusers-untiled", "diffusers-tiling", "vaekit:1GiB", "vaekit:3GiB")),
+    "wan": (("9x240x416",), ("diffusers-untiled", "diffusers-tiling", "vaekit:256MiB", "vaekit:512MiB")),
 }
 THREADS = 2
 
@@ -56,9 +58,13 @@ def _worker(model: str, method: str, size: int, ref_path: Path) -> dict:
     from vaekit.models import sana_dc, sd_vae
 
     torch.set_num_threads(THREADS)
-    vae = sd_vae(seed=0) if model == "sd" else sana_dc(seed=0)
-    n = size // scale_factor(vae)
-    z = torch.randn(1, vae.config.latent_channels, n, n, generator=torch.Generator().manual_seed(1))
+    if model == "wan":
+        vae, z, warm = _wan(size)
+    else:
+        vae = sd_vae(seed=0) if model == "sd" else sana_dc(seed=0)
+        n = size // scale_factor(vae)
+        z = torch.randn(1, vae.config.latent_channels, n, n, generator=torch.Generator().manual_seed(1))
+        warm = torch.randn(1, vae.config.latent_channels, 8, 8)
     budget = method.split(":", 1)[1] if method.startswith("vaekit") else None
     budget = None if budget == "none" else budget
     if method == "diffusers-tiling":
@@ -70,7 +76,7 @@ def _worker(model: str, method: str, size: int, ref_path: Path) -> dict:
                 return vaekit.decode(vae, latents, budget)
             return vae.decode(latents).sample
 
-    run(torch.randn(1, vae.config.latent_channels, 8, 8))  # load kernels and thread pools first
+    run(warm)  # load kernels and thread pools first
     with PeakMemory() as mem:
         start = time.perf_counter()
         out = run(z)
@@ -86,6 +92,18 @@ def _worker(model: str, method: str, size: int, ref_path: Path) -> dict:
         row["relative_error"] = row["max_abs_error"] / float(ref.abs().max())
         row["psnr_db"] = psnr(out, ref)
     return row
+
+
+def _wan(size: str):
+    """The Wan 2.1 VAE (diffusers' default config, seeded weights) and latents for FRAMESxHEIGHTxWIDTH."""
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    frames, height, width = (int(v) for v in size.split("x"))
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan().eval()
+    shape = (1, vae.config.z_dim, 1 + (frames - 1) // 4, height // 8, width // 8)  # latent frames and px
+    return vae, torch.randn(*shape, generator=torch.Generator().manual_seed(1)), torch.randn(1, vae.config.z_dim, 2, 4, 4)
 
 
 COMPILE_SIZES = (256, 384, 320, 448)
@@ -213,7 +231,8 @@ def run_benchmark(model: str, sizes, methods, out_dir: Path) -> list[dict]:
     return rows
 
 
-MODEL_NAMES = {"sd": "SD VAE (AutoencoderKL)", "sana": "Sana DC-AE f32c32 (AutoencoderDC)"}
+MODEL_NAMES = {"sd": "SD VAE (AutoencoderKL)", "sana": "Sana DC-AE f32c32 (AutoencoderDC)",
+               "wan": "Wan 2.1 VAE (AutoencoderKLWan)"}
 
 
 def _add_ratios(rows: list[dict]) -> None:
@@ -237,9 +256,13 @@ def markdown_table(rows: list[dict], meta: dict) -> str:
     for r in rows:
         err = "reference" if "psnr_db" not in r else f"{r['max_abs_error']:.1e}"
         db = "" if "psnr_db" not in r else ("∞" if math.isinf(r["psnr_db"]) else f"{r['psnr_db']:.1f} dB")
-        lines.append(f"| {r['size']}² | {r['method']} | {r['seconds']:.1f} s | {r['time_ratio']:.2f} | "
+        lines.append(f"| {_size_label(r['size'])} | {r['method']} | {r['seconds']:.1f} s | {r['time_ratio']:.2f} | "
                      f"{r['peak_rss_growth'] / 2**20:.0f} MiB | {r['memory_ratio']:.2f} | {err} | {db} |")
     return "\n".join(lines) + "\n"
+
+
+def _size_label(size) -> str:
+    return f"{size}²" if isinstance(size, int) else f"{size} (frames x h x w)"
 
 
 def _plot(rows: list[dict], path: Path, meta: dict) -> None:
@@ -261,7 +284,7 @@ def _plot(rows: list[dict], path: Path, meta: dict) -> None:
                         textcoords="offset points", xytext=(6, 4), fontsize=8)
         ax.set_xlabel("peak RSS growth (MiB)")
         ax.set_ylabel("seconds")
-        ax.set_title(f"{meta.get('model', 'SD VAE')} decode {size}x{size}, fp32 CPU", fontsize=9)
+        ax.set_title(f"{meta.get('model', 'SD VAE')} decode {_size_label(size)}, fp32 CPU", fontsize=9)
         ax.margins(0.3)
     fig.suptitle(f"vaekit vs diffusers — {meta['date']}, {meta['machine']}", fontsize=9)
     fig.tight_layout()
@@ -273,7 +296,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="vaekit bench", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--model", choices=sorted(MODELS), default="sd")
-    parser.add_argument("--sizes", type=int, nargs="+", help="image sizes (default: sd 512 1024, sana 2048)")
+    parser.add_argument("--sizes", nargs="+", help="image sizes (default: sd 512 1024, sana 2048), wan FRAMESxHxW "
+                        "(default 9x240x416)")
     parser.add_argument("--methods", nargs="+", help="diffusers-untiled, diffusers-tiling, vaekit:BUDGET ...")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile across resolutions: vaekit compile=True against diffusers' decoder compiled")
@@ -286,7 +310,7 @@ def main(argv=None) -> int:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--compile-worker", help=argparse.SUPPRESS)
     parser.add_argument("--gigapixel-worker", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--ref", type=Path, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args(argv)
     if args.device != "cpu":
@@ -295,8 +319,10 @@ def main(argv=None) -> int:
         return gpu_check_main(["--device", args.device, "--out", str(args.out), *[a for a in rest if a != "--"]])
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    sizes_arg = args.sizes and [int(v) if v.isdigit() else v for v in args.sizes]
     if args.worker:
-        print(json.dumps(_worker(args.model, args.worker, args.size, args.ref)))
+        size = int(args.size) if args.size.isdigit() else args.size
+        print(json.dumps(_worker(args.model, args.worker, size, args.ref)))
         return 0
     if args.gigapixel_worker:
         print(json.dumps(_gigapixel_worker(args.gigapixel_worker, args.out)))
@@ -304,23 +330,23 @@ def main(argv=None) -> int:
     if args.dist:
         from .bench_dist import run_dist_benchmark
 
-        run_dist_benchmark(args.out, *(args.sizes or [])[:1])
+        run_dist_benchmark(args.out, *(sizes_arg or [])[:1])
         print((args.out / "bench-dist.md").read_text())
         return 0
     if args.gigapixel:
-        run_gigapixel_benchmark(args.sizes or GIGAPIXEL_SIZES, args.out)
+        run_gigapixel_benchmark(sizes_arg or GIGAPIXEL_SIZES, args.out)
         print((args.out / "bench-gigapixel.md").read_text())
         return 0
     if args.compile_worker:
-        print(json.dumps(_compile_worker(args.compile_worker, args.sizes)))
+        print(json.dumps(_compile_worker(args.compile_worker, sizes_arg)))
         return 0
     if args.compile:
-        run_compile_benchmark(args.sizes or COMPILE_SIZES, args.out)
+        run_compile_benchmark(sizes_arg or COMPILE_SIZES, args.out)
         print((args.out / "bench-compile.md").read_text())
         return 0
     sizes, methods = MODELS[args.model]
     methods = ["diffusers-untiled"] + [m for m in (args.methods or methods) if m != "diffusers-untiled"]
-    run_benchmark(args.model, args.sizes or sizes, methods, args.out)
+    run_benchmark(args.model, sizes_arg or sizes, methods, args.out)
     stem = "bench" if args.model == "sd" else f"bench-{args.model}"
     print((args.out / f"{stem}.md").read_text())
     return 0

@@ -1,6 +1,7 @@
 """The ``vaekit`` command: a thin layer over the public API.
 
     vaekit decode LATENTS OUT [--model MODEL] [--budget 2GiB] [--device cpu|cuda] [--dtype float32]
+                                   (5-D video latents: OUT .mp4/.npy/.zarr [--fps 16] [--crf 18])
     vaekit encode IMAGE OUT.safetensors [--model MODEL] [--budget 2GiB] [--sample --seed 0]
     vaekit roundtrip IMAGE OUT.png [--model MODEL] [--budget 2GiB]      (prints the PSNR)
     vaekit plan --model MODEL --size 4096x4096 [--budget 4GiB] [--op encode]
@@ -98,6 +99,17 @@ def _decode(args) -> int:
     latents = load_latents(args.latents)
     if latents.dim() == 3:
         latents = latents[None]  # (C, h, w) -> (1, C, h, w)
+    if latents.dim() == 5:  # a video's (B, C, frames, h, w): frame by frame into .npy, .zarr or .mp4
+        if not args.out.lower().endswith((".npy", ".zarr", ".mp4")):
+            raise InputError(f"cannot write a video to {args.out}: use .mp4, .npy or .zarr")
+        path = api.decode(_model(args), latents, args.budget, out=args.out, fps=args.fps, crf=args.crf,
+                          **_run_options(args))
+        print(path)
+        _tell(args)
+        return 0
+    if args.out.lower().endswith(".mp4"):
+        raise InputError(f"{args.latents} holds {latents.dim()}-D latents, not a video's (B, C, frames, h, w): "
+                         "write .png, .tif, .npy or .zarr")
     one_file = latents.shape[0] == 1 or not args.out.lower().endswith(".png")  # a batch is one PNG per image
     if args.out.lower().endswith(SINK_SUFFIXES) and one_file:  # written band by band: never held whole
         path = api.decode(_model(args), latents, args.budget, out=args.out, **_run_options(args))
@@ -209,7 +221,10 @@ def _parser() -> argparse.ArgumentParser:
 
     dec = sub.add_parser("decode", parents=[model, run], help="decode latents to an image")
     dec.add_argument("latents", help=".safetensors, .pt or .npy (already divided by the scaling factor)")
-    dec.add_argument("out", help=".npy, .tif (BigTIFF), .zarr, .png (written band by band) or .pt")
+    dec.add_argument("out", help=".npy, .tif (BigTIFF), .zarr, .png (written band by band) or .pt; a video's "
+                     "5-D latents: .mp4, .npy or .zarr (frame by frame)")
+    dec.add_argument("--fps", type=int, help="video: frames per second of an .mp4 (default 16, Wan's)")
+    dec.add_argument("--crf", type=int, help="video: x264 quality of an .mp4, lower is better (default 18)")
     dec.set_defaults(run=_decode)
 
     enc = sub.add_parser("encode", parents=[model, run], help="encode an image to latents")

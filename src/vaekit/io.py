@@ -18,7 +18,7 @@ __all__ = ["load_latents", "load_image", "save_output", "save_latents", "atomic_
            "to_uint8"]
 
 LATENT_SUFFIXES = (".safetensors", ".pt", ".pth", ".npy")
-OUTPUT_SUFFIXES = (".png", ".npy", ".pt", ".tif", ".tiff", ".zarr")
+OUTPUT_SUFFIXES = (".png", ".npy", ".pt", ".tif", ".tiff", ".zarr", ".mp4")  # .mp4: videos
 LATENT_OUTPUT_SUFFIXES = (".safetensors", ".npy", ".pt")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 

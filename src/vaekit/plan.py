@@ -184,9 +184,10 @@ def _chunk_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str],
     if isinstance(stage, CausalConvStage):
         n_out, halo_rows = shapes[stage.dst][0], min(rows + 2 * stage.halo, src_h)
         n_seq = b + (shapes[stage.cache][0] if stage.cache else 0)  # the chunk's frames after the cached ones
-        total = read_buffer(stage.src, halo_rows) + b * halo_rows * src_w * c_in * temp  # band, normalized
+        normalized = (2 if stage.norm is not None else 1) * b * halo_rows * src_w * c_in * temp  # and a temporary
+        total = read_buffer(stage.src, halo_rows) + normalized
         total += read_buffer(stage.cache, halo_rows) if stage.cache else 0
-        total += 2 * n_seq * halo_rows * (src_w + 2 * stage.halo) * c_in * itemsize  # the sequence, padded
+        total += 3 * n_seq * halo_rows * (src_w + 2 * stage.halo) * c_in * itemsize  # sequence, padded, backend's copy
         total += 3 * n_out * rows * dst_w * c_out * itemsize  # conv output, unfolded frames, sum
         total += 2 * stage.conv.weight.numel() * itemsize
         if stage.skip is not None:

@@ -281,12 +281,13 @@ def _bias(linear: dict[str, torch.Tensor]) -> torch.Tensor:
     return linear["bias"] if "bias" in linear else linear["weight"].new_zeros(linear["weight"].shape[0])
 
 
-def run_video(program: Program, plans: tuple[Plan, Plan], x: torch.Tensor, chunks: list[int], out: torch.Tensor, *,
-              scratch_dir=None, progress=None, report: RunReport | None = None) -> torch.Tensor:
+def run_video(program: Program, plans: tuple[Plan, Plan], x: torch.Tensor, chunks: list[int], emit, *,
+              scratch_dir=None, report: RunReport | None = None) -> None:
     """Run a video program chunk by chunk along time: ``x`` (B, C, F, H, W) in chunks of ``chunks``
-    frames, the first by ``plans[0]``, the rest by ``plans[1]``, into ``out`` (B, C_out, F_out, H', W').
-    The causal convs' time caches are maps of one store for the whole video, zeros before the first
-    chunk, on the tiers the plan gave them: memory is bounded by the chunk, not by the frames."""
+    frames, the first by ``plans[0]``, the rest by ``plans[1]``; ``emit(f0, frames)`` takes each chunk's
+    output frames (B, C_out, F', H', W') as they are made. The causal convs' time caches are maps of one
+    store for the whole video, zeros before the first chunk, on the tiers the plan gave them: memory is
+    bounded by the chunk, not by the number of frames."""
     report = report if report is not None else RunReport()
     with Store(x.device, scratch_dir) as store:
         shapes, tiers = {m.name: m.shape for m in plans[1].maps}, plans[1].tiers
@@ -297,11 +298,10 @@ def run_video(program: Program, plans: tuple[Plan, Plan], x: torch.Tensor, chunk
         for k, frames in enumerate(chunks):
             first = k == 0
             y = execute(program, plans[0] if first else plans[1], x[:, :, t0 : t0 + frames], store=store, first=first,
-                        scratch_dir=scratch_dir, report=report, progress=progress)  # (B*F', C_out, H', W')
+                        scratch_dir=scratch_dir, report=report)  # (B*F', C_out, H', W')
             y = y.unflatten(0, (x.shape[0], -1)).transpose(1, 2)  # (B, C_out, F', H', W')
-            out[:, :, o0 : o0 + y.shape[2]] = y
+            emit(o0, y)
             for stage in program.stages:  # the tails written this chunk become the caches of the next
                 if getattr(stage, "cache_out", None) and not (first and stage.first == "pass"):
                     store.swap(stage.cache, stage.cache_out)
             t0, o0 = t0 + frames, o0 + y.shape[2]
-    return out

@@ -6,6 +6,12 @@ them, so the whole image is never held in memory.
     .png            RGB uint8 (pypng, row by row), one image (batch 1)
     .zarr           a zarr v3 directory, uint8 (B, H, W, C), chunks of (1, 256, 256, C), compressed
 
+A video (a Wan decode) goes to a file frame by frame as each chunk of frames is made:
+
+    .npy            float32 (B, C, F, H, W), memory-mapped
+    .zarr           uint8 (B, F, H, W, C), chunks of one frame's (1, 1, 256, 256, C)
+    .mp4            H.264 in yuv420p through PyAV (one video, batch 1), ``crf`` its quality (lower: better)
+
 A sink writes to a temporary file (or directory) beside the target and moves it into place only on
 ``close``; ``abort`` removes it, so a failed or interrupted run leaves no partial file and never
 clobbers one. In a distributed run (dist.py) rank 0 creates the temporary file and the other ranks
@@ -26,7 +32,8 @@ import torch
 from .errors import InputError
 from .io import temp_beside, to_uint8
 
-__all__ = ["open_sink", "Sink", "SINK_SUFFIXES", "TILE", "sink_bytes", "sink_rows", "check_shared"]
+__all__ = ["open_sink", "Sink", "SINK_SUFFIXES", "TILE", "sink_bytes", "sink_rows", "check_shared", "open_video_sink",
+           "VideoSink", "VIDEO_SUFFIXES", "MP4_CRF", "MP4_FPS"]
 
 SINK_SUFFIXES = (".npy", ".tif", ".tiff", ".png", ".zarr")
 TILE = 256  #: TIFF tile side and zarr chunk side, pixels
@@ -274,3 +281,94 @@ def sink_bytes(path, shape: tuple[int, int, int, int]) -> int:
     """Bytes the file will take at most (for the free-disk check; PNG and zarr compress below it)."""
     b, c, h, w = shape
     return b * c * h * w * (4 if Path(path).suffix.lower() == ".npy" else 1)
+
+
+# ---- video: whole frames, as the chunks of frames come -----------------------------------------------
+
+VIDEO_SUFFIXES = (".npy", ".zarr", ".mp4")
+MP4_CRF = 18  #: x264's constant rate factor: 18 is visually near-lossless, 23 its default
+MP4_FPS = 16  #: Wan's frame rate
+
+
+class VideoSink(Sink):
+    """Takes frames (B, F, H, W, C) in [-1, 1], in order; ``close`` puts the file in place."""
+
+    shareable = False
+
+    def write_frames(self, f0: int, frames: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+class _NpyVideo(VideoSink):
+    def __init__(self, target: Path, shape: tuple[int, ...]):
+        super().__init__(target)
+        self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=shape)  # (B, C, F, H, W)
+
+    def write_frames(self, f0: int, frames: torch.Tensor) -> None:
+        self.array[:, :, f0 : f0 + frames.shape[1]] = frames.float().permute(0, 4, 1, 2, 3).cpu().numpy()
+
+    def finish(self) -> None:
+        self.array.flush()
+        del self.array
+
+
+class _ZarrVideo(VideoSink):
+    directory = True
+
+    def __init__(self, target: Path, shape: tuple[int, ...]):
+        import zarr
+
+        super().__init__(target)
+        b, c, f, h, w = shape
+        self.array = zarr.create_array(store=str(self.tmp), shape=(b, f, h, w, c), dtype=np.uint8,
+                                       chunks=(1, 1, TILE, TILE, c), overwrite=True,
+                                       dimension_names=("batch", "frame", "y", "x", "channel"))
+
+    def write_frames(self, f0: int, frames: torch.Tensor) -> None:
+        pixels = ((frames.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()  # (B, F, H, W, C)
+        self.array[:, f0 : f0 + frames.shape[1]] = pixels
+
+
+class _Mp4Video(VideoSink):
+    """H.264 (libx264), yuv420p: frames are encoded as they come and never held as a whole video."""
+
+    def __init__(self, target: Path, shape: tuple[int, ...], fps: int = MP4_FPS, crf: int = MP4_CRF):
+        import av
+
+        b, c, _, h, w = shape
+        if b != 1 or c != 3 or h % 2 or w % 2:
+            raise InputError(f"an .mp4 output takes one RGB video of even width and height, not {b} of {c} channels "
+                             f"at {w}x{h}: use .npy or .zarr")
+        super().__init__(target)
+        self.container = av.open(str(self.tmp), mode="w", format="mp4")
+        self.stream = self.container.add_stream("libx264", rate=fps, options={"crf": str(crf)})
+        self.stream.width, self.stream.height, self.stream.pix_fmt = w, h, "yuv420p"
+
+    def write_frames(self, f0: int, frames: torch.Tensor) -> None:
+        import av
+
+        pixels = ((frames[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()  # (F, H, W, 3)
+        for rgb in pixels:
+            for packet in self.stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                self.container.mux(packet)
+
+    def finish(self) -> None:
+        for packet in self.stream.encode():  # flush the encoder
+            self.container.mux(packet)
+        self.container.close()
+
+    def abort(self) -> None:
+        try:
+            self.container.close()
+        finally:
+            super().abort()
+
+
+def open_video_sink(path, shape: tuple[int, ...], fps: int = MP4_FPS, crf: int = MP4_CRF) -> VideoSink:
+    """A sink for a video of ``shape`` (B, C, F, H, W) at ``path``, by suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".mp4":
+        return _Mp4Video(Path(path), shape, fps, crf)
+    if suffix in (".npy", ".zarr"):
+        return (_NpyVideo if suffix == ".npy" else _ZarrVideo)(Path(path), shape)
+    raise InputError(f"cannot stream a video to {path}: video outputs end in {', '.join(VIDEO_SUFFIXES)}")

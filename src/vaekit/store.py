@@ -36,7 +36,7 @@ _WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaekit-disk")
 
 class _DiskMap:
     def __init__(self, path: str, shape: tuple[int, int, int, int], dtype: torch.dtype):
-        self.shape, self.dtype = shape, dtype
+        self.path, self.shape, self.dtype = path, shape, dtype
         self.itemsize = torch.empty((), dtype=dtype).element_size()
         b, h, w, c = shape
         self.row_bytes = w * c * self.itemsize
@@ -150,6 +150,7 @@ class Store:
         self.scratch: str | None = None
         self.maps: dict[str, torch.Tensor | _DiskMap] = {}
         self.row0: dict[str, int] = {}  # first stored row of each map (0 unless a slab)
+        self.files = 0  # scratch files made
         if self.device.type == "cpu":
             _bound_heap()
 
@@ -165,7 +166,8 @@ class Store:
         elif tier == "disk":
             if self.scratch is None:
                 self.scratch = tempfile.mkdtemp(prefix="vaekit-", dir=self.scratch_parent)
-            self.maps[name] = _DiskMap(os.path.join(self.scratch, f"{name}.bin"), shape, dtype)
+            self.files += 1  # a file of its own: maps swap (time caches) and move, their files with them
+            self.maps[name] = _DiskMap(os.path.join(self.scratch, f"{self.files}-{name}.bin"), shape, dtype)
         else:
             raise ValueError(f"unknown tier {tier!r}; tiers are {TIERS}")
 
@@ -213,10 +215,6 @@ class Store:
     def _move(self, name: str, tier: str, dtype: torch.dtype, rows_per_copy: int = 64) -> None:
         """Re-store a map, a few rows at a time (no second full copy in flight)."""
         stored = self.maps.pop(name)
-        if isinstance(stored, _DiskMap):
-            old_path = os.path.join(self.scratch, f"{name}.bin")
-            tmp_path = old_path + ".old"
-            os.rename(old_path, tmp_path)  # the new map takes the name
         self.alloc(name, tuple(stored.shape), dtype, tier, self.row0[name])
         for r0 in range(0, stored.shape[1], rows_per_copy):
             r1 = min(r0 + rows_per_copy, stored.shape[1])
@@ -224,14 +222,14 @@ class Store:
             self._put(name, r0, band.to(dtype))
         if isinstance(stored, _DiskMap):
             stored.close()
-            os.unlink(tmp_path)
+            os.unlink(stored.path)
 
     def free(self, name: str, discard: bool = False) -> None:
         stored = self.maps.pop(name, None)
         self.row0.pop(name, None)
         if isinstance(stored, _DiskMap):
             stored.close(discard)
-            os.unlink(os.path.join(self.scratch, f"{name}.bin"))
+            os.unlink(stored.path)  # its own file: a swapped map's is named after the other map
 
     def end_stage(self) -> None:
         """Drop the read buffers of this stage and hand freed heap pages back to the OS, so the

@@ -1,5 +1,5 @@
 """diffusers AutoencoderKLWan (Wan 2.1 video; Qwen-Image's AutoencoderKLQwenImage is the same network on
-one frame): the decoder as a stage program over one chunk of frames.
+one frame): decoder and encoder as stage programs over one chunk of frames.
 
 diffusers decodes one latent frame at a time, each causal conv carrying the last two frames of its
 input to the next chunk; the program is that chunk, its caches are maps (program.CausalConvStage),
@@ -13,6 +13,11 @@ nothing is global except the mid-block attention, over each frame's tokens. One 
     upsample3d        time conv (3x1x1, 2C: two frames, not on the first chunk) | nearest 2x + 3x3
     upsample2d        nearest 2x + 3x3                                   map px double
     conv_out          norm+silu+3x3x3, clamped to [-1, 1]                image px
+
+The encoder reads chunks of 1, then 4 frames: conv_in, resnets, downsample2d (zero pad right and
+bottom, 3x3 stride 2: map px halve), downsample3d (the same, then a time conv of stride 2 over the
+frame before and the chunk's, skipped by the first chunk), the mid block, norm+silu+conv_out and
+quant_conv (1x1x1), giving the moments (mean | logvar).
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from ..program import AttentionStage, ConvAttention, ConvStage, KeyValueStage, Program, Shortcut
+from . import kl
 from .builder import ProgramBuilder
+from .kl import DOWNSAMPLE_PAD
 
 __all__ = ["program", "whole", "finish", "scale_factor", "chunk_frames", "VIDEO"]
 
@@ -30,10 +37,43 @@ UPSAMPLE = 2
 
 
 def program(vae, op: str) -> Program:
-    if op != "decode":
-        raise UnsupportedModelError(f"{type(vae).__name__}: vaekit streams its decoder only, so far")
     _require(getattr(vae.config, "patch_size", None) is None and not getattr(vae.config, "is_residual", False),
              "Wan 2.2's residual VAE (patchified, is_residual) is not supported yet")
+    return _decoder(vae) if op == "decode" else _encoder(vae)
+
+
+def _encoder(vae) -> Program:
+    enc = vae.encoder
+    b = ProgramBuilder("encode", enc.conv_in.in_channels)
+    x = b.causal("conv_in", b.input, _causal(enc.conv_in))
+    for i, block in enumerate(enc.down_blocks):
+        kind = type(block).__name__
+        if kind.endswith("ResidualBlock"):
+            x = _resnet(b, f"down.{i}", x, block)
+        elif kind.endswith("Resample"):
+            x = _downsample(b, f"down.{i}", x, block)
+        else:
+            raise UnsupportedModelError(f"{type(vae).__name__}: encoder block {kind} is not supported")
+    x = _mid(b, x, enc.mid_block)
+    x = b.causal("conv_out", x, _causal(enc.conv_out), norm=enc.norm_out, act="silu")
+    x = b.causal("quant_conv", x, _causal(vae.quant_conv))
+    return b.build(output=x)
+
+
+def _downsample(b: ProgramBuilder, name: str, x: str, resample: nn.Module) -> str:
+    """Zero pad right and bottom, 3x3 stride 2 (each frame); downsample3d then a time conv of stride 2
+    over [last frame before ; frames], which the first chunk (one frame) skips, keeping its frame."""
+    _require(resample.mode in ("downsample2d", "downsample3d"), f"{name}: resampling mode {resample.mode}")
+    pad, conv = resample.resample
+    _require(tuple(pad.padding) == DOWNSAMPLE_PAD and conv.kernel_size == (3, 3) and conv.stride == (2, 2)
+             and conv.padding == (0, 0), f"{name}: only zero pad + 3x3 stride-2 downsampling")
+    x = b.add(ConvStage(f"{name}.resample", x, b.new_map(conv.out_channels), conv, pad=DOWNSAMPLE_PAD))
+    if resample.mode == "downsample3d":
+        x = b.causal(f"{name}.time_conv", x, _causal(resample.time_conv), time_stride=2, first="pass_keep")
+    return x
+
+
+def _decoder(vae) -> Program:
     dec = vae.decoder
     b = ProgramBuilder("decode", vae.config.z_dim)
     x = b.causal("post_quant_conv", b.input, _causal(vae.post_quant_conv))
@@ -79,11 +119,13 @@ def _upsample(b: ProgramBuilder, name: str, x: str, resample: nn.Module) -> str:
 
 
 def _causal(conv: nn.Module) -> nn.Module:
-    """A WanCausalConv3d: time padding all before (causal), 'same' zero padding in space."""
+    """A WanCausalConv3d: time padding all before (causal), 'same' zero padding in space; or the
+    encoder's stride-2 time conv, unpadded (its chunks bring the frame before)."""
     kt, kh, kw = conv.kernel_size
-    pad = getattr(conv, "_padding", None)
-    _require(kh == kw and kh % 2 == 1 and conv.stride == (1, 1, 1) and conv.dilation == (1, 1, 1)
-             and conv.groups == 1 and pad == (kh // 2, kh // 2, kh // 2, kh // 2, kt - 1, 0),
+    pad, st = getattr(conv, "_padding", None), conv.stride[0]
+    time_pad = kt - 1 if st == 1 else 0
+    _require(kh == kw and kh % 2 == 1 and conv.stride[1:] == (1, 1) and st in (1, 2) and conv.dilation == (1, 1, 1)
+             and conv.groups == 1 and pad == (kh // 2, kh // 2, kh // 2, kh // 2, time_pad, 0),
              f"only causal convs with 'same' spatial padding, got kernel {conv.kernel_size} padding {pad}")
     return conv
 
@@ -94,17 +136,18 @@ def _require(condition: bool, message: str) -> None:
 
 
 def chunk_frames(vae, op: str, frames: int) -> list[int]:
-    """Frames per chunk, as diffusers runs them: one latent frame at a time."""
-    return [1] * frames
+    """Frames per chunk, as diffusers runs them: one latent frame at a time; encoding, the first frame
+    alone, then four at a time (frames past the last whole four are not encoded, as in diffusers)."""
+    return [1] * frames if op == "decode" else [1] + [4] * ((frames - 1) // 4)
 
 
 def whole(vae, op: str, x):
-    """The model's own chunked decode, untiled in space (vae.decode would honour enable_tiling())."""
-    return type(vae)._decode(vae, x).sample
+    """The model's own chunked decode or encode, untiled in space (its decode/encode would honour
+    enable_tiling()); encode gives the moments (mean | logvar)."""
+    return type(vae)._decode(vae, x).sample if op == "decode" else type(vae)._encode(vae, x)
 
 
-def finish(vae, op: str, out, sample: bool = False, generator=None):
-    return out
+finish = kl.finish  # encode: the latent distribution's mode, or a sample as diffusers draws it
 
 
 def scale_factor(vae) -> int:

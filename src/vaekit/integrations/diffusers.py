@@ -175,7 +175,8 @@ def _say_once(state: dict, key: str, message: str, level: int = logging.INFO) ->
 def _encoder_output(vae, out: torch.Tensor):
     """What the model's own encode returns, with ``out`` (the program's output) inside."""
     name = type(vae).__name__
-    if name in ("AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderKLHunyuanImage"):
+    if name in ("AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderKLHunyuanImage", "AutoencoderKLWan",
+                "AutoencoderKLQwenImage"):
         from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 

@@ -26,24 +26,43 @@ def causal_conv_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int
     halo = stage.halo
     a, b = max(r0 - halo, 0), min(r1 + halo, src_h)
     x = normalize(read(stage.src, a, b), None, stage.norm, stage.act, w["norm"])  # (B*F, b-a, W, C)  src px
-    if stage.cache is None:  # a time kernel of 1: every frame on its own
-        seq = x.unsqueeze(1)  # (B*F, 1, b-a, W, C)
-    else:
-        cache = read(stage.cache, a, b)  # (B*T, b-a, W, C)
-        n = cache.shape[0] // stage.cache_frames  # samples
-        seq = torch.cat([cache.unflatten(0, (n, -1)), x.unflatten(0, (n, -1))], dim=1)  # (B, T+F, b-a, W, C)
-    tail = None
-    if stage.cache_out is not None:
-        tail = seq[:, -stage.cache_frames :, r0 - a : r1 - a].flatten(0, 1)  # (B*T, rows, W, C)
+    past = stage.cache_frames if stage.cache is not None else 0
+    n = x.shape[0] if stage.cache is None else read(stage.cache, a, a + 1).shape[0] // past  # samples
+    frames, width, channels = x.shape[0] // n, x.shape[2], x.shape[3]
     top, bottom = halo - (r0 - a), halo - (b - r1)  # zero rows at the image border only
-    x5 = F.pad(seq.permute(0, 4, 1, 2, 3), (halo, halo, top, bottom))  # (B, C, T+F, rows', W')
-    out = F.conv3d(x5, w["conv"]["weight"], w["conv"].get("bias"), stride=(stage.time_stride, 1, 1))
-    split = stage.time_split  # (B, split*C_out, F_out, rows, W): split frames side by side in channels
-    out = out.unflatten(1, (split, -1)).permute(0, 3, 1, 4, 5, 2).flatten(0, 2)  # (B*F_out*split, rows, W, C_out)
+    # The conv's input: [cache ; frames] in time, zero padded in space, laid out (B, C, T+F, W', rows') with
+    # rows last and width fourth: PyTorch's CPU conv3d takes oneDNN only when the product of the first four
+    # sizes is large; with a band's few rows there it falls back to im2col (5x the memory, 2x the time). It is
+    # channels_last_3d in memory, so oneDNN reads it as it is: one copy in, one copy out.
+    x5 = torch.empty(n, channels, past + frames, width + 2 * halo, b - a + top + bottom, dtype=x.dtype,
+                     device=x.device, memory_format=torch.channels_last_3d)
+    _zero_border(x5, halo, top, bottom)
+    inner = x5[:, :, :, halo : halo + width, top : top + b - a]
+    inner[:, :, past:] = x.unflatten(0, (n, frames)).permute(0, 4, 1, 3, 2)  # (B, C, F, W, rows')
+    tail = None
+    if stage.cache is not None:
+        inner[:, :, :past] = read(stage.cache, a, b).unflatten(0, (n, past)).permute(0, 4, 1, 3, 2)
+        if stage.cache_out is not None:  # the new tail: the last frames of [cache ; frames], rows [r0, r1)
+            tail = inner[:, :, -past:, :, r0 - a : r1 - a].permute(0, 2, 4, 3, 1).flatten(0, 1)  # (B*T, rows, W, C)
+    weight = w["conv"]["weight"].transpose(3, 4)  # (C_out, C_in, kt, kw, kh)
+    out = F.conv3d(x5, weight, w["conv"].get("bias"), stride=(stage.time_stride, 1, 1))  # (B, split*C_out, F', W, rows)
+    split = stage.time_split  # split frames side by side in the channels (Wan's temporal upsampler)
+    out = out.unflatten(1, (split, -1)).permute(0, 3, 1, 5, 4, 2).flatten(0, 2)  # (B*F'*split, rows, W, C_out)
     if stage.skip is not None:
         skip = read(stage.skip, r0, r1).permute(0, 3, 1, 2)  # (B*F, C_skip, rows, W)
         out = out + apply_shortcut(skip, stage.shortcut, w.get("shortcut")).permute(0, 2, 3, 1)
     return activate(out, stage.post, inplace=True), tail
+
+
+def _zero_border(x5: torch.Tensor, halo: int, top: int, bottom: int) -> None:
+    """Zero the spatial padding of the conv input: ``halo`` columns each side, ``top``/``bottom`` rows."""
+    if halo:
+        x5[:, :, :, :halo].zero_()
+        x5[:, :, :, -halo:].zero_()
+    if top:
+        x5[..., :top].zero_()
+    if bottom:
+        x5[..., -bottom:].zero_()
 
 
 def causal_first_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int, r1: int, src_h: int,
