@@ -42,14 +42,32 @@ def plan(vae, shape, budget=None, op: str = "decode", *, device=None, dtype=None
     """
     program, device = program_for(vae, op), _device(vae, device, check=False)
     if _video(vae):  # the plan of the chunks after the first (the largest), shown with the video's shapes
-        shape = _check_shape(program, vae, shape, op)
-        chunks = family(vae).chunk_frames(vae, op, shape[2])
-        first = _plan(program, vae, (*shape[:2], chunks[0], *shape[3:]), budget, op, device, dtype, first=True)
-        rest = _plan(program, vae, (*shape[:2], max(chunks), *shape[3:]), budget, op, device, dtype,
-                     host_budget=host_budget)
-        frames = first.out_shape[2] + (len(chunks) - 1) * rest.out_shape[2]
-        return dataclasses.replace(rest, in_shape=shape, out_shape=(*rest.out_shape[:2], frames, *rest.out_shape[3:]))
+        return _video_plans(program, vae, shape, budget, op, device, dtype, sink=out is not None,
+                            host_budget=host_budget)[1]
     return _plan(program, vae, shape, budget, op, device, dtype, sink=out is not None, host_budget=host_budget)
+
+
+def _video_plans(program: Program, vae, shape, budget, op: str, device: torch.device, dtype=None, *,
+                 sink: bool = False, host_budget=None, stream: bool = False) -> tuple[Plan, Plan]:
+    """Plans of a video's first chunk and of the others, these with the whole video's shapes. Running
+    whole means the model's own chunked call, which also holds the video it concatenates frame by frame
+    (twice, at the last concatenation): whole only if that fits too."""
+    shape = _check_shape(program, vae, shape, op)
+    chunks = family(vae).chunk_frames(vae, op, shape[2])
+    kw = dict(sink=sink, host_budget=host_budget)
+    first = _plan(program, vae, (*shape[:2], chunks[0], *shape[3:]), budget, op, device, dtype, force_stream=True,
+                  first=True, **kw)
+    rest = _plan(program, vae, (*shape[:2], max(chunks), *shape[3:]), budget, op, device, dtype, force_stream=True, **kw)
+    frames = first.out_shape[2] + (len(chunks) - 1) * rest.out_shape[2]
+    out_shape = (*rest.out_shape[:2], frames, *rest.out_shape[3:])  # (B, C, F, H, W)
+    itemsize = torch.empty((), dtype=dtype or _model_dtype(vae)).element_size()
+    whole = rest.whole_peak_bytes + 2 * math.prod(out_shape) * itemsize
+    limit = parse_bytes(budget) if budget is not None else (free_memory(device) if device.type != "meta" else None)
+    mode = "stream" if stream or sink or (limit is not None and whole > limit) else "whole"
+    video = dict(in_shape=shape, out_shape=out_shape, whole_peak_bytes=whole)
+    if mode == "whole":
+        video.update(mode="whole", stages=(), maps=())
+    return first, dataclasses.replace(rest, **video)
 
 
 def _plan(program: Program, vae, shape, budget, op: str, device: torch.device, dtype=None,
@@ -220,20 +238,18 @@ def _run_video(vae, program: Program, op: str, x, budget, *, device, report, scr
     check_dtype(_model_dtype(vae), compute)
     report = report if report is not None else RunReport()
     chunks = family(vae).chunk_frames(vae, op, shape[2])
-    rest = _plan(program, vae, (*shape[:2], max(chunks), *shape[3:]), budget, op, compute, sink=out is not None,
-                 force_stream=stream or out is not None or not _same_device(next(vae.parameters()).device, compute))
-    first = _plan(program, vae, (*shape[:2], chunks[0], *shape[3:]), budget, op, compute, sink=out is not None,
-                  force_stream=True, first=True)
-    frames = first.out_shape[2] + (len(chunks) - 1) * rest.out_shape[2]
-    out_shape = (*rest.out_shape[:2], frames, *rest.out_shape[3:])  # (B, C, F, H, W)
+    elsewhere = not _same_device(next(vae.parameters()).device, compute)
+    first, rest = _video_plans(program, vae, shape, budget, op, compute, sink=out is not None,
+                               stream=stream or elsewhere)
+    out_shape = rest.out_shape
     sink = None if out is None else open_video_sink(out, out_shape, fps or MP4_FPS, crf or MP4_CRF)
     inp = x.to(device=compute, dtype=_model_dtype(vae))
     try:
         with torch.no_grad():
             result = _whole(vae, op, inp, report) if rest.mode == "whole" else None
             if result is None:
-                rest = rest if rest.mode == "stream" else _plan(program, vae, rest.in_shape, budget, op, compute,
-                                                                force_stream=True)
+                if rest.mode == "whole":  # it ran out of memory: stream
+                    first, rest = _video_plans(program, vae, shape, budget, op, compute, stream=True)
                 _check_disk(rest, scratch_dir, None)
                 if sink is None:
                     result = torch.empty(out_shape, dtype=inp.dtype, device=compute)

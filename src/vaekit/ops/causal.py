@@ -69,7 +69,8 @@ def causal_first_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: in
                       dst_h: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The stage on a video's first chunk when it says ``first``: its input passes unchanged (Wan's
     resamplers skip their time conv there); with "pass_keep" the cache takes the input's last frames."""
-    x = read(stage.src, r0, r1)  # (B*F, rows, W, C)
+    x = read(stage.src, r0, r1).clone()  # (B*F, rows, W, C); a copy: a read may be a buffer the next read reuses,
+    # while the write of this band to a disk map is still in flight
     if stage.first != "pass_keep":
         return x, None
     n = read(stage.cache, r0, r0 + 1).shape[0] // stage.cache_frames  # samples
