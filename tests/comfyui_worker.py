@@ -67,7 +67,11 @@ comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=N
 
 def smallest(vae, shape, op) -> int:
     model = vk.bridge(vae).model
-    return smallest_budget(vaekit.arch.program_for(model, op), shape, 4)
+    program = vaekit.arch.program_for(model, op)
+    if len(shape) == 5:  # a video decodes one latent frame at a time: the first chunk's and the next ones'
+        chunk = (*shape[:2], 1, *shape[3:])
+        return max(smallest_budget(program, chunk, 4, first=True), smallest_budget(program, chunk, 4))
+    return smallest_budget(program, shape, 4)
 
 
 def compare(name: str, vae, latents, images) -> None:
@@ -107,6 +111,28 @@ state = {f"taesd_{part}.{k}": v for part in ("encoder", "decoder") for k, v in
 state.update(vae_scale=torch.tensor(0.18215), vae_shift=torch.tensor(0.0))  # as ComfyUI's loader sets them
 taesd = comfy.sd.VAE(sd=state)
 compare("taesd", taesd, torch.randn(1, 4, 13, 11, generator=g), images)
+
+# ---- Wan 2.1 video: ComfyUI's own WanVAE module (the original layout), seeded ------------------------------
+import comfy.ldm.wan.vae  # noqa: E402
+
+torch.manual_seed(4)
+network = comfy.ldm.wan.vae.WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                                   temperal_downsample=[False, True, True])
+with torch.no_grad():
+    for name, p in network.named_parameters():  # ComfyUI's layers skip weight init: seed them
+        p.copy_(torch.randn_like(p) * 0.2 + 1) if name.endswith("gamma") else p.copy_(torch.randn_like(p) * 0.02)
+wan = comfy.sd.VAE(sd=network.state_dict())
+with torch.inference_mode():
+    z = torch.randn(1, 16, 3, 6, 5, generator=g)  # 3 latent frames: 9 frames of 48x40
+    ref = nodes.VAEDecode().decode(wan, {"samples": z})[0]  # (9, 48, 40, 3)
+    low = smallest(wan, tuple(z.shape), "decode")
+    got = Decode().decode({"samples": z}, wan, budget=str(low))[0]
+    frames = torch.rand(9, 48, 40, 3, generator=g)  # an IMAGE batch of frames
+    ref_z = nodes.VAEEncode().encode(wan, frames)[0]["samples"]
+    got_z = Encode().encode(frames, wan, budget="64MiB")[0]["samples"]
+    results["wan"] = dict(rel=rel(got, ref), shape=list(got.shape), ref_shape=list(ref.shape),
+                          streamed=vaekit.plan(vk.bridge(wan).model, tuple(z.shape), low).mode == "stream",
+                          encode_rel=rel(got_z, ref_z), encode_shape=list(got_z.shape), ref_encode_shape=list(ref_z.shape))
 
 # ---- what ComfyUI does after an out-of-memory: three passes of overlapping tiles ------------------------
 with torch.inference_mode():

@@ -43,6 +43,12 @@ def test_nodes_give_what_comfyuis_untiled_nodes_give(measured, family):
     assert result["unbound"]  # no reference to ComfyUI's weights outlives the call
 
 
+def test_wan_video_decode_and_encode(measured):
+    wan = measured["wan"]
+    assert wan["shape"] == wan["ref_shape"] == [9, 48, 40, 3] and wan["streamed"] and wan["rel"] <= REL_TOL
+    assert wan["encode_shape"] == wan["ref_encode_shape"] == [1, 16, 3, 6, 5] and wan["encode_rel"] <= REL_TOL
+
+
 def test_comfyuis_tiled_fallback_differs_and_the_node_does_not(measured):
     assert measured["tiled_fallback"]["rel"] > 1000 * REL_TOL
     assert measured["tiled_fallback"]["vaekit_rel"] <= REL_TOL

@@ -117,9 +117,11 @@ def test_apply_streams_the_decode(wan):
     assert report.mode == "stream" and relative_error(out, ref) <= REL_TOL
 
 
-def test_four_d_input_is_refused_clearly(wan):
-    from vaekit.errors import InputError
+def test_four_d_input_and_compile_are_refused_clearly(wan):
+    from vaekit.errors import InputError, UnsupportedModelError
 
+    with pytest.raises(UnsupportedModelError, match="compile=True"):
+        vaekit.decode(wan, torch.randn(1, 4, 2, 7, 5), compile=True)
     with pytest.raises(InputError, match="5-D"):
         vaekit.decode(wan, torch.randn(1, 4, 7, 5))
     with pytest.raises(InputError, match="5-D"):

@@ -157,6 +157,8 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
         if dist and _world()[1] > 1:
             raise UnsupportedModelError(f"patch parallel (dist=True) does not take a {type(vae).__name__} yet: run "
                                         "one process per video")
+        if compile:
+            raise UnsupportedModelError(f"compile=True does not take a {type(vae).__name__} yet: call without it")
         return _run_video(vae, program, op, x, budget, device=device, report=report, scratch_dir=scratch_dir,
                           stream=stream, strict=strict, out=out, **(video or {}))
     what = "latents" if op == "decode" else "images"

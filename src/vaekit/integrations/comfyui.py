@@ -16,8 +16,9 @@ untiled node gives, streamed inside a budget:
 - progress goes to ComfyUI's progress bar, a cancel in the UI stops the run between bands, and
   vaekit's errors reach the UI as one line that names the node and what would work.
 
-Families: ComfyUI's LDM-format AutoencoderKL (SD 1.x/2.x, SDXL, SD3, FLUX.1 VAEs) and its TAESD
-(taesd, taesdxl, taesd3, taef1). Other VAEs ComfyUI loads are refused with a message saying so.
+Families: ComfyUI's LDM-format AutoencoderKL (SD 1.x/2.x, SDXL, SD3, FLUX.1 VAEs), its TAESD (taesd,
+taesdxl, taesd3, taef1) and its Wan 2.1 video VAE (LATENT (B, 16, T, h, w) -> the frames as an IMAGE
+batch, as its VAE Decode gives them). Other VAEs ComfyUI loads are refused with a message saying so.
 ``vaekit comfyui install COMFYUI_DIR`` links ``comfyui_pack/`` into ``custom_nodes/``.
 """
 
@@ -73,13 +74,15 @@ def _make_bridge(vae) -> Bridge:
     kind = type(network).__name__
     if kind == "TAESD":
         return _taesd_bridge(state)
+    if kind == "WanVAE" and type(network).__module__ == "comfy.ldm.wan.vae":
+        return _wan_bridge(network, state)
     decoder = getattr(network, "decoder", None)
     ldm = type(decoder).__module__ == "comfy.ldm.modules.diffusionmodules.model" and type(decoder).__name__ == "Decoder"
     if ldm and "decoder.conv_in.weight" in state:
         return _kl_bridge(state)
     raise UnsupportedModelError(
         f"vaekit cannot stream ComfyUI's {kind} ({type(decoder).__module__}.{type(decoder).__name__}): it streams "
-        "the SD 1.x/2.x, SDXL, SD3 and FLUX.1 VAEs and TAESD; use ComfyUI's VAE Decode for this one")
+        "the SD 1.x/2.x, SDXL, SD3, FLUX.1 and Wan 2.1 VAEs and TAESD; use ComfyUI's VAE Decode for this one")
 
 
 def _kl_bridge(state: dict) -> Bridge:
@@ -92,6 +95,20 @@ def _kl_bridge(state: dict) -> Bridge:
     with torch.device("meta"):
         model = AutoencoderKL(**config).eval()
     return Bridge(model, lambda sd: convert_ldm_vae_checkpoint(sd, config))
+
+
+def _wan_bridge(network, state: dict) -> Bridge:
+    """ComfyUI's Wan 2.1 VAE (the original checkpoint's layout) as diffusers' AutoencoderKLWan, mapped by
+    diffusers' own converter."""
+    from diffusers import AutoencoderKLWan
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    config = dict(base_dim=network.dim, z_dim=network.z_dim, dim_mult=list(network.dim_mult),
+                  num_res_blocks=network.num_res_blocks, attn_scales=list(network.attn_scales),
+                  temperal_downsample=list(network.temperal_downsample))
+    with torch.device("meta"):
+        model = AutoencoderKLWan(**config).eval()
+    return Bridge(model, convert_wan_vae_to_diffusers)
 
 
 def _taesd_bridge(state: dict) -> Bridge:
@@ -198,8 +215,9 @@ class Decode:
                                   "ComfyUI says is free on the device) or bytes like 2GiB, 768MiB."}),
         }, "optional": {
             "output_file": ("STRING", {"default": "", "tooltip": "For images too large to hold: write the image "
-                                       "band by band to this .png/.tif/.npy/.zarr (relative paths go to ComfyUI's "
-                                       "output folder) and return a preview."}),
+                                       "band by band to this .png/.tif/.npy/.zarr (a video frame by frame to .mp4/"
+                                       ".npy/.zarr; relative paths go to ComfyUI's output folder) and return a "
+                                       "preview (a video's first frame)."}),
         }}
 
     def decode(self, samples, vae, budget="auto", output_file=""):
@@ -208,8 +226,9 @@ class Decode:
             path = _output_path(output_file)
             _run(self.NAME, vae, "decode", latents, budget, out=path)
             return (_preview(path),)
-        images = _run(self.NAME, vae, "decode", latents, budget)  # B,3,H,W image px in [-1, 1]
-        return (vae.process_output(images.to(vae.output_device).float()).movedim(1, -1),)  # B,H,W,3 in [0, 1]
+        images = _run(self.NAME, vae, "decode", latents, budget)  # B,3,H,W (or B,3,F,H,W) image px in [-1, 1]
+        images = vae.process_output(images.to(vae.output_device).float()).movedim(1, -1)  # B,(F,)H,W,3 in [0, 1]
+        return (images.reshape(-1, *images.shape[-3:]),)  # a video's frames one after another, as VAEDecode gives
 
 
 class Encode:
@@ -232,6 +251,8 @@ class Encode:
     def encode(self, pixels, vae, budget="auto"):
         pixels = vae.vae_encode_crop_pixels(pixels[..., :3])  # B,H,W,3 image px, cropped as ComfyUI crops
         images = vae.process_input(pixels.movedim(-1, 1))  # B,3,H,W image px in [-1, 1]
+        if vae.latent_dim == 3 and images.ndim == 4:  # a video VAE: the IMAGE batch is the frames, as VAE.encode
+            images = images.movedim(1, 0).unsqueeze(0) if not vae.not_video else images.unsqueeze(2)  # 1,3,F,H,W
         return ({"samples": _run(self.NAME, vae, "encode", images, budget)},)
 
 
@@ -246,19 +267,28 @@ def _output_path(name: str) -> Path:
 
 
 def _preview(path: Path) -> torch.Tensor:
-    """The written image shrunk by a whole step to at most PREVIEW_PX, read without holding it whole
-    (.npy memory-mapped, .tif and .zarr through zarr, .png by PIL's reducing decoder): 1,H,W,3 in [0, 1]."""
+    """The written image (a video's first frame) shrunk by a whole step to at most PREVIEW_PX, read without
+    holding it whole (.npy memory-mapped, .tif and .zarr through zarr, .png by PIL's reducing decoder,
+    .mp4 by PyAV): 1,H,W,3 in [0, 1]."""
     import numpy as np
 
     suffix = path.suffix.lower()
-    if suffix == ".png":
+    if suffix in (".png", ".mp4"):
         from PIL import Image
 
-        with Image.open(path) as im:
+        if suffix == ".mp4":
+            import av
+
+            with av.open(str(path)) as container:
+                im = next(container.decode(video=0)).to_image()
+        else:
+            im = Image.open(path)
+        with im:
             im.thumbnail((PREVIEW_PX, PREVIEW_PX))
             return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255)[None]
     if suffix == ".npy":
-        image = np.load(path, mmap_mode="r")[0]  # 3,H,W float32 image px in [-1, 1]
+        image = np.load(path, mmap_mode="r")[0]  # 3,H,W (a video: 3,F,H,W) float32 image px in [-1, 1]
+        image = image[:, 0] if image.ndim == 4 else image
         step = -(-max(image.shape[1:]) // PREVIEW_PX)
         small = (np.asarray(image[:3, ::step, ::step]).transpose(1, 2, 0) + 1) / 2  # h,w,3
     else:
@@ -266,8 +296,8 @@ def _preview(path: Path) -> torch.Tensor:
         import zarr
 
         store = tifffile.imread(path, aszarr=True) if suffix in (".tif", ".tiff") else str(path)
-        image = zarr.open_array(store, mode="r")  # H,W,3 (tif) or B,H,W,3 (zarr) uint8 image px
-        first = () if image.ndim == 3 else (0,)  # the first image of a batch, read by strides only
+        image = zarr.open_array(store, mode="r")  # H,W,3 (tif), B,H,W,3 or B,F,H,W,3 (zarr) uint8 image px
+        first = (0,) * (image.ndim - 3)  # the first image (and frame), read by strides only
         step = -(-max(image.shape[-3:-1]) // PREVIEW_PX)
         small = np.asarray(image[(*first, slice(None, None, step), slice(None, None, step), slice(0, 3))],
                            dtype=np.float32) / 255  # h,w,3
