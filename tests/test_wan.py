@@ -285,3 +285,46 @@ def test_a_passed_through_band_does_not_alias_the_read_buffer(wan):
     expected = buffer[:, :4].clone()
     buffer.normal_()  # the next read
     assert torch.equal(band, expected) and torch.equal(tail, expected)
+
+
+# ---- Wan 2.2's residual VAE ---------------------------------------------------------------------------
+
+
+def make_wan22(seed: int = 12):
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(base_dim=8, decoder_base_dim=8, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                           is_residual=True, patch_size=2, in_channels=12, out_channels=12,
+                           scale_factor_spatial=16).eval()
+    with torch.no_grad():
+        for module in vae.modules():
+            if hasattr(module, "gamma"):
+                module.gamma.normal_(1.0, 0.2)
+    return vae
+
+
+@pytest.fixture(scope="module")
+def wan22():
+    return make_wan22()
+
+
+def test_wan22_residual_vae_is_exact_at_every_budget(wan22):
+    z = torch.randn(1, 4, 3, 5, 3, generator=torch.Generator().manual_seed(13))  # odd latent px
+    x = torch.rand(1, 3, 11, 80, 48, generator=torch.Generator().manual_seed(14)) * 2 - 1
+    with torch.no_grad():
+        for op, inp, ref in (("decode", z, wan22.decode(z).sample), ("encode", x, wan22.encode(x).latent_dist.mode())):
+            for name, budget in budgets(wan22, tuple(inp.shape), op).items():
+                report = vaekit.RunReport()
+                out = (vaekit.decode if op == "decode" else vaekit.encode)(wan22, inp, budget, report=report)
+                assert report.mode == ("whole" if name == "whole" else "stream"), (op, name)
+                assert out.shape == ref.shape and relative_error(out, ref) <= REL_TOL, (op, name)
+
+
+def test_wan22_patch_order_matters(wan22, monkeypatch):
+    """torch's (c, row, column) order instead of Wan 2.2's (c, column, row): far off, so the test above can fail."""
+    from vaekit.arch import wan as wan_arch
+
+    z = torch.randn(1, 4, 2, 5, 3, generator=torch.Generator().manual_seed(15))
+    monkeypatch.setattr(wan_arch, "PATCH_ORDER", "channel")
+    with torch.no_grad():
+        out = vaekit.decode(wan22, z, budgets(wan22, tuple(z.shape))["smallest"])
+        assert relative_error(out, wan22.decode(z).sample) > 1e-2

@@ -29,9 +29,10 @@ ACTIVATIONS = (
 )
 
 
-#: how a pixel (un)shuffle orders the f*f*C channels of its coarse side: "channel" is torch's
-#: (c, r1, r2), channel-major; "offset" is (r1, r2, c), offset-major (HunyuanImage's resamplers)
-SHUFFLE_ORDERS = ("channel", "offset")
+#: how a pixel (un)shuffle orders the f*f*C channels of its coarse side (r1: row offset, r2: column
+#: offset): "channel" is torch's (c, r1, r2); "offset" is (r1, r2, c) (HunyuanImage's resamplers);
+#: "transposed" is (c, r2, r1) (Wan 2.2's patchify)
+SHUFFLE_ORDERS = ("channel", "offset", "transposed")
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,6 +88,10 @@ class Shortcut:
 
     The skip map is read at the rows matching the output rows: ``unshuffle`` times as many when it is
     at a finer resolution (DC-AE down blocks), 1/``shuffle`` as many when coarser (DC-AE up blocks).
+    In a video, ``time_unshuffle`` first folds groups of that many frames into the channels (zero
+    frames padded in front of each sample's chunk to a whole group: Wan 2.2's AvgDown3D), and
+    ``time_shuffle`` unfolds channels into frames before the pixel shuffle (its DupUp3D; a first
+    chunk keeps each group's last frame only, as diffusers drops the others).
     """
 
     conv: nn.Conv2d | None = None  # 1x1
@@ -95,6 +100,8 @@ class Shortcut:
     mean: int = 1  # average of groups of this many channels
     shuffle: int = 1  # pixel_shuffle factor, last
     order: str = "channel"  # channel order of the (un)shuffled map: see SHUFFLE_ORDERS
+    time_unshuffle: int = 1  # frames folded into channels, before everything
+    time_shuffle: int = 1  # channels unfolded into frames, before the pixel shuffle
 
     @classmethod
     def of(cls, conv: nn.Conv2d | None) -> Shortcut | None:
@@ -301,6 +308,7 @@ class CausalConvStage(_SameSize):
     time_stride: int = 1
     first: str | None = None
     post: str | None = None
+    skip2: str | None = None  # a second residual, added as it is (Wan 2.2's identity block shortcut)
     stats_groups: None = None
 
     @property
@@ -317,7 +325,7 @@ class CausalConvStage(_SameSize):
 
     @property
     def reads(self) -> tuple[str, ...]:
-        return tuple(n for n in (self.src, self.cache, self.skip) if n is not None)
+        return tuple(n for n in (self.src, self.cache, self.skip, self.skip2) if n is not None)
 
     def out_frames(self, frames: int, first: bool = False) -> int:
         if first and self.first is not None:
@@ -327,7 +335,11 @@ class CausalConvStage(_SameSize):
         return frames * self.time_split
 
     def rows_read(self, name: str, r0: int, r1: int, src_hw: tuple[int, int]) -> tuple[int, int]:
-        return (r0, r1) if name == self.skip else super().rows_read(name, r0, r1, src_hw)
+        if name == self.skip2 or (name == self.skip and self.shortcut is None):
+            return r0, r1
+        if name == self.skip:
+            return self.shortcut.skip_rows(r0, r1)
+        return super().rows_read(name, r0, r1, src_hw)
 
 
 Stage = ConvStage | KeyValueStage | AttentionStage | GLUStage | LinearKVStage | LinearQueryStage | CausalConvStage

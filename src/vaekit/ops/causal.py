@@ -48,10 +48,18 @@ def causal_conv_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int
     out = F.conv3d(x5, weight, w["conv"].get("bias"), stride=(stage.time_stride, 1, 1))  # (B, split*C_out, F', W, rows)
     split = stage.time_split  # split frames side by side in the channels (Wan's temporal upsampler)
     out = out.unflatten(1, (split, -1)).permute(0, 3, 1, 5, 4, 2).flatten(0, 2)  # (B*F'*split, rows, W, C_out)
+    return activate(_residuals(stage, w, read, r0, r1, out, n), stage.post, inplace=True), tail
+
+
+def _residuals(stage: CausalConvStage, w: dict, read, r0: int, r1: int, out: torch.Tensor, samples: int):
+    """out + shortcut(skip) + skip2, for NHWC bands of frames."""
     if stage.skip is not None:
-        skip = read(stage.skip, r0, r1).permute(0, 3, 1, 2)  # (B*F, C_skip, rows, W)
-        out = out + apply_shortcut(skip, stage.shortcut, w.get("shortcut")).permute(0, 2, 3, 1)
-    return activate(out, stage.post, inplace=True), tail
+        s0, s1 = stage.shortcut.skip_rows(r0, r1) if stage.shortcut else (r0, r1)
+        skip = read(stage.skip, s0, s1).permute(0, 3, 1, 2)  # (B*F, C_skip, skip rows, W_skip)
+        out = out + apply_shortcut(skip, stage.shortcut, w.get("shortcut"), out.shape[0], samples).permute(0, 2, 3, 1)
+    if stage.skip2 is not None:
+        out = out + read(stage.skip2, r0, r1)
+    return out
 
 
 def _zero_border(x5: torch.Tensor, halo: int, top: int, bottom: int) -> None:
@@ -71,7 +79,6 @@ def causal_first_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: in
     resamplers skip their time conv there); with "pass_keep" the cache takes the input's last frames."""
     x = read(stage.src, r0, r1).clone()  # (B*F, rows, W, C); a copy: a read may be a buffer the next read reuses,
     # while the write of this band to a disk map is still in flight
-    if stage.first != "pass_keep":
-        return x, None
     n = read(stage.cache, r0, r0 + 1).shape[0] // stage.cache_frames  # samples
-    return x, x.unflatten(0, (n, -1))[:, -stage.cache_frames :].flatten(0, 1)  # (B*T, rows, W, C)
+    tail = x.unflatten(0, (n, -1))[:, -stage.cache_frames :].flatten(0, 1) if stage.first == "pass_keep" else None
+    return _residuals(stage, w, read, r0, r1, x, n), tail  # tail: (B*T, rows, W, C)

@@ -46,16 +46,24 @@ def conv_band(stage: ConvStage, w: dict, read, stats: dict, r0: int, r1: int, sr
     if stage.skip is not None:
         s0, s1 = stage.shortcut.skip_rows(r0, r1) if stage.shortcut else (r0, r1)
         skip = read(stage.skip, s0, s1).permute(0, 3, 1, 2)  # (B, C_skip, skip rows, W_skip)
-        out = out.add_(apply_shortcut(skip, stage.shortcut, w.get("shortcut")))
+        out = out.add_(apply_shortcut(skip, stage.shortcut, w.get("shortcut"), out.shape[0]))
     if stage.out_scale != 1.0:
         out.div_(stage.out_scale)
     return activate(out, stage.post, inplace=True).permute(0, 2, 3, 1)  # (B, rows, W, C_out)
 
 
-def apply_shortcut(skip: torch.Tensor, shortcut: Shortcut | None, weights: dict | None) -> torch.Tensor:
-    """shuffle(mean(repeat(conv(unshuffle(skip))))) of an NCHW band, each step only where asked."""
+def apply_shortcut(skip: torch.Tensor, shortcut: Shortcut | None, weights: dict | None, out_n: int | None = None,
+                   samples: int | None = None) -> torch.Tensor:
+    """shuffle(mean(repeat(conv(unshuffle(skip))))) of an NCHW band, each step only where asked. In a
+    video, frames are in the batch dimension: ``out_n`` is the output band's (a time shuffle on a first
+    chunk keeps each group's last frame), ``samples`` the videos in it (a time unshuffle pads each)."""
     if shortcut is None:
         return skip
+    if shortcut.time_unshuffle != 1:  # (B*T, C, ...) -> (B*T/f, C*f, ...), zero frames in front to whole groups
+        f = shortcut.time_unshuffle
+        video = skip.unflatten(0, (samples, -1))  # (B, T, C, rows, W)
+        video = torch.nn.functional.pad(video, (0, 0, 0, 0, 0, 0, (-video.shape[1]) % f, 0))
+        skip = video.unflatten(1, (-1, f)).transpose(2, 3).flatten(2, 3).flatten(0, 1)  # (B*T', C*f, rows, W)
     if shortcut.unshuffle != 1:
         skip = pixel_unshuffle(skip, shortcut.unshuffle, shortcut.order)  # (B, C * u^2, rows / u, W / u)
     if shortcut.conv is not None:
@@ -64,6 +72,12 @@ def apply_shortcut(skip: torch.Tensor, shortcut: Shortcut | None, weights: dict 
         skip = skip.repeat_interleave(shortcut.repeat, dim=1)  # (B, C * r, rows, W)
     if shortcut.mean != 1:
         skip = skip.unflatten(1, (-1, shortcut.mean)).mean(dim=2)  # (B, C / m, rows, W)
+    if shortcut.time_shuffle != 1:  # (N, C*f, ...) -> (N*f, C, ...): channels (c, t, rest) into frames
+        f, rest = shortcut.time_shuffle, shortcut.shuffle**2
+        n = skip.shape[0]
+        skip = skip.unflatten(1, (-1, f, rest)).transpose(1, 2).flatten(2, 3).flatten(0, 1)  # (N*f, C*rest, ...)
+        if out_n is not None and out_n != n * f:  # a first chunk: each group's last frame only
+            skip = skip.unflatten(0, (n, f))[:, f - out_n // n :].flatten(0, 1)
     if shortcut.shuffle != 1:
         skip = pixel_shuffle(skip, shortcut.shuffle, shortcut.order)  # (B, C / s^2, rows * s, W * s)
     return skip
@@ -73,6 +87,8 @@ def pixel_shuffle(x: torch.Tensor, f: int, order: str = "channel") -> torch.Tens
     """(B, f*f*C, H, W) -> (B, C, f*H, f*W), the coarse channels in ``order`` (program.SHUFFLE_ORDERS)."""
     if order == "offset":  # (r1, r2, c) -> torch's (c, r1, r2)
         x = x.unflatten(1, (f * f, -1)).transpose(1, 2).flatten(1, 2)
+    elif order == "transposed":  # (c, r2, r1) -> (c, r1, r2)
+        x = x.unflatten(1, (-1, f, f)).transpose(2, 3).flatten(1, 3)
     return F.pixel_shuffle(x, f)
 
 
@@ -81,4 +97,6 @@ def pixel_unshuffle(x: torch.Tensor, f: int, order: str = "channel") -> torch.Te
     x = F.pixel_unshuffle(x, f)
     if order == "offset":  # torch's (c, r1, r2) -> (r1, r2, c)
         x = x.unflatten(1, (-1, f * f)).transpose(1, 2).flatten(1, 2)
+    elif order == "transposed":  # (c, r1, r2) -> (c, r2, r1)
+        x = x.unflatten(1, (-1, f, f)).transpose(2, 3).flatten(1, 3)
     return x
