@@ -328,3 +328,35 @@ def test_wan22_patch_order_matters(wan22, monkeypatch):
     with torch.no_grad():
         out = vaekit.decode(wan22, z, budgets(wan22, tuple(z.shape))["smallest"])
         assert relative_error(out, wan22.decode(z).sample) > 1e-2
+
+
+def test_wan22_ti2v_image_to_video_pipeline_is_the_same_under_apply():
+    """Wan 2.2 TI2V 5B's pipeline: the residual VAE encodes the image and decodes the video."""
+    from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+    from PIL import Image
+
+    from conftest import with_and_without_apply
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True, patch_size=2,
+                           latents_mean=[0.0] * 48, latents_std=[1.0] * 48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           scale_factor_spatial=16, scale_factor_temporal=4).eval()
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                        in_channels=48, out_channels=48, text_dim=32, freq_dim=256, ffn_dim=32,
+                                        num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                        rope_max_seq_len=32).eval()
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, transformer=transformer, vae=vae,
+                                   scheduler=scheduler, transformer_2=None, image_encoder=None, image_processor=None,
+                                   boundary_ratio=None, expand_timesteps=True)
+    pipe.set_progress_bar_config(disable=True)
+    emb, neg = torch.randn(2, 1, 6, 32, generator=torch.Generator().manual_seed(16))
+
+    def call():
+        return pipe(image=Image.new("RGB", (64, 32), (90, 140, 200)), prompt_embeds=emb, negative_prompt_embeds=neg,
+                    height=32, width=64, num_frames=9, num_inference_steps=2, guidance_scale=3.0, output_type="pt",
+                    generator=torch.Generator().manual_seed(0)).frames
+
+    ref, out = with_and_without_apply(pipe, call, "1MiB")
+    assert out.shape == ref.shape == (1, 9, 3, 32, 64) and relative_error(out, ref) <= REL_TOL
