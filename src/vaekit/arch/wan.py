@@ -118,8 +118,7 @@ def _decoder(vae) -> Program:
         for j, resnet in enumerate(block.resnets):
             x = _resnet(b, f"up.{i}.resnets.{j}", x, resnet, keep_input=dup is not None and j == 0)
         shortcut = None if dup is None else Shortcut(repeat=dup.repeats, time_shuffle=dup.factor_t, shuffle=dup.factor_s)
-        for resample in block.upsamplers if hasattr(block, "upsamplers") and block.upsamplers else (
-                [block.upsampler] if getattr(block, "upsampler", None) is not None else []):
+        for resample in _upsamplers(block):
             x = _upsample(b, f"up.{i}.upsample", x, resample, skip=block_in if dup else None, shortcut=shortcut)
     post = None if patch else "clamp"
     x = b.causal("conv_out", x, _causal(dec.conv_out), norm=dec.norm_out, act="silu", post=post)
@@ -128,6 +127,13 @@ def _decoder(vae) -> Program:
         x = b.add(ConvStage("unpatchify", x, b.new_map(channels // patch**2), _identity(channels), shuffle=patch,
                             order=PATCH_ORDER, post="clamp"))
     return b.build(output=x)
+
+
+def _upsamplers(block: nn.Module) -> list[nn.Module]:
+    """WanUpBlock keeps its upsampler in a list (or none), WanResidualUpBlock on its own (or None)."""
+    if getattr(block, "upsamplers", None):
+        return list(block.upsamplers)
+    return [block.upsampler] if getattr(block, "upsampler", None) is not None else []
 
 
 def _mid(b: ProgramBuilder, x: str, mid: nn.Module) -> str:
