@@ -99,9 +99,12 @@ def local_norm(band: torch.Tensor, norm, weights: dict) -> torch.Tensor:
 def l2_norm(band: torch.Tensor, weights: dict) -> torch.Tensor:
     """Wan's RMS norm of an NHWC band, as diffusers computes it: F.normalize over channels (in float32
     for half types), times sqrt(C), times gamma, plus bias."""
-    x = band.float() if band.dtype in (torch.float16, torch.bfloat16) else band
-    out = torch.nn.functional.normalize(x, dim=-1).to(band.dtype) * band.shape[-1] ** 0.5
-    out = out * weights["gamma"].flatten()
+    if band.dtype in (torch.float16, torch.bfloat16):  # as diffusers: normalized in float32, then rounded
+        out = torch.nn.functional.normalize(band.float(), dim=-1).to(band.dtype) * band.shape[-1] ** 0.5
+        out = out * weights["gamma"].flatten()
+    else:  # one product and one in-place division: x * (sqrt(C) gamma) / max(|x|, eps), the same to rounding
+        norm = torch.linalg.vector_norm(band, dim=-1, keepdim=True).clamp_min_(1e-12)  # F.normalize's eps
+        out = (band * (weights["gamma"].flatten() * band.shape[-1] ** 0.5)).div_(norm)
     return out + weights["bias"].flatten() if "bias" in weights else out
 
 
