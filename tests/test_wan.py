@@ -360,3 +360,19 @@ def test_wan22_ti2v_image_to_video_pipeline_is_the_same_under_apply():
 
     ref, out = with_and_without_apply(pipe, call, "1MiB")
     assert out.shape == ref.shape == (1, 9, 3, 32, 64) and relative_error(out, ref) <= REL_TOL
+
+
+def test_progress_counts_every_chunk(wan, capsys):
+    from vaekit.progress import STEPS
+
+    z = torch.randn(1, 4, 3, 7, 5, generator=torch.Generator().manual_seed(17))
+    low = budgets(wan, tuple(z.shape))["smallest"]
+    seen = []
+    with torch.no_grad():
+        vaekit.decode(wan, z, low, progress=lambda stage, done, total: seen.append((stage, done, total)))
+        stages = len(program_for(wan, "decode").stages)
+        assert sorted({s for s, _, _ in seen}) == list(range(3 * stages))  # three chunks, every stage of each
+        assert seen[-1][0] == 3 * stages - 1 and seen[-1][1] == seen[-1][2]
+        vaekit.decode(wan, z, low, progress=True)  # stderr is not a terminal: a line per tenth of the whole video
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vaekit decode")]
+    assert 1 <= len(lines) <= STEPS and lines[-1].startswith("vaekit decode: 100%")

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import math
 import os
+import types
 from pathlib import Path
 
 import torch
@@ -160,7 +161,7 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
         if compile:
             raise UnsupportedModelError(f"compile=True does not take a {type(vae).__name__} yet: call without it")
         return _run_video(vae, program, op, x, budget, device=device, report=report, scratch_dir=scratch_dir,
-                          stream=stream, strict=strict, out=out, **(video or {}))
+                          stream=stream, strict=strict, out=out, progress=progress, **(video or {}))
     what = "latents" if op == "decode" else "images"
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
@@ -222,10 +223,11 @@ def _video(vae) -> bool:
 
 
 def _run_video(vae, program: Program, op: str, x, budget, *, device, report, scratch_dir, stream, strict, out=None,
-               fps: int | None = None, crf: int | None = None):
+               progress=None, fps: int | None = None, crf: int | None = None):
     """A video model: (B, C, F, H, W) in chunks of frames along time (run.run_video), each chunk streamed
     in rows; or the model's own call when the plan of a chunk fits whole. ``out``: a .npy/.zarr/.mp4
-    file the frames go to as they are made (the video is never held)."""
+    file the frames go to as they are made (the video is never held). ``progress`` counts the stages of
+    every chunk in turn: a callable gets (chunk * stages + stage, rows_done, rows_total)."""
     from .run import run_video
     from .sinks import MP4_CRF, MP4_FPS, open_video_sink
 
@@ -262,7 +264,10 @@ def _run_video(vae, program: Program, op: str, x, budget, *, device, report, scr
                     else:
                         result[:, :, f0 : f0 + y.shape[2]] = y
 
-                run_video(program, (first, rest), inp, chunks, emit, scratch_dir=scratch_dir, report=report)
+                every = types.SimpleNamespace(op=op, stages=first.stages + rest.stages * (len(chunks) - 1))
+                with progress_callback(progress, every) as callback:
+                    run_video(program, (first, rest), inp, chunks, emit, scratch_dir=scratch_dir, report=report,
+                              progress=callback)
         if sink is not None:
             result = sink.close()
     except BaseException:

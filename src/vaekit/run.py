@@ -282,12 +282,13 @@ def _bias(linear: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def run_video(program: Program, plans: tuple[Plan, Plan], x: torch.Tensor, chunks: list[int], emit, *,
-              scratch_dir=None, report: RunReport | None = None) -> None:
+              scratch_dir=None, report: RunReport | None = None, progress=None) -> None:
     """Run a video program chunk by chunk along time: ``x`` (B, C, F, H, W) in chunks of ``chunks``
     frames, the first by ``plans[0]``, the rest by ``plans[1]``; ``emit(f0, frames)`` takes each chunk's
     output frames (B, C_out, F', H', W') as they are made. The causal convs' time caches are maps of one
     store for the whole video, zeros before the first chunk, on the tiers the plan gave them: memory is
-    bounded by the chunk, not by the number of frames."""
+    bounded by the chunk, not by the number of frames. ``progress(stage, rows_done, rows_total)`` counts
+    the stages of every chunk in turn."""
     report = report if report is not None else RunReport()
     with Store(x.device, scratch_dir) as store:
         shapes, tiers = {m.name: m.shape for m in plans[1].maps}, plans[1].tiers
@@ -297,8 +298,12 @@ def run_video(program: Program, plans: tuple[Plan, Plan], x: torch.Tensor, chunk
         t0 = o0 = 0
         for k, frames in enumerate(chunks):
             first = k == 0
+            def told(i: int, done: int, total: int, k: int = k) -> None:  # this chunk's stage i, counted over all
+                progress(k * len(program.stages) + i, done, total)
+
             y = execute(program, plans[0] if first else plans[1], x[:, :, t0 : t0 + frames], store=store, first=first,
-                        scratch_dir=scratch_dir, report=report)  # (B*F', C_out, H', W')
+                        scratch_dir=scratch_dir, report=report,
+                        progress=None if progress is None else told)  # (B*F', C_out, H', W')
             y = y.unflatten(0, (x.shape[0], -1)).transpose(1, 2)  # (B, C_out, F', H', W')
             emit(o0, y)
             for stage in program.stages:  # the tails written this chunk become the caches of the next

@@ -149,6 +149,7 @@ def _run(node: str, vae, op: str, x: torch.Tensor, budget: str, out: Path | None
 
     import vaekit
 
+    from ..arch import family
     from ..errors import VaekitError
     from ..units import parse_bytes
 
@@ -164,7 +165,9 @@ def _run(node: str, vae, op: str, x: torch.Tensor, budget: str, out: Path | None
             x = (x - the_bridge.shift) * the_bridge.scale  # TAESD: as ComfyUI's own decode scales (else 0, 1)
         x = x.to(vae.vae_dtype)
         with _Bound(the_bridge, vae) as model:
-            progress = _progress_bar(vaekit.plan(model, tuple(x.shape), limit, op, device=vae.device, out=out))
+            plan = vaekit.plan(model, tuple(x.shape), limit, op, device=vae.device, out=out)
+            chunks = len(family(model).chunk_frames(model, op, x.shape[2])) if x.dim() == 5 else 1
+            progress = _progress_bar(plan, chunks)
             if op == "decode":
                 return vaekit.decode(model, x, limit, device=vae.device, progress=progress, out=out)
             latents = vaekit.encode(model, x, limit, device=vae.device, progress=progress)
@@ -175,13 +178,14 @@ def _run(node: str, vae, op: str, x: torch.Tensor, budget: str, out: Path | None
         mm.soft_empty_cache()
 
 
-def _progress_bar(plan):
+def _progress_bar(plan, chunks: int = 1):
     """vaekit's progress(stage, rows_done, rows_total) on ComfyUI's bar, moved at most once per percent (each
-    move is a message to the browser); a cancel in the UI stops the run between bands."""
+    move is a message to the browser); a cancel in the UI stops the run between bands. A video's
+    ``chunks`` of frames run the plan's stages each in turn."""
     import comfy.model_management as mm
     import comfy.utils
 
-    heights = [s.height for s in plan.stages]
+    heights = [s.height for s in plan.stages] * chunks
     before = [sum(heights[:i]) for i in range(len(heights))]
     total = max(sum(heights), 1)
     bar, shown = comfy.utils.ProgressBar(total), [-1]
