@@ -376,3 +376,16 @@ def test_progress_counts_every_chunk(wan, capsys):
         vaekit.decode(wan, z, low, progress=True)  # stderr is not a terminal: a line per tenth of the whole video
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vaekit decode")]
     assert 1 <= len(lines) <= STEPS and lines[-1].startswith("vaekit decode: 100%")
+
+
+def test_cli_plans_a_video_from_its_config(wan, tmp_path, capsys):
+    from vaekit.cli import main
+
+    wan.save_pretrained(tmp_path / "vae")
+    assert main(["plan", "--model", str(tmp_path / "vae"), "--size", "416x240", "--frames", "81", "--budget",
+                 "64MiB"]) == 0
+    out = capsys.readouterr().out
+    assert "decode 1x4x21x30x52 -> 1x3x81x240x416" in out and "mode stream" in out
+    assert main(["plan", "--model", str(tmp_path / "vae"), "--size", "416x240", "--frames", "9", "--op", "encode",
+                 "--budget", "64MiB"]) == 0
+    assert "encode 1x3x9x240x416 -> 1x8x3x30x52" in capsys.readouterr().out

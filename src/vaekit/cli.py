@@ -4,7 +4,7 @@
                                    (5-D video latents: OUT .mp4/.npy/.zarr [--fps 16] [--crf 18])
     vaekit encode IMAGE OUT.safetensors [--model MODEL] [--budget 2GiB] [--sample --seed 0]
     vaekit roundtrip IMAGE OUT.png [--model MODEL] [--budget 2GiB]      (prints the PSNR)
-    vaekit plan --model MODEL --size 4096x4096 [--budget 4GiB] [--op encode]
+    vaekit plan --model MODEL --size 4096x4096 [--budget 4GiB] [--op encode] [--frames 81]
     vaekit doctor
     vaekit comfyui install COMFYUI_DIR [--copy]                         (the ComfyUI nodes)
 
@@ -172,17 +172,22 @@ def _doctor(args) -> int:
 
 def _plan(args) -> int:
     from . import api
-    from .arch import latent_channels, scale_factor
+    from .arch import program_for, scale_factor
 
     vae = _model(args, meta_ok=True)
     width, height = _size(args.size)
+    video = api._video(vae)  # a video model plans (batch, channels, frames, height, width)
+    frames = () if not video else (args.frames,)
     if args.op == "encode":
-        shape = (args.batch, 3, height, width)
+        shape = (args.batch, program_for(vae, "encode").maps["input"].channels, *frames, height, width)
     else:
         factor = scale_factor(vae)
         if width % factor or height % factor:
             raise InputError(f"size {width}x{height} is not a multiple of the VAE's {factor}x scale")
-        shape = (args.batch, latent_channels(vae), height // factor, width // factor)
+        if video:  # latent frames: the first, then one per scale_factor_temporal frames
+            frames = (1 + (args.frames - 1) // getattr(vae.config, "scale_factor_temporal", 4),)
+        channels = program_for(vae, "decode").maps["input"].channels
+        shape = (args.batch, channels, *frames, height // factor, width // factor)
     dtype = DTYPES[args.dtype] if args.dtype else torch.float32
     budget = args.budget
     if budget is None and args.device != "cpu":
@@ -246,6 +251,7 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--size", required=True, help="image size WIDTHxHEIGHT, e.g. 4096x4096")
     pl.add_argument("--budget", help="e.g. 4GiB (default: this machine's free memory)")
     pl.add_argument("--batch", type=int, default=1)
+    pl.add_argument("--frames", type=int, default=1, help="a video model's frames (Wan: 1 + 4k), default 1")
     pl.add_argument("--device", default="cpu", help="device to plan for (cpu, cuda): sets the store tiers")
     pl.add_argument("--dtype", choices=sorted(DTYPES), help="dtype to plan for (default: float32)")
     pl.add_argument("--host-budget", help="CUDA: host RAM for maps kept off the GPU, the rest on disk "
