@@ -25,6 +25,8 @@ CASES = {
     "sd-encode": ("sd", "encode", (1, 3, 83, 121), "smallest", None),
     "dc-decode": ("dc", "decode", (1, 8, 17, 23), "smallest", None),
     "dc-encode": ("dc", "encode", (2, 3, 36, 52), "smallest", None),
+    "wan-decode": ("wan", "decode", (1, 4, 3, 13, 9), "smallest", None),  # frames and their time caches
+    "wan-encode": ("wan", "encode", (1, 3, 9, 48, 40), "smallest", None),
 }
 
 
@@ -34,13 +36,17 @@ def inputs(op: str, shape) -> torch.Tensor:
 
 
 def model(name: str):
+    if name == "wan":
+        from test_wan import make
+
+        return make()
     return make_vae("sd") if name == "sd" else make_dc("sana")
 
 
 def main(out: Path) -> None:
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
-    models = {"sd": model("sd"), "dc": model("dc")}
+    models = {"sd": model("sd"), "dc": model("dc"), "wan": model("wan")}
     for case, (name, op, shape, budget_name, suffix) in CASES.items():
         vae, x = models[name], inputs(op, shape)
         budget = budgets_for(vae, shape, op)[budget_name]

@@ -49,21 +49,21 @@ def plan(vae, shape, budget=None, op: str = "decode", *, device=None, dtype=None
 
 
 def _video_plans(program: Program, vae, shape, budget, op: str, device: torch.device, dtype=None, *,
-                 sink: bool = False, host_budget=None, stream: bool = False) -> tuple[Plan, Plan]:
+                 sink: bool = False, host_budget=None, stream: bool = False, share: dict | None = None
+                 ) -> tuple[Plan, Plan]:
     """Plans of a video's first chunk and of the others, these with the whole video's shapes. Running
     whole means the model's own chunked call, which also holds the video it concatenates frame by frame
     (twice, at the last concatenation): whole only if that fits too."""
     shape = _check_shape(program, vae, shape, op)
     chunks = family(vae).chunk_frames(vae, op, shape[2])
-    kw = dict(sink=sink, host_budget=host_budget)
-    first = _plan(program, vae, (*shape[:2], chunks[0], *shape[3:]), budget, op, device, dtype, force_stream=True,
-                  first=True, **kw)
-    rest = _plan(program, vae, (*shape[:2], max(chunks), *shape[3:]), budget, op, device, dtype, force_stream=True, **kw)
+    limit = parse_bytes(budget) if budget is not None else (free_memory(device) if device.type != "meta" else None)
+    kw = dict(sink=sink, host_budget=host_budget, share=share, force_stream=limit is not None)  # no limit: whole
+    first = _plan(program, vae, (*shape[:2], chunks[0], *shape[3:]), budget, op, device, dtype, first=True, **kw)
+    rest = _plan(program, vae, (*shape[:2], max(chunks), *shape[3:]), budget, op, device, dtype, **kw)
     frames = first.out_shape[2] + (len(chunks) - 1) * rest.out_shape[2]
     out_shape = (*rest.out_shape[:2], frames, *rest.out_shape[3:])  # (B, C, F, H, W)
     itemsize = torch.empty((), dtype=dtype or _model_dtype(vae)).element_size()
     whole = rest.whole_peak_bytes + 2 * math.prod(out_shape) * itemsize
-    limit = parse_bytes(budget) if budget is not None else (free_memory(device) if device.type != "meta" else None)
     mode = "stream" if stream or sink or (limit is not None and whole > limit) else "whole"
     video = dict(in_shape=shape, out_shape=out_shape, whole_peak_bytes=whole)
     if mode == "whole":
@@ -155,13 +155,10 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
     program = program_for(vae, op)
     check_state(vae)
     if _video(vae):
-        if dist and _world()[1] > 1:
-            raise UnsupportedModelError(f"patch parallel (dist=True) does not take a {type(vae).__name__} yet: run "
-                                        "one process per video")
         if compile:
             raise UnsupportedModelError(f"compile=True does not take a {type(vae).__name__} yet: call without it")
         return _run_video(vae, program, op, x, budget, device=device, report=report, scratch_dir=scratch_dir,
-                          stream=stream, strict=strict, out=out, progress=progress, **(video or {}))
+                          stream=stream, strict=strict, out=out, progress=progress, dist=dist, **(video or {}))
     what = "latents" if op == "decode" else "images"
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
@@ -223,7 +220,7 @@ def _video(vae) -> bool:
 
 
 def _run_video(vae, program: Program, op: str, x, budget, *, device, report, scratch_dir, stream, strict, out=None,
-               progress=None, fps: int | None = None, crf: int | None = None):
+               progress=None, dist: bool = False, fps: int | None = None, crf: int | None = None):
     """A video model: (B, C, F, H, W) in chunks of frames along time (run.run_video), each chunk streamed
     in rows; or the model's own call when the plan of a chunk fits whole. ``out``: a .npy/.zarr/.mp4
     file the frames go to as they are made (the video is never held). ``progress`` counts the stages of
@@ -238,13 +235,22 @@ def _run_video(vae, program: Program, op: str, x, budget, *, device, report, scr
         raise InputError("out= takes a decoded video; encode returns the latents")
     shape = _check_shape(program, vae, tuple(x.shape), op)
     _check_values(x, op, image_range=strict)
-    compute = _device(vae, device)
+    rank, ranks = _world() if dist else (0, 1)
+    if ranks > 1 and out is not None:
+        raise InputError("under torchrun a video decodes to a tensor on every rank: write the file from rank 0")
+    compute = _device(vae, _rank_device(device) if ranks > 1 else device)
     check_dtype(_model_dtype(vae), compute)
     report = report if report is not None else RunReport()
     chunks = family(vae).chunk_frames(vae, op, shape[2])
     elsewhere = not _same_device(next(vae.parameters()).device, compute)
     first, rest = _video_plans(program, vae, shape, budget, op, compute, sink=out is not None,
-                               stream=stream or elsewhere)
+                               stream=stream or elsewhere or ranks > 1)
+    peers = None
+    if ranks > 1:  # each rank computes and holds its rows of every map and time cache, chunk after chunk
+        peers = _peers(program, rest, rank, ranks, compute, False, None)
+        first, rest = _video_plans(program, vae, shape, budget, op, compute, stream=True, share=peers.plan_rows())
+        lo, hi = peers.layout.slabs[program.input][rank]
+        x = x[..., lo:hi, :]  # this rank's input rows  (B, C, F, rows, W)
     out_shape = rest.out_shape
     sink = None if out is None else open_video_sink(out, out_shape, fps or MP4_FPS, crf or MP4_CRF)
     inp = x.to(device=compute, dtype=_model_dtype(vae))
@@ -267,7 +273,7 @@ def _run_video(vae, program: Program, op: str, x, budget, *, device, report, scr
                 every = types.SimpleNamespace(op=op, stages=first.stages + rest.stages * (len(chunks) - 1))
                 with progress_callback(progress, every) as callback:
                     run_video(program, (first, rest), inp, chunks, emit, scratch_dir=scratch_dir, report=report,
-                              progress=callback)
+                              progress=callback if rank == 0 or callable(progress) else None, peers=peers)
         if sink is not None:
             result = sink.close()
     except BaseException:

@@ -94,8 +94,13 @@ def layout(program: Program, shapes: dict, ranks: int, compiled: bool = False, o
                 continue
             if stage.dst is not None:
                 spans[stage.dst][k].append((lo, hi))
+            if getattr(stage, "cache_out", None) is not None:  # a video's next time cache: written at these rows
+                spans[stage.cache_out][k].append((lo, hi))
             for name in stage.reads:
                 spans[name][k].append(stage.rows_read(name, lo, hi, src_hw))
+    for cache, cache_out in program.caches:  # they swap after each chunk: one slab for both
+        for k in range(ranks):
+            spans[cache][k] = spans[cache_out][k] = spans[cache][k] + spans[cache_out][k]
     slabs = {name: tuple(_hull(s) for s in per_rank) for name, per_rank in spans.items()}
     return Layout(ranks, tuple(parts), slabs)
 

@@ -74,6 +74,7 @@ class _Run:
                  compiled: bool = False, sink=None, peers=None, first: bool = False):
         self.program, self.store, self.report, self.sink, self.peers = program, store, report, sink, peers
         self.kernels = {**_KERNELS, ConvStage: compiled_conv_band} if compiled else dict(_KERNELS)
+        self.first = first
         if first:  # a video's first chunk: resamplers that say so pass it through (program.CausalConvStage)
             self.kernels[CausalConvStage] = _first_chunk
         self.compiled = compiled
@@ -120,7 +121,11 @@ class _Run:
     def share(self, i: int, stage) -> None:
         """Distributed: send this rank's new rows of the stage's map to the ranks holding them, and
         take theirs, in one dtype (float32 on every rank once one rank had to upcast)."""
-        if self.peers is None or stage.dst is None or stage.dst == self.program.output:
+        if self.peers is None:
+            return
+        if getattr(stage, "cache_out", None) is not None and not (self.first and stage.first == "pass"):
+            self.peers.exchange(self.store, i, stage.cache_out)  # a video's next time cache: its halo rows
+        if stage.dst is None or stage.dst == self.program.output:
             return
         if self.peers.widest(self.store.maps[stage.dst].dtype) != self.store.maps[stage.dst].dtype:
             self.store.retype(stage.dst, torch.float32)
@@ -282,7 +287,7 @@ def _bias(linear: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def run_video(program: Program, plans: tuple[Plan, Plan], x: torch.Tensor, chunks: list[int], emit, *,
-              scratch_dir=None, report: RunReport | None = None, progress=None) -> None:
+              scratch_dir=None, report: RunReport | None = None, progress=None, peers=None) -> None:
     """Run a video program chunk by chunk along time: ``x`` (B, C, F, H, W) in chunks of ``chunks``
     frames, the first by ``plans[0]``, the rest by ``plans[1]``; ``emit(f0, frames)`` takes each chunk's
     output frames (B, C_out, F', H', W') as they are made. The causal convs' time caches are maps of one
@@ -293,7 +298,9 @@ def run_video(program: Program, plans: tuple[Plan, Plan], x: torch.Tensor, chunk
     with Store(x.device, scratch_dir) as store:
         shapes, tiers = {m.name: m.shape for m in plans[1].maps}, plans[1].tiers
         for name in program.persistent:
-            store.alloc(name, shapes[name], x.dtype, tiers[name])
+            n, h, w, c = shapes[name]
+            lo, hi = (0, h) if peers is None else peers.layout.slabs[name][peers.rank]  # a rank: its slab
+            store.alloc(name, (n, hi - lo, w, c), x.dtype, tiers[name], row0=lo)
             store.zero(name)
         t0 = o0 = 0
         for k, frames in enumerate(chunks):
@@ -302,7 +309,7 @@ def run_video(program: Program, plans: tuple[Plan, Plan], x: torch.Tensor, chunk
                 progress(k * len(program.stages) + i, done, total)
 
             y = execute(program, plans[0] if first else plans[1], x[:, :, t0 : t0 + frames], store=store, first=first,
-                        scratch_dir=scratch_dir, report=report,
+                        scratch_dir=scratch_dir, report=report, peers=peers,
                         progress=None if progress is None else told)  # (B*F', C_out, H', W')
             y = y.unflatten(0, (x.shape[0], -1)).transpose(1, 2)  # (B, C_out, F', H', W')
             emit(o0, y)
