@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from .errors import CheckpointError, InputError
 
 __all__ = ["load_latents", "load_image", "save_output", "save_latents", "atomic_path", "temp_beside", "open_mode",
-           "to_uint8"]
+           "to_uint8", "quantize"]
 
 LATENT_SUFFIXES = (".safetensors", ".pt", ".pth", ".npy")
 OUTPUT_SUFFIXES = (".png", ".npy", ".pt", ".tif", ".tiff", ".zarr", ".mp4")  # .mp4: videos
@@ -114,7 +114,12 @@ def load_image(path) -> torch.Tensor:
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """(C, H, W) in [-1, 1] -> (H, W, C) uint8."""
-    return ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return quantize(image.permute(1, 2, 0))
+
+
+def quantize(pixels: torch.Tensor) -> np.ndarray:
+    """[-1, 1] -> uint8, element by element, in the layout given (channels last for files)."""
+    return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
 
 
 def temp_beside(target: Path, directory: bool = False) -> Path:

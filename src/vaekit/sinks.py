@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .io import temp_beside, to_uint8
+from .io import quantize, temp_beside
 
 __all__ = ["open_sink", "Sink", "SINK_SUFFIXES", "TILE", "sink_bytes", "sink_rows", "check_shared", "open_video_sink",
            "VideoSink", "VIDEO_SUFFIXES", "MP4_CRF", "MP4_FPS"]
@@ -147,7 +147,7 @@ class _PullSink(Sink):
     def write(self, r0: int, band: torch.Tensor) -> None:
         if self.error is not None:
             raise self.error
-        self.queue.put(to_uint8(band[0].permute(2, 0, 1)))  # (rows, W, 3) uint8  image px
+        self.queue.put(quantize(band[0]))  # (rows, W, 3) uint8  image px
 
     def finish(self) -> None:
         self.queue.put(self._END)
@@ -246,7 +246,7 @@ class _ZarrSink(Sink):
         if self.buffers[0].size() == 0:
             self.done = r0
         for i, buffer in enumerate(self.buffers):
-            buffer.add(to_uint8(band[i].permute(2, 0, 1)))  # (rows, W, C) uint8  image px
+            buffer.add(quantize(band[i]))  # (rows, W, C) uint8  image px
         while (need := min(TILE, self.height - self.done)) and self.buffers[0].size() >= need:
             self.array[:, self.done : self.done + need] = np.stack([buf.take(need) for buf in self.buffers])
             self.done += need  # (B, need, W, C) written: one row of whole chunks
@@ -325,8 +325,7 @@ class _ZarrVideo(VideoSink):
                                        dimension_names=("batch", "frame", "y", "x", "channel"))
 
     def write_frames(self, f0: int, frames: torch.Tensor) -> None:
-        pixels = ((frames.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()  # (B, F, H, W, C)
-        self.array[:, f0 : f0 + frames.shape[1]] = pixels
+        self.array[:, f0 : f0 + frames.shape[1]] = quantize(frames)  # (B, F, H, W, C) uint8
 
 
 class _Mp4Video(VideoSink):
@@ -347,8 +346,7 @@ class _Mp4Video(VideoSink):
     def write_frames(self, f0: int, frames: torch.Tensor) -> None:
         import av
 
-        pixels = ((frames[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()  # (F, H, W, 3)
-        for rgb in pixels:
+        for rgb in quantize(frames[0]):  # (H, W, 3) uint8 per frame
             for packet in self.stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
                 self.container.mux(packet)
 

@@ -26,8 +26,9 @@ def causal_conv_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int
     halo = stage.halo
     a, b = max(r0 - halo, 0), min(r1 + halo, src_h)
     x = normalize(read(stage.src, a, b), None, stage.norm, stage.act, w["norm"])  # (B*F, b-a, W, C)  src px
-    past = stage.cache_frames if stage.cache is not None else 0
-    n = x.shape[0] if stage.cache is None else read(stage.cache, a, a + 1).shape[0] // past  # samples
+    cache = None if stage.cache is None else read(stage.cache, a, b)  # (B*T, b-a, W, C): the frames before
+    past = 0 if cache is None else stage.cache_frames
+    n = x.shape[0] if cache is None else cache.shape[0] // past  # samples
     frames, width, channels = x.shape[0] // n, x.shape[2], x.shape[3]
     top, bottom = halo - (r0 - a), halo - (b - r1)  # zero rows at the image border only
     # The conv's input: [cache ; frames] in time, zero padded in space, laid out (B, C, T+F, W', rows') with
@@ -40,8 +41,8 @@ def causal_conv_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int
     inner = x5[:, :, :, halo : halo + width, top : top + b - a]
     inner[:, :, past:] = x.unflatten(0, (n, frames)).permute(0, 4, 1, 3, 2)  # (B, C, F, W, rows')
     tail = None
-    if stage.cache is not None:
-        inner[:, :, :past] = read(stage.cache, a, b).unflatten(0, (n, past)).permute(0, 4, 1, 3, 2)
+    if cache is not None:
+        inner[:, :, :past] = cache.unflatten(0, (n, past)).permute(0, 4, 1, 3, 2)
         if stage.cache_out is not None:  # the new tail: the last frames of [cache ; frames], rows [r0, r1)
             tail = inner[:, :, -past:, :, r0 - a : r1 - a].permute(0, 2, 4, 3, 1).flatten(0, 1)  # (B*T, rows, W, C)
     weight = w["conv"]["weight"].transpose(3, 4)  # (C_out, C_in, kt, kw, kh)

@@ -62,7 +62,7 @@ def apply_shortcut(skip: torch.Tensor, shortcut: Shortcut | None, weights: dict 
     if shortcut.time_unshuffle != 1:  # (B*T, C, ...) -> (B*T/f, C*f, ...), zero frames in front to whole groups
         f = shortcut.time_unshuffle
         video = skip.unflatten(0, (samples, -1))  # (B, T, C, rows, W)
-        video = torch.nn.functional.pad(video, (0, 0, 0, 0, 0, 0, (-video.shape[1]) % f, 0))
+        video = F.pad(video, (0, 0, 0, 0, 0, 0, (-video.shape[1]) % f, 0))
         skip = video.unflatten(1, (-1, f)).transpose(2, 3).flatten(2, 3).flatten(0, 1)  # (B*T', C*f, rows, W)
     if shortcut.unshuffle != 1:
         skip = pixel_unshuffle(skip, shortcut.unshuffle, shortcut.order)  # (B, C * u^2, rows / u, W / u)

@@ -78,8 +78,6 @@ def group_scale_shift(stats: tuple[torch.Tensor, torch.Tensor], eps: float, weig
 def normalize(band: torch.Tensor, stats, norm, act: str | None, weights: dict, inplace: bool = True) -> torch.Tensor:
     """``act(norm(band))`` for any norm a stage applies to its source: a GroupNorm with the map's
     global ``stats``, a per-pixel norm, or none (``inplace`` False when ``band`` may be a stored map)."""
-    from .act import activate
-
     if isinstance(norm, torch.nn.GroupNorm):
         return norm_act(band, stats, norm, act, weights)
     if norm is not None:
