@@ -1,4 +1,4 @@
-"""A pytest plugin: every AutoencoderKL/AutoencoderDC/AutoencoderTiny made during the run gets
+"""A pytest plugin: every VAE of a class vaekit streams (CLASSES) made during the run gets
 ``vaekit.apply``, and every call vaekit takes streams (as at a budget too small for the whole model).
 
 It runs diffusers' own model tests for these classes with vaekit applied: the specification of what
@@ -21,7 +21,8 @@ import diffusers
 import vaekit
 from vaekit import api
 
-CLASSES = ("AutoencoderKL", "AutoencoderDC", "AutoencoderTiny")
+CLASSES = ("AutoencoderKL", "AutoencoderDC", "AutoencoderTiny", "AutoencoderKLFlux2", "AutoencoderKLHunyuanImage",
+           "AutoencoderKLWan", "AutoencoderKLQwenImage")
 counts = {"streamed": 0, "own": 0}
 
 
