@@ -158,6 +158,19 @@ def test_ranks_write_their_rows_into_one_zarr(ranks_out):
     assert not [p for p in ranks_out.iterdir() if ".part" in p.name]  # published, temporaries gone
 
 
+def test_ranks_write_one_video_file(ranks_out):
+    """Every rank has each chunk's frames; rank 0 writes them, and the file is in place on every rank's return."""
+    import av
+
+    streamed, _ = _one_process("wan-decode")  # (1, 3, 9, 104, 72)
+    assert relative_error(torch.from_numpy(np.load(ranks_out / "wan-decode-npy.npy")), streamed) <= 1e-5
+    with av.open(str(ranks_out / "wan-decode-mp4.mp4")) as container:
+        frames = torch.from_numpy(np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]))
+    ref8 = ((streamed[0].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 3, 0)  # (9, 104, 72, 3) 8-bit
+    assert frames.shape == ref8.shape and (frames.float() - ref8).abs().mean() < 12  # H.264: lossy
+    assert not [p for p in ranks_out.iterdir() if ".part" in p.name]
+
+
 def test_the_cli_splits_rows_under_torchrun(ranks_out):
     import json
 

@@ -219,7 +219,8 @@ def test_decode_to_a_file_frame_by_frame(wan, tmp_path, suffix):
     z = torch.randn(1, 4, 3, 7, 5, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         ref = wan.decode(z).sample  # (1, 3, 9, 56, 40)
-        path = vaekit.decode(wan, z, budgets(wan, tuple(z.shape))["smallest"], out=tmp_path / f"video{suffix}")
+        writer = vaekit.plan(wan, tuple(z.shape), None, out=tmp_path / f"video{suffix}").writer_bytes
+        path = vaekit.decode(wan, z, budgets(wan, tuple(z.shape))["smallest"] + writer, out=tmp_path / f"video{suffix}")
     assert path == tmp_path / f"video{suffix}" and [p.name for p in tmp_path.iterdir()] == [path.name]
     if suffix == ".npy":
         assert relative_error(torch.from_numpy(np.load(path)), ref) <= REL_TOL
@@ -237,6 +238,24 @@ def test_decode_to_a_file_frame_by_frame(wan, tmp_path, suffix):
     assert len(frames) == 9 and frames[0].shape == (56, 40, 3)
     error = (torch.from_numpy(np.stack(frames)).float() - ref8[0]).abs().mean()
     assert error < 12  # H.264 at crf 18 on noise-like frames: lossy, but the frames are these
+
+
+def test_the_video_writer_is_in_the_plan(wan):
+    """An .mp4 encoder holds frames (x264's lookahead) in host RAM: on a CPU the budget holds them too."""
+    from vaekit.errors import BudgetError
+
+    shape = (1, 4, 3, 7, 5)
+    plain = vaekit.plan(wan, shape, "40MiB", out="video.npy")
+    mp4 = vaekit.plan(wan, shape, "40MiB", out="video.mp4")
+    assert plain.writer_bytes == 3 * 56 * 40 * 5  # one frame, float32 and uint8
+    assert mp4.writer_bytes > 16 << 20 and mp4.peak_bytes <= 40 << 20
+    assert mp4.peak_bytes == max(s.peak_bytes for s in mp4.stages) + mp4.writer_bytes
+    assert "writer holds" in str(mp4)
+    gpu = vaekit.plan(wan, shape, "40MiB", out="video.mp4", device="cuda")  # the encoder's RAM is not the GPU's
+    assert gpu.peak_bytes == max(s.peak_bytes for s in gpu.stages)
+    with pytest.raises(BudgetError) as e:
+        vaekit.plan(wan, shape, mp4.writer_bytes, out="video.mp4")
+    assert e.value.smallest > mp4.writer_bytes
 
 
 def test_a_failed_video_leaves_no_file(wan, tmp_path, monkeypatch):
@@ -261,7 +280,7 @@ def test_cli_decodes_video_latents_to_mp4(wan, tmp_path, capsys):
     save_file({"latents": z}, tmp_path / "latents.safetensors")
     out = tmp_path / "out.mp4"
     assert main(["decode", str(tmp_path / "latents.safetensors"), str(out), "--model", str(tmp_path / "vae"),
-                 "--budget", "4MiB", "--fps", "8", "--crf", "23", "--quiet"]) == 0
+                 "--budget", "24MiB", "--fps", "8", "--crf", "23", "--quiet"]) == 0
     assert capsys.readouterr().out.strip() == str(out) and out.stat().st_size > 0
     import av
 

@@ -43,28 +43,33 @@ def plan(vae, shape, budget=None, op: str = "decode", *, device=None, dtype=None
     """
     program, device = program_for(vae, op), _device(vae, device, check=False)
     if _video(vae):  # the plan of the chunks after the first (the largest), shown with the video's shapes
-        return _video_plans(program, vae, shape, budget, op, device, dtype, sink=out is not None,
-                            host_budget=host_budget)[1]
+        return _video_plans(program, vae, shape, budget, op, device, dtype, out=out, host_budget=host_budget)[1]
     return _plan(program, vae, shape, budget, op, device, dtype, sink=out is not None, host_budget=host_budget)
 
 
 def _video_plans(program: Program, vae, shape, budget, op: str, device: torch.device, dtype=None, *,
-                 sink: bool = False, host_budget=None, stream: bool = False, share: dict | None = None
+                 out=None, host_budget=None, stream: bool = False, share: dict | None = None
                  ) -> tuple[Plan, Plan]:
     """Plans of a video's first chunk and of the others, these with the whole video's shapes. Running
     whole means the model's own chunked call, which also holds the video it concatenates frame by frame
-    (twice, at the last concatenation): whole only if that fits too."""
+    (twice, at the last concatenation): whole only if that fits too. With ``out`` a chunk's frames are
+    still held until they are written, and the file's writer holds its own (sinks.video_writer_bytes)."""
+    from .sinks import video_writer_bytes
+
     shape = _check_shape(program, vae, shape, op)
     chunks = family(vae).chunk_frames(vae, op, shape[2])
     limit = parse_bytes(budget) if budget is not None else (free_memory(device) if device.type != "meta" else None)
-    kw = dict(sink=sink, host_budget=host_budget, share=share, force_stream=limit is not None)  # no limit: whole
+    kw = dict(host_budget=host_budget, share=share, force_stream=limit is not None)  # no limit: whole
+    if out is not None:
+        frame = _plan(program, vae, (*shape[:2], 1, *shape[3:]), None, op, torch.device("meta"), dtype)
+        kw["writer_bytes"] = video_writer_bytes(out, frame.out_shape)
     first = _plan(program, vae, (*shape[:2], chunks[0], *shape[3:]), budget, op, device, dtype, first=True, **kw)
     rest = _plan(program, vae, (*shape[:2], max(chunks), *shape[3:]), budget, op, device, dtype, **kw)
     frames = first.out_shape[2] + (len(chunks) - 1) * rest.out_shape[2]
     out_shape = (*rest.out_shape[:2], frames, *rest.out_shape[3:])  # (B, C, F, H, W)
     itemsize = torch.empty((), dtype=dtype or _model_dtype(vae)).element_size()
     whole = rest.whole_peak_bytes + 2 * math.prod(out_shape) * itemsize
-    mode = "stream" if stream or sink or (limit is not None and whole > limit) else "whole"
+    mode = "stream" if stream or out is not None or (limit is not None and whole > limit) else "whole"
     video = dict(in_shape=shape, out_shape=out_shape, whole_peak_bytes=whole)
     if mode == "whole":
         video.update(mode="whole", stages=(), maps=())
@@ -73,7 +78,7 @@ def _video_plans(program: Program, vae, shape, budget, op: str, device: torch.de
 
 def _plan(program: Program, vae, shape, budget, op: str, device: torch.device, dtype=None,
           force_stream: bool = False, compiled: bool = False, sink: bool = False, host_budget=None,
-          share: dict | None = None, first: bool = False) -> Plan:
+          share: dict | None = None, first: bool = False, writer_bytes: int = 0) -> Plan:
     dtype = dtype or _model_dtype(vae)
     shape = _check_shape(program, vae, shape, op)
     limit = None if budget is None else parse_bytes(budget)
@@ -81,7 +86,8 @@ def _plan(program: Program, vae, shape, budget, op: str, device: torch.device, d
     itemsize = torch.empty((), dtype=dtype).element_size()
     return make_plan(program, shape, itemsize, str(dtype).removeprefix("torch."), str(device), limit, free_bytes=free,
                      force_stream=force_stream or compiled, compiled=compiled, sink=sink,
-                     host_budget=_host_budget(host_budget, device), first=first, **(share or {}))
+                     host_budget=_host_budget(host_budget, device), first=first, writer_bytes=writer_bytes,
+                     **(share or {}))
 
 
 def _host_budget(host_budget, device: torch.device) -> int | None:
@@ -226,7 +232,7 @@ def _run_video(vae, program: Program, op: str, x, budget, *, device, report, scr
     file the frames go to as they are made (the video is never held). ``progress`` counts the stages of
     every chunk in turn: a callable gets (chunk * stages + stage, rows_done, rows_total)."""
     from .run import run_video
-    from .sinks import MP4_CRF, MP4_FPS, open_video_sink
+    from .sinks import MP4_CRF, MP4_FPS, check_video_sink, open_video_sink
 
     what = "latents" if op == "decode" else "videos"
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -236,39 +242,41 @@ def _run_video(vae, program: Program, op: str, x, budget, *, device, report, scr
     shape = _check_shape(program, vae, tuple(x.shape), op)
     _check_values(x, op, image_range=strict)
     rank, ranks = _world() if dist else (0, 1)
-    if ranks > 1 and out is not None:
-        raise InputError("under torchrun a video decodes to a tensor on every rank: write the file from rank 0")
     compute = _device(vae, _rank_device(device) if ranks > 1 else device)
     check_dtype(_model_dtype(vae), compute)
     report = report if report is not None else RunReport()
     chunks = family(vae).chunk_frames(vae, op, shape[2])
     elsewhere = not _same_device(next(vae.parameters()).device, compute)
-    first, rest = _video_plans(program, vae, shape, budget, op, compute, sink=out is not None,
+    first, rest = _video_plans(program, vae, shape, budget, op, compute, out=out,
                                stream=stream or elsewhere or ranks > 1)
     peers = None
     if ranks > 1:  # each rank computes and holds its rows of every map and time cache, chunk after chunk
         peers = _peers(program, rest, rank, ranks, compute, False, None)
-        first, rest = _video_plans(program, vae, shape, budget, op, compute, stream=True, share=peers.plan_rows())
+        share = peers.plan_rows()
+        del share["held"][program.output]  # each chunk's frames are whole on every rank (dist.share_output)
+        first, rest = _video_plans(program, vae, shape, budget, op, compute, out=out, stream=True, share=share)
         lo, hi = peers.layout.slabs[program.input][rank]
         x = x[..., lo:hi, :]  # this rank's input rows  (B, C, F, rows, W)
     out_shape = rest.out_shape
-    sink = None if out is None else open_video_sink(out, out_shape, fps or MP4_FPS, crf or MP4_CRF)
+    if out is not None:
+        check_video_sink(out, out_shape)  # on every rank, before any rank opens it
+    sink = None if out is None or rank > 0 else open_video_sink(out, out_shape, fps or MP4_FPS, crf or MP4_CRF)
     inp = x.to(device=compute, dtype=_model_dtype(vae))
     try:
         with torch.no_grad():
             result = _whole(vae, op, inp, report) if rest.mode == "whole" else None
             if result is None:
                 if rest.mode == "whole":  # it ran out of memory: stream
-                    first, rest = _video_plans(program, vae, shape, budget, op, compute, stream=True)
+                    first, rest = _video_plans(program, vae, shape, budget, op, compute, out=out, stream=True)
                 _check_disk(rest, scratch_dir, None)
-                if sink is None:
+                if out is None:
                     result = torch.empty(out_shape, dtype=inp.dtype, device=compute)
 
                 def emit(f0: int, y: torch.Tensor) -> None:
-                    if sink is not None:
-                        sink.write_frames(f0, y.permute(0, 2, 3, 4, 1))  # (B, F', H, W, C)
-                    else:
+                    if out is None:
                         result[:, :, f0 : f0 + y.shape[2]] = y
+                    elif sink is not None:  # rank 0's: every rank has the chunk's frames (dist.share_output)
+                        sink.write_frames(f0, y.permute(0, 2, 3, 4, 1))  # (B, F', H, W, C)
 
                 every = types.SimpleNamespace(op=op, stages=first.stages + rest.stages * (len(chunks) - 1))
                 with progress_callback(progress, every) as callback:
@@ -276,12 +284,15 @@ def _run_video(vae, program: Program, op: str, x, budget, *, device, report, scr
                               progress=callback if rank == 0 or callable(progress) else None, peers=peers)
         if sink is not None:
             result = sink.close()
+        if peers is not None and out is not None:  # rank 0 wrote the file: it is in place on every rank's return
+            peers.barrier()
+            result = Path(peers.broadcast(None if sink is None else str(result)))
     except BaseException:
         if sink is not None:
             sink.abort()  # no partial file, and an existing one is left alone
         raise
     report.mode, report.plan = rest.mode, rest
-    if sink is not None:
+    if out is not None:
         return result
     if strict and not bool(torch.isfinite(result).all()):
         raise PrecisionError(f"the {op} produced NaN or Inf from finite {what} in {result.dtype}")

@@ -119,7 +119,8 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 def quantize(pixels: torch.Tensor) -> np.ndarray:
     """[-1, 1] -> uint8, element by element, in the layout given (channels last for files)."""
-    return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    scaled = pixels.float().clamp(-1, 1).add_(1).mul_(127.5).round_()  # one float32 copy, then in place
+    return scaled.to(torch.uint8).cpu().numpy()
 
 
 def temp_beside(target: Path, directory: bool = False) -> Path:

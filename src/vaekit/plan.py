@@ -92,13 +92,16 @@ class Plan:
     scratch_bytes: int = 0  # most the disk tier holds at once
     host_bytes: int = 0  # most the host tier holds at once (CUDA: maps in pinned host RAM)
     host_budget: int | None = None  # what the host tier was allowed (None: unbounded)
+    writer_bytes: int = 0  # what the output file's writer holds (an .mp4 encoder's frames), in host RAM
 
     @property
     def peak_bytes(self) -> int:
-        """Predicted peak of the activations this run holds (model weights not included)."""
+        """Predicted peak of the activations this run holds (model weights not included); on a CPU
+        with the output file's writer, which holds host RAM as the maps do."""
+        writer = 0 if self.device.startswith("cuda") else self.writer_bytes
         if self.mode == "whole":
-            return self.whole_peak_bytes
-        return max(s.peak_bytes for s in self.stages)
+            return self.whole_peak_bytes + writer
+        return max(s.peak_bytes for s in self.stages) + writer
 
     @property
     def chunk_rows(self) -> dict[str, int]:
@@ -131,6 +134,9 @@ class Plan:
                 allowed = "" if self.host_budget is None else f" of {format_bytes(self.host_budget)} allowed"
                 lines.append(f"host RAM tier at most {format_bytes(self.host_bytes)}{allowed}")
             lines.append(f"scratch on disk at most {format_bytes(self.scratch_bytes)}")
+        if self.writer_bytes:
+            counted = "counted in the peak" if not self.device.startswith("cuda") else "not the GPU's"
+            lines.append(f"the output file's writer holds {format_bytes(self.writer_bytes)} of host RAM ({counted})")
         return "\n".join(lines)
 
 
@@ -379,25 +385,29 @@ def row_step(stage, compiled: bool = False) -> int:
 def make_plan(program: Program, in_shape, itemsize: int, dtype: str, device: str, budget: int | None,
               *, free_bytes: int | None = None, force_stream: bool = False, compiled: bool = False,
               sink: bool = False, host_budget: int | None = None, held: dict[str, int] | None = None,
-              heights: tuple[int, ...] | None = None, first: bool = False) -> Plan:
+              heights: tuple[int, ...] | None = None, first: bool = False, writer_bytes: int = 0) -> Plan:
     """Plan ``program`` on an NCHW input of ``in_shape``.
 
     ``budget`` None means "what is free" (``free_bytes``). ``sink``: the output goes to a file band by
     band and is never held (tier "sink"). ``host_budget``: on CUDA, the most host RAM the maps below
     the device may take, the rest going to disk (None: unbounded). ``held`` and ``heights``: a
     distributed rank's rows of each map and of each stage (dist.py), if not all. A video program
-    plans one chunk of frames, (B, C, F, H, W) (``first``: the video's first chunk). Raises
-    BudgetError when nothing fits.
+    plans one chunk of frames, (B, C, F, H, W) (``first``: the video's first chunk). ``writer_bytes``:
+    host RAM the output file's writer holds (sinks.writer_bytes); on a CPU it comes out of the budget.
+    Raises BudgetError when nothing fits.
     """
     shapes = map_shapes(program, in_shape, first)
     whole = whole_bytes(program, shapes, itemsize)
     limit = budget if budget is not None else free_bytes
+    writer = 0 if device.startswith("cuda") else writer_bytes  # on a GPU the writer's RAM is not the budget's
+    if limit is not None:
+        limit -= writer
     n, out_h, out_w, out_c = shapes[program.output]
     out_shape = (n, out_c, out_h, out_w)
     if len(in_shape) == 5:  # frames apart again
         out_shape = (in_shape[0], out_c, n // in_shape[0], out_h, out_w)
     common = dict(op=program.op, in_shape=tuple(in_shape), out_shape=out_shape,
-                  dtype=dtype, device=device, budget=budget, whole_peak_bytes=whole)
+                  dtype=dtype, device=device, budget=budget, whole_peak_bytes=whole, writer_bytes=writer_bytes)
     if not force_stream and (limit is None or whole <= limit):
         return Plan(mode="whole", stages=(), maps=(), **common)
 
@@ -411,10 +421,10 @@ def make_plan(program: Program, in_shape, itemsize: int, dtype: str, device: str
         height = None if heights is None else heights[i]
         planned = plan_stage(stage, shapes, itemsize, tiers, resident[i], limit, compiled, height)
         if planned is None:
-            smallest = smallest_budget(program, in_shape, itemsize, lower, compiled, sink, first)
+            smallest = smallest_budget(program, in_shape, itemsize, lower, compiled, sink, first) + writer
             what = "budget" if budget is not None else "free memory"
             raise BudgetError(
-                f"{program.op} of {_shape(in_shape)} cannot fit in {format_bytes(limit)} ({what}): stage "
+                f"{program.op} of {_shape(in_shape)} cannot fit in {format_bytes(limit + writer)} ({what}): stage "
                 f"{stage.name} needs more even one row at a time; the smallest budget that fits is "
                 f"{format_bytes(smallest)} (budget={smallest})",
                 smallest=smallest,

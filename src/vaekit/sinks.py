@@ -288,6 +288,20 @@ def sink_bytes(path, shape: tuple[int, int, int, int]) -> int:
 VIDEO_SUFFIXES = (".npy", ".zarr", ".mp4")
 MP4_CRF = 18  #: x264's constant rate factor: 18 is visually near-lossless, 23 its default
 MP4_FPS = 16  #: Wan's frame rate
+MP4_LOOKAHEAD = 40  #: frames x264 looks ahead to spend its bits (its default): most of what it holds
+
+
+def video_writer_bytes(path, shape: tuple[int, ...]) -> int:
+    """Host RAM the writer of a video of ``shape`` (B, C, F, H, W) holds beside vaekit's maps: one
+    frame quantized (float32 and uint8), and for .mp4 x264's frames in flight, its lookahead and about
+    16 more (references, B-frames, threads), each about 2.5x its yuv420p size (padded planes and the
+    half-size planes the lookahead reads), plus 16 MiB of the codec's own. Measured with PyAV 18.1,
+    2026-11-24: 87 MiB at 480x832 and 189 MiB at 1280x720 (this model: 96 and 201)."""
+    b, c, _, h, w = shape
+    frame = b * c * h * w * (4 + 1)
+    if Path(path).suffix.lower() != ".mp4":
+        return frame
+    return frame + (16 << 20) + (MP4_LOOKAHEAD + 16) * int(2.5 * h * w * 1.5)
 
 
 class VideoSink(Sink):
@@ -325,7 +339,8 @@ class _ZarrVideo(VideoSink):
                                        dimension_names=("batch", "frame", "y", "x", "channel"))
 
     def write_frames(self, f0: int, frames: torch.Tensor) -> None:
-        self.array[:, f0 : f0 + frames.shape[1]] = quantize(frames)  # (B, F, H, W, C) uint8
+        for i in range(frames.shape[1]):  # a frame at a time: the writer holds one frame's copies
+            self.array[:, f0 + i] = quantize(frames[:, i])  # (B, H, W, C) uint8
 
 
 class _Mp4Video(VideoSink):
@@ -334,19 +349,18 @@ class _Mp4Video(VideoSink):
     def __init__(self, target: Path, shape: tuple[int, ...], fps: int = MP4_FPS, crf: int = MP4_CRF):
         import av
 
-        b, c, _, h, w = shape
-        if b != 1 or c != 3 or h % 2 or w % 2:
-            raise InputError(f"an .mp4 output takes one RGB video of even width and height, not {b} of {c} channels "
-                             f"at {w}x{h}: use .npy or .zarr")
+        _, _, _, h, w = shape
         super().__init__(target)
         self.container = av.open(str(self.tmp), mode="w", format="mp4")
-        self.stream = self.container.add_stream("libx264", rate=fps, options={"crf": str(crf)})
+        options = {"crf": str(crf), "rc-lookahead": str(MP4_LOOKAHEAD)}
+        self.stream = self.container.add_stream("libx264", rate=fps, options=options)
         self.stream.width, self.stream.height, self.stream.pix_fmt = w, h, "yuv420p"
 
     def write_frames(self, f0: int, frames: torch.Tensor) -> None:
         import av
 
-        for rgb in quantize(frames[0]):  # (H, W, 3) uint8 per frame
+        for frame in frames[0]:
+            rgb = quantize(frame)  # (H, W, 3) uint8
             for packet in self.stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
                 self.container.mux(packet)
 
@@ -362,11 +376,21 @@ class _Mp4Video(VideoSink):
             super().abort()
 
 
+def check_video_sink(path, shape: tuple[int, ...]) -> None:
+    """InputError unless a video of ``shape`` (B, C, F, H, W) can be written to ``path``."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise InputError(f"cannot stream a video to {path}: video outputs end in {', '.join(VIDEO_SUFFIXES)}")
+    b, c, _, h, w = shape
+    if suffix == ".mp4" and (b != 1 or c != 3 or h % 2 or w % 2):
+        raise InputError(f"an .mp4 output takes one RGB video of even width and height, not {b} of {c} channels "
+                         f"at {w}x{h}: use .npy or .zarr")
+
+
 def open_video_sink(path, shape: tuple[int, ...], fps: int = MP4_FPS, crf: int = MP4_CRF) -> VideoSink:
     """A sink for a video of ``shape`` (B, C, F, H, W) at ``path``, by suffix."""
+    check_video_sink(path, shape)
     suffix = Path(path).suffix.lower()
     if suffix == ".mp4":
         return _Mp4Video(Path(path), shape, fps, crf)
-    if suffix in (".npy", ".zarr"):
-        return (_NpyVideo if suffix == ".npy" else _ZarrVideo)(Path(path), shape)
-    raise InputError(f"cannot stream a video to {path}: video outputs end in {', '.join(VIDEO_SUFFIXES)}")
+    return (_NpyVideo if suffix == ".npy" else _ZarrVideo)(Path(path), shape)
