@@ -40,6 +40,33 @@ def to_ldm(vae, prefix: str = "first_stage_model.") -> dict[str, torch.Tensor]:
     return out
 
 
+def to_wan_original(vae) -> dict[str, torch.Tensor]:
+    """A diffusers AutoencoderKLWan's weights in the original Wan repository's layout (Wan2.1_VAE.pth,
+    ComfyUI's wan_2.1_vae.safetensors): the inverse of diffusers' convert_wan_vae_to_diffusers."""
+    top = {"quant_conv": "conv1", "post_quant_conv": "conv2", "encoder.conv_in": "encoder.conv1",
+           "decoder.conv_in": "decoder.conv1", "encoder.norm_out": "encoder.head.0", "decoder.norm_out": "decoder.head.0",
+           "encoder.conv_out": "encoder.head.2", "decoder.conv_out": "decoder.head.2"}
+    resnet = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "residual.3", "conv2": "residual.6",
+              "conv_shortcut": "shortcut"}
+    out = {}
+    for key, value in vae.state_dict().items():
+        if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.(\w+)\.(.+)", key):
+            new = f"encoder.downsamples.{m[1]}.{resnet.get(m[2], m[2])}.{m[3]}"
+        elif m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(.+)", key):
+            new = f"decoder.upsamples.{4 * int(m[1]) + int(m[2])}.{resnet[m[3]]}.{m[4]}"  # 3 res blocks, a resampler
+        elif m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.(.+)", key):
+            new = f"decoder.upsamples.{4 * int(m[1]) + 3}.{m[2]}"
+        elif m := re.fullmatch(r"(\w+)\.mid_block\.resnets\.(\d)\.(\w+)\.(.+)", key):
+            new = f"{m[1]}.middle.{2 * int(m[2])}.{resnet[m[3]]}.{m[4]}"
+        elif m := re.fullmatch(r"(\w+)\.mid_block\.attentions\.0\.(.+)", key):
+            new = f"{m[1]}.middle.1.{m[2]}"
+        else:
+            module, name = key.rsplit(".", 1)
+            new = f"{top[module]}.{name}"
+        out[new] = value.clone()
+    return out
+
+
 def test_diffusers_folder(tmp_path):
     vae = make_vae("sd")
     vae.save_pretrained(tmp_path / "vae")
@@ -58,6 +85,29 @@ def test_ldm_single_file_is_converted_offline(tmp_path, config):
     assert loaded.config.latent_channels == vae.config.latent_channels
     z = torch.randn(1, vae.config.latent_channels, 9, 11)
     assert relative_error(vaekit.decode(loaded, z, "2MiB"), untiled(vae, z)) <= REL_TOL
+
+
+def test_wan_single_file_is_converted_offline(tmp_path):
+    """Wan 2.1's VAE as its original repository saves it (scaled down: same layout, fewer channels)."""
+    from diffusers import AutoencoderKLWan
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=2).eval()
+    original = to_wan_original(vae)
+    assert convert_wan_vae_to_diffusers(original).keys() == vae.state_dict().keys()  # the test's inverse is right
+    save_file(original, tmp_path / "wan_2.1_vae.safetensors")
+    loaded = vaekit.load(tmp_path / "wan_2.1_vae.safetensors")
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+    assert type(loaded).__name__ == "AutoencoderKLWan" and public(loaded.config) == public(vae.config)
+    z = torch.randn(1, 4, 2, 5, 7, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = vae.decode(z).sample
+    assert relative_error(vaekit.decode(loaded, z, "4MiB"), ref) <= REL_TOL
+    with_vae_prefix = {f"vae.{k}": v for k, v in original.items() if not k.startswith("encoder.")}  # a decoder only
+    save_file(with_vae_prefix, tmp_path / "decoder.safetensors")
+    with pytest.raises(CheckpointError, match="Wan"):
+        vaekit.load(tmp_path / "decoder.safetensors")
 
 
 def _taesd_state(variant: str, part: str) -> dict[str, torch.Tensor]:

@@ -23,12 +23,12 @@ def make(cls=AutoencoderKLWan, seed: int = 0):
     return vae
 
 
-def budgets(vae, shape, op: str = "decode") -> dict[str, int]:
+def budgets(vae, shape, op: str = "decode", compiled: bool = False) -> dict[str, int]:
     """Smallest (every map and cache on disk, one row per chunk), mixed, and whole, for a video's chunks."""
     program, (b, c, _, h, w) = program_for(vae, op), shape
     steady = 1 if op == "decode" else 4
-    low = max(smallest_budget(program, (b, c, 1, h, w), 4, first=True),
-              smallest_budget(program, (b, c, steady, h, w), 4))
+    low = max(smallest_budget(program, (b, c, 1, h, w), 4, compiled=compiled, first=True),
+              smallest_budget(program, (b, c, steady, h, w), 4, compiled=compiled))
     whole = vaekit.plan(vae, shape, budget=None, op=op).whole_peak_bytes
     return {"smallest": low, "mixed": (low + whole) // 2, "whole": whole}
 
@@ -117,11 +117,41 @@ def test_apply_streams_the_decode(wan):
     assert report.mode == "stream" and relative_error(out, ref) <= REL_TOL
 
 
-def test_four_d_input_and_compile_are_refused_clearly(wan):
-    from vaekit.errors import InputError, UnsupportedModelError
+def test_compiled_video_is_exact_and_made_once(wan):
+    """compile=True: the causal convs' graphs (and the 2-D stages') are made on the first video, and
+    reused for other sizes and frame counts; both directions exact, Wan 2.1 and 2.2. Sizes of 1 are
+    specialized by torch.compile: one-frame first chunks are made on every first video, and one-row
+    chunks (the smallest budgets) make their own graphs, as for images."""
+    wan22 = make_wan22()
+    cases = [(wan, "decode", (1, 4, 3, 7, 5)), (wan, "encode", (1, 3, 5, 56, 40)),
+             (wan22, "decode", (1, 4, 2, 5, 3)), (wan22, "encode", (1, 3, 5, 48, 80))]
+    sizes = {"decode": [(9, 6), (6, 11)], "encode": [(80, 48), (32, 96)]}  # Wan 2.2 encodes multiples of 16
+    for vae, op, shape in cases:  # warm-up: the graphs are made here
+        for budget in ("smallest", "whole"):
+            _assert_compiled_exact(vae, op, shape, budget)
+    for vae, op, shape in cases:
+        for h, w in sizes[op]:
+            frames = shape[2] + 1 if op == "decode" else 9
+            with torch.compiler.set_stance("fail_on_recompile"):  # a new graph would raise
+                _assert_compiled_exact(vae, op, (*shape[:2], frames, h, w), "whole")
+            _assert_compiled_exact(vae, op, (*shape[:2], frames, h, w), "smallest")
 
-    with pytest.raises(UnsupportedModelError, match="compile=True"):
-        vaekit.decode(wan, torch.randn(1, 4, 2, 7, 5), compile=True)
+
+def _assert_compiled_exact(vae, op: str, shape, budget: str) -> None:
+    generator = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(*shape, generator=generator) if op == "decode" else torch.rand(*shape, generator=generator) * 2 - 1
+    with torch.no_grad():
+        ref = vae.decode(x).sample if op == "decode" else vae.encode(x).latent_dist.mode()
+    run = vaekit.decode if op == "decode" else vaekit.encode
+    report = vaekit.RunReport()
+    out = run(vae, x, budgets(vae, shape, op, compiled=True)[budget], compile=True, report=report)
+    assert report.mode == "stream" and out.shape == ref.shape
+    assert relative_error(out, ref) <= REL_TOL, (op, shape, budget)
+
+
+def test_four_d_input_is_refused_clearly(wan):
+    from vaekit.errors import InputError
+
     with pytest.raises(InputError, match="5-D"):
         vaekit.decode(wan, torch.randn(1, 4, 7, 5))
     with pytest.raises(InputError, match="5-D"):

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .arch import check_state, family, program_for
-from .errors import BudgetError, DeviceError, InputError, PrecisionError, UnsupportedModelError
+from .errors import BudgetError, DeviceError, InputError, PrecisionError
 from .measure import PeakMemory
 from .plan import HOST_SHARE, Plan, make_plan
 from .precision import check_dtype
@@ -48,7 +48,7 @@ def plan(vae, shape, budget=None, op: str = "decode", *, device=None, dtype=None
 
 
 def _video_plans(program: Program, vae, shape, budget, op: str, device: torch.device, dtype=None, *,
-                 out=None, host_budget=None, stream: bool = False, share: dict | None = None
+                 out=None, host_budget=None, stream: bool = False, share: dict | None = None, compiled: bool = False
                  ) -> tuple[Plan, Plan]:
     """Plans of a video's first chunk and of the others, these with the whole video's shapes. Running
     whole means the model's own chunked call, which also holds the video it concatenates frame by frame
@@ -59,7 +59,8 @@ def _video_plans(program: Program, vae, shape, budget, op: str, device: torch.de
     shape = _check_shape(program, vae, shape, op)
     chunks = family(vae).chunk_frames(vae, op, shape[2])
     limit = parse_bytes(budget) if budget is not None else (free_memory(device) if device.type != "meta" else None)
-    kw = dict(host_budget=host_budget, share=share, force_stream=limit is not None)  # no limit: whole
+    kw = dict(host_budget=host_budget, share=share, force_stream=limit is not None or compiled,  # no limit: whole
+              compiled=compiled)
     if out is not None:
         frame = _plan(program, vae, (*shape[:2], 1, *shape[3:]), None, op, torch.device("meta"), dtype)
         kw["writer_bytes"] = video_writer_bytes(out, frame.out_shape)
@@ -69,7 +70,7 @@ def _video_plans(program: Program, vae, shape, budget, op: str, device: torch.de
     out_shape = (*rest.out_shape[:2], frames, *rest.out_shape[3:])  # (B, C, F, H, W)
     itemsize = torch.empty((), dtype=dtype or _model_dtype(vae)).element_size()
     whole = rest.whole_peak_bytes + 2 * math.prod(out_shape) * itemsize
-    mode = "stream" if stream or out is not None or (limit is not None and whole > limit) else "whole"
+    mode = "stream" if stream or compiled or out is not None or (limit is not None and whole > limit) else "whole"
     video = dict(in_shape=shape, out_shape=out_shape, whole_peak_bytes=whole)
     if mode == "whole":
         video.update(mode="whole", stages=(), maps=())
@@ -161,10 +162,9 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
     program = program_for(vae, op)
     check_state(vae)
     if _video(vae):
-        if compile:
-            raise UnsupportedModelError(f"compile=True does not take a {type(vae).__name__} yet: call without it")
         return _run_video(vae, program, op, x, budget, device=device, report=report, scratch_dir=scratch_dir,
-                          stream=stream, strict=strict, out=out, progress=progress, dist=dist, **(video or {}))
+                          stream=stream, strict=strict, out=out, progress=progress, dist=dist, compile=compile,
+                          **(video or {}))
     what = "latents" if op == "decode" else "images"
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
@@ -226,7 +226,8 @@ def _video(vae) -> bool:
 
 
 def _run_video(vae, program: Program, op: str, x, budget, *, device, report, scratch_dir, stream, strict, out=None,
-               progress=None, dist: bool = False, fps: int | None = None, crf: int | None = None):
+               progress=None, dist: bool = False, compile: bool = False, fps: int | None = None,
+               crf: int | None = None):
     """A video model: (B, C, F, H, W) in chunks of frames along time (run.run_video), each chunk streamed
     in rows; or the model's own call when the plan of a chunk fits whole. ``out``: a .npy/.zarr/.mp4
     file the frames go to as they are made (the video is never held). ``progress`` counts the stages of
@@ -247,14 +248,14 @@ def _run_video(vae, program: Program, op: str, x, budget, *, device, report, scr
     report = report if report is not None else RunReport()
     chunks = family(vae).chunk_frames(vae, op, shape[2])
     elsewhere = not _same_device(next(vae.parameters()).device, compute)
-    first, rest = _video_plans(program, vae, shape, budget, op, compute, out=out,
-                               stream=stream or elsewhere or ranks > 1)
+    plans = functools.partial(_video_plans, program, vae, shape, budget, op, compute, out=out, compiled=compile)
+    first, rest = plans(stream=stream or elsewhere or ranks > 1)
     peers = None
     if ranks > 1:  # each rank computes and holds its rows of every map and time cache, chunk after chunk
-        peers = _peers(program, rest, rank, ranks, compute, False, None)
+        peers = _peers(program, rest, rank, ranks, compute, compile, None)
         share = peers.plan_rows()
         del share["held"][program.output]  # each chunk's frames are whole on every rank (dist.share_output)
-        first, rest = _video_plans(program, vae, shape, budget, op, compute, out=out, stream=True, share=share)
+        first, rest = plans(stream=True, share=share)
         lo, hi = peers.layout.slabs[program.input][rank]
         x = x[..., lo:hi, :]  # this rank's input rows  (B, C, F, rows, W)
     out_shape = rest.out_shape
@@ -267,7 +268,7 @@ def _run_video(vae, program: Program, op: str, x, budget, *, device, report, scr
             result = _whole(vae, op, inp, report) if rest.mode == "whole" else None
             if result is None:
                 if rest.mode == "whole":  # it ran out of memory: stream
-                    first, rest = _video_plans(program, vae, shape, budget, op, compute, out=out, stream=True)
+                    first, rest = plans(stream=True)
                 _check_disk(rest, scratch_dir, None)
                 if out is None:
                     result = torch.empty(out_shape, dtype=inp.dtype, device=compute)
@@ -281,7 +282,8 @@ def _run_video(vae, program: Program, op: str, x, budget, *, device, report, scr
                 every = types.SimpleNamespace(op=op, stages=first.stages + rest.stages * (len(chunks) - 1))
                 with progress_callback(progress, every) as callback:
                     run_video(program, (first, rest), inp, chunks, emit, scratch_dir=scratch_dir, report=report,
-                              progress=callback if rank == 0 or callable(progress) else None, peers=peers)
+                              progress=callback if rank == 0 or callable(progress) else None, peers=peers,
+                              compiled=compile)
         if sink is not None:
             result = sink.close()
         if peers is not None and out is not None:  # rank 0 wrote the file: it is in place on every rank's return

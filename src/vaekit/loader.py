@@ -79,9 +79,11 @@ def _load_files(paths: list[Path]):
         return _taesd(states)
     if len(paths) == 1 and _is_ldm_vae(states[paths[0]]):
         return _ldm_vae(states[paths[0]], paths[0])
+    if len(paths) == 1 and _is_wan_vae(states[paths[0]]):
+        return _wan_vae(states[paths[0]], paths[0])
     names = ", ".join(p.name for p in paths)
-    raise CheckpointError(f"{names}: not a VAE vaekit recognises (a TAESD-family .pth, or an LDM single-file VAE "
-                          "with encoder./decoder. keys); for a diffusers model pass its folder")
+    raise CheckpointError(f"{names}: not a VAE vaekit recognises (a TAESD-family .pth, an LDM single-file VAE "
+                          "with encoder./decoder. keys, or a Wan 2.1 VAE file); for a diffusers model pass its folder")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -224,3 +226,53 @@ def ldm_vae_config(state: dict) -> dict:
     config["use_quant_conv"] = "quant_conv.weight" in vae
     config["use_post_quant_conv"] = "post_quant_conv.weight" in vae
     return config
+
+
+# ---- Wan 2.1 single-file VAE (the original repository's layout, e.g. Wan2.1_VAE.pth) ------------------
+
+
+def _is_wan_vae(state: dict) -> bool:
+    vae = _strip_prefix(state)
+    return "decoder.head.0.gamma" in vae and any(k.startswith("decoder.upsamples.") for k in vae)
+
+
+def _wan_vae(state: dict, path: Path):
+    """Convert with diffusers' ``convert_wan_vae_to_diffusers``; the config comes from the shapes. That
+    converter knows Wan 2.1's layout (two res blocks a level, four levels): anything else is refused."""
+    from diffusers import AutoencoderKLWan
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    vae = _strip_prefix(state)
+    try:
+        config = wan_vae_config(vae)
+        if config["num_res_blocks"] != 2 or len(config["dim_mult"]) != 4:
+            raise ValueError(f"{config['num_res_blocks']} res blocks a level and {len(config['dim_mult'])} levels, "
+                             "where diffusers' converter knows Wan 2.1's 2 and 4")
+        with torch.device("meta"):
+            model = AutoencoderKLWan(**config)
+        model.load_state_dict(convert_wan_vae_to_diffusers(vae), strict=True, assign=True)
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path.name} looks like a Wan VAE but not one diffusers can convert (Wan 2.1's "
+                              f"layout; for Wan 2.2 load the diffusers folder): {str(e).splitlines()[0]}") from None
+    return model
+
+
+def wan_vae_config(vae: dict) -> dict:
+    """The AutoencoderKLWan config of an original-layout Wan VAE state dict, from its shapes: the
+    encoder's ``downsamples`` list is each level's res blocks, then a resampler (a time conv where it
+    also halves time) between levels."""
+    base = vae["encoder.conv1.weight"].shape[0]
+    items = sorted({int(k.split(".")[2]) for k in vae if k.startswith("encoder.downsamples.")})
+    levels, blocks, time = [[]], [], []
+    for i in items:
+        prefix = f"encoder.downsamples.{i}."
+        if prefix + "resample.1.weight" in vae:  # a resampler ends a level
+            time.append(prefix + "time_conv.weight" in vae)
+            levels.append([])
+        else:
+            levels[-1].append(vae[prefix + "residual.6.weight"].shape[0])  # the block's output channels
+    blocks = {len(level) for level in levels}
+    if len(blocks) != 1:
+        raise ValueError(f"levels with different numbers of res blocks: {[len(level) for level in levels]}")
+    return dict(base_dim=base, z_dim=vae["decoder.conv1.weight"].shape[1], dim_mult=[lv[-1] // base for lv in levels],
+                num_res_blocks=blocks.pop(), temperal_downsample=time, attn_scales=[])

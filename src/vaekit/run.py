@@ -5,6 +5,7 @@ runs out of memory takes the next rung of the recovery ladder (recovery.py) and 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 from .errors import PrecisionError
 from .ops.attention import attention_band, kv_band
 from .ops.causal import causal_conv_band, causal_first_band
-from .ops.compiled import compiled_conv_band
+from .ops.compiled import compiled_causal_band, compiled_conv_band
 from .ops.conv import conv_band
 from .ops.glu import glu_band
 from .ops.linear_attention import linear_kv_band, linear_query_band
@@ -73,10 +74,11 @@ class _Run:
     def __init__(self, program: Program, plan: Plan, x: torch.Tensor, store: Store, report: RunReport,
                  compiled: bool = False, sink=None, peers=None, first: bool = False):
         self.program, self.store, self.report, self.sink, self.peers = program, store, report, sink, peers
-        self.kernels = {**_KERNELS, ConvStage: compiled_conv_band} if compiled else dict(_KERNELS)
+        compiled_kernels = {ConvStage: compiled_conv_band, CausalConvStage: compiled_causal_band}
+        self.kernels = {**_KERNELS, **compiled_kernels} if compiled else dict(_KERNELS)
         self.first = first
         if first:  # a video's first chunk: resamplers that say so pass it through (program.CausalConvStage)
-            self.kernels[CausalConvStage] = _first_chunk
+            self.kernels[CausalConvStage] = functools.partial(_first_chunk, self.kernels[CausalConvStage])
         self.compiled = compiled
         self.shapes = {m.name: m.shape for m in plan.maps}
         self.tiers = dict(plan.tiers)  # the recovery ladder may move maps down
@@ -212,8 +214,8 @@ _KERNELS = {ConvStage: conv_band, KeyValueStage: kv_band, GLUStage: glu_band, Li
             LinearQueryStage: linear_query_band, CausalConvStage: causal_conv_band}
 
 
-def _first_chunk(stage: CausalConvStage, *args):
-    return (causal_first_band if stage.first else causal_conv_band)(stage, *args)
+def _first_chunk(kernel, stage: CausalConvStage, *args):
+    return (causal_first_band if stage.first else kernel)(stage, *args)
 
 
 def _compute(stage, weights, read, stats, r0, r1, src_h, dst_h, kv_rows, kernels=None):
@@ -287,13 +289,14 @@ def _bias(linear: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def run_video(program: Program, plans: tuple[Plan, Plan], x: torch.Tensor, chunks: list[int], emit, *,
-              scratch_dir=None, report: RunReport | None = None, progress=None, peers=None) -> None:
+              scratch_dir=None, report: RunReport | None = None, progress=None, peers=None,
+              compiled: bool = False) -> None:
     """Run a video program chunk by chunk along time: ``x`` (B, C, F, H, W) in chunks of ``chunks``
     frames, the first by ``plans[0]``, the rest by ``plans[1]``; ``emit(f0, frames)`` takes each chunk's
     output frames (B, C_out, F', H', W') as they are made. The causal convs' time caches are maps of one
     store for the whole video, zeros before the first chunk, on the tiers the plan gave them: memory is
     bounded by the chunk, not by the number of frames. ``progress(stage, rows_done, rows_total)`` counts
-    the stages of every chunk in turn."""
+    the stages of every chunk in turn. ``compiled``: as for execute, every chunk through the same graphs."""
     report = report if report is not None else RunReport()
     with Store(x.device, scratch_dir) as store:
         shapes, tiers = {m.name: m.shape for m in plans[1].maps}, plans[1].tiers
@@ -309,7 +312,7 @@ def run_video(program: Program, plans: tuple[Plan, Plan], x: torch.Tensor, chunk
                 progress(k * len(program.stages) + i, done, total)
 
             y = execute(program, plans[0] if first else plans[1], x[:, :, t0 : t0 + frames], store=store, first=first,
-                        scratch_dir=scratch_dir, report=report, peers=peers,
+                        scratch_dir=scratch_dir, report=report, peers=peers, compiled=compiled,
                         progress=None if progress is None else told)  # (B*F', C_out, H', W')
             y = y.unflatten(0, (x.shape[0], -1)).transpose(1, 2)  # (B, C_out, F', H', W')
             emit(o0, y)

@@ -10,6 +10,10 @@ of even rows so the halo offset after upsampling is the same for every chunk.
 
 Graphs are cached by the stage's static configuration (the "kind"): stages of one kind share a graph
 whatever their channels. The weights are inputs, not constants.
+
+A video's CausalConvStage (ops/causal.py) is compiled the same way: one graph makes the conv's input
+([time cache ; act(norm(band))], zero padded, in the conv3d layout) in one pass, the conv stays
+eager, a second graph unfolds its output and adds the residuals.
 """
 
 from __future__ import annotations
@@ -20,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..program import ConvStage, Shortcut
+from ..program import CausalConvStage, ConvStage, Shortcut
 from .act import activate
 from .conv import apply_shortcut, conv_band, pixel_shuffle, pixel_unshuffle
-from .norm import group_scale_shift, pixel_norm
+from .norm import group_scale_shift, l2_norm, pixel_norm
 
-__all__ = ["compiled_conv_band", "compilable", "kind_of", "MIN_RECOMPILE_LIMIT"]
+__all__ = ["compiled_conv_band", "compiled_causal_band", "compilable", "kind_of", "MIN_RECOMPILE_LIMIT"]
 
 #: dynamo keeps this many graphs per code object; every kind of stage is one (vaekit raises the limit)
 MIN_RECOMPILE_LIMIT = 64
@@ -126,8 +130,12 @@ def _graphs(kind: _Kind):
 
 
 def compilable(stage) -> bool:
-    """ConvStages whose upsampling (if any) is 2x before a 3x3 'same' conv: every one vaekit builds."""
-    return isinstance(stage, ConvStage) and (stage.upsample == 1 or (
+    """ConvStages whose upsampling (if any) is 2x before a 3x3 'same' conv: every one vaekit builds,
+    except those with a video's time (un)shuffle in their shortcut or Wan's norm (they run eagerly)."""
+    sc = stage.shortcut if isinstance(stage, ConvStage) else None
+    in_time = sc is not None and (sc.time_shuffle != 1 or sc.time_unshuffle != 1)
+    wan_norm = hasattr(getattr(stage, "norm", None), "gamma") or hasattr(getattr(stage, "out_norm", None), "gamma")
+    return isinstance(stage, ConvStage) and not in_time and not wan_norm and (stage.upsample == 1 or (
         stage.upsample == 2 and stage.kernel == 3 and stage.stride == 1 and stage.padding[:2] == (1, 1)))
 
 
@@ -171,3 +179,99 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
     """``t`` with the strides of a fresh tensor (``contiguous()`` keeps odd strides of size-1 dims)."""
     b, rows, w, c = t.shape
     return t if t.stride() == (rows * w * c, w * c, c, 1) else t.clone(memory_format=torch.contiguous_format)
+
+
+# ---- a video's causal 3-D conv -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _CausalKind:
+    """Everything static about a CausalConvStage's band computation."""
+
+    norm: bool  # Wan's L2 norm with gamma (and bias)
+    act: str | None
+    halo: int
+    past: int  # cache frames: 0 without a cache
+    split: int
+    residual: bool
+    skip2: bool
+    post: str | None
+
+
+def _causal_prologue(kind: _CausalKind, x, mask, cache, norm_w):
+    """[cache ; act(norm(x))] as the conv3d input: (B, C, T+F, W + 2 halo, rows) in channels_last_3d.
+    ``x`` (B*F, rows, W, C) and ``cache`` (B*T, rows, W, C) have zero rows past the image border."""
+    if kind.norm:
+        x = activate(l2_norm(x, norm_w), kind.act, inplace=True) * mask  # rows past the border: zeros again
+    else:
+        x = activate(x, kind.act)
+    n = x.shape[0] if cache is None else cache.shape[0] // kind.past  # samples
+    seq = x.unflatten(0, (n, -1))  # (B, F, rows, W, C)
+    if cache is not None:
+        seq = torch.cat([cache.unflatten(0, (n, kind.past)), seq], dim=1)  # (B, T+F, rows, W, C)
+    seq = F.pad(seq.permute(0, 4, 1, 3, 2), (0, 0, kind.halo, kind.halo))  # (B, C, T+F, W', rows)
+    return seq.contiguous(memory_format=torch.channels_last_3d)
+
+
+def _causal_epilogue(kind: _CausalKind, out, skip, skip2):
+    """The conv's (B, split*C, F', W, rows) output -> (B*F'*split, rows, W, C) + residuals, post."""
+    out = out.unflatten(1, (kind.split, -1)).permute(0, 3, 1, 5, 4, 2).flatten(0, 2)
+    if kind.residual:
+        out = out + skip
+    if kind.skip2:
+        out = out + skip2
+    return activate(out, kind.post, inplace=True)
+
+
+def _causal_graphs(kind: _CausalKind):
+    if kind not in _GRAPHS:
+        import torch._dynamo.config as dynamo_config
+
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, MIN_RECOMPILE_LIMIT)
+
+        def prologue(x, mask, cache, norm_w):
+            return _causal_prologue(kind, x, mask, cache, norm_w)
+
+        def epilogue(out, skip, skip2):
+            return _causal_epilogue(kind, out, skip, skip2)
+
+        _GRAPHS[kind] = torch.compile(prologue, dynamic=True), torch.compile(epilogue, dynamic=True)
+    return _GRAPHS[kind]
+
+
+def compiled_causal_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int, r1: int, src_h: int,
+                         dst_h: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """causal_conv_band's contract, through the compiled graphs of the stage's kind. What varies with
+    the band's place (zero rows at the image border) is settled eagerly, so every band and every
+    size is the same computation."""
+    halo, past = stage.halo, (0 if stage.cache is None else stage.cache_frames)
+    a, b = max(r0 - halo, 0), min(r1 + halo, src_h)
+    top, bottom = halo - (r0 - a), halo - (b - r1)  # zero rows at the image border only
+    x = read(stage.src, a, b)  # (B*F, rows, W, C)  src px
+    cache = None if stage.cache is None else read(stage.cache, a, b)  # (B*T, rows, W, C)
+    mask = torch.ones(1, b - a + top + bottom, 1, 1, dtype=x.dtype, device=x.device)
+    if top or bottom:
+        x = F.pad(x, (0, 0, 0, 0, top, bottom))
+        cache = None if cache is None else F.pad(cache, (0, 0, 0, 0, top, bottom))
+        mask[:, :top] = 0
+        mask[:, mask.shape[1] - bottom :] = 0
+    kind = _CausalKind(stage.norm is not None, stage.act, halo, past, stage.time_split, stage.skip is not None,
+                       stage.skip2 is not None, stage.post)
+    prologue, epilogue = _causal_graphs(kind)
+    x5 = prologue(_dense(x), mask, None if cache is None else _dense(cache), w["norm"] or None)
+    x5 = x5.contiguous(memory_format=torch.channels_last_3d)  # no copy: the graph made it so
+    n, width = x5.shape[0], x.shape[2]
+    tail = None  # the new cache: the last frames of [cache ; frames], rows [r0, r1)
+    if stage.cache_out is not None:
+        tail = x5[:, :, -past:, halo : halo + width, r0 - a + top : r1 - a + top].permute(0, 2, 4, 3, 1).flatten(0, 1)
+    weight = w["conv"]["weight"].transpose(3, 4)  # (C_out, C_in, kt, kw, kh)
+    out = F.conv3d(x5, weight, w["conv"].get("bias"), stride=(stage.time_stride, 1, 1))  # (B, split*C, F', W, rows)
+    skip = skip2 = None
+    if stage.skip is not None:  # the shortcut stays eager: a conv, and time (un)shuffles that count samples
+        s0, s1 = stage.shortcut.skip_rows(r0, r1) if stage.shortcut else (r0, r1)
+        band = read(stage.skip, s0, s1).permute(0, 3, 1, 2)  # (B*F, C_skip, rows, W)
+        out_n = n * out.shape[2] * stage.time_split
+        skip = _dense(apply_shortcut(band, stage.shortcut, w.get("shortcut"), out_n, n).permute(0, 2, 3, 1))
+    if stage.skip2 is not None:
+        skip2 = _dense(read(stage.skip2, r0, r1))
+    return epilogue(out, skip, skip2), tail
