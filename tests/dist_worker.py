@@ -27,6 +27,8 @@ CASES = {
     "dc-encode": ("dc", "encode", (2, 3, 36, 52), "smallest", None),
     "wan-decode": ("wan", "decode", (1, 4, 3, 13, 9), "smallest", None),  # frames and their time caches
     "wan-encode": ("wan", "encode", (1, 3, 9, 48, 40), "smallest", None),
+    "hunyuan-decode": ("hunyuan", "decode", (1, 4, 13, 9), "smallest", None),  # ConvAttention, (r1, r2, c) shuffles
+    "hunyuan-encode": ("hunyuan", "encode", (1, 3, 52, 36), "smallest", None),
     "wan-decode-npy": ("wan", "decode", (1, 4, 3, 13, 9), "smallest", ".npy"),  # rank 0 writes the frames
     "wan-decode-mp4": ("wan", "decode", (1, 4, 3, 13, 9), "smallest", ".mp4"),
 }
@@ -42,13 +44,17 @@ def model(name: str):
         from test_wan import make
 
         return make()
+    if name == "hunyuan":
+        from test_hunyuan import make_hunyuan
+
+        return make_hunyuan()
     return make_vae("sd") if name == "sd" else make_dc("sana")
 
 
 def main(out: Path) -> None:
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
-    models = {"sd": model("sd"), "dc": model("dc"), "wan": model("wan")}
+    models = {name: model(name) for name in ("sd", "dc", "wan", "hunyuan")}
     for case, (name, op, shape, budget_name, suffix) in CASES.items():
         vae, x = models[name], inputs(op, shape)
         budget = budgets_for(vae, shape, op)[budget_name]

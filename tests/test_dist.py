@@ -128,13 +128,13 @@ def _one_process(case):
     vae, x = model(name), inputs(op, shape)
     run = vaekit.decode if op == "decode" else vaekit.encode
     with torch.no_grad():
-        whole = vae.decode(x).sample if op == "decode" else (vae.encode(x).latent_dist.mode() if name in ("sd", "wan")
+        whole = vae.decode(x).sample if op == "decode" else (vae.encode(x).latent_dist.mode() if name in ("sd", "wan", "hunyuan")
                                                               else vae.encode(x).latent)
     return run(vae, x, budgets_for(vae, shape, op)[budget_name]), whole
 
 
 @pytest.mark.parametrize("case", ["sd-decode-smallest", "sd-decode-mixed", "sd-encode", "dc-decode", "dc-encode",
-                                  "wan-decode", "wan-encode"])
+                                  "wan-decode", "wan-encode", "hunyuan-decode", "hunyuan-encode"])
 def test_two_ranks_give_the_pixels_of_one_process(ranks_out, case):
     streamed, whole = _one_process(case)
     got = torch.load(ranks_out / f"{case}.pt", weights_only=True)
