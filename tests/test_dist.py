@@ -128,8 +128,10 @@ def _one_process(case):
     vae, x = model(name), inputs(op, shape)
     run = vaekit.decode if op == "decode" else vaekit.encode
     with torch.no_grad():
-        whole = vae.decode(x).sample if op == "decode" else (vae.encode(x).latent_dist.mode() if name in ("sd", "wan", "hunyuan")
-                                                              else vae.encode(x).latent)
+        if op == "decode":
+            whole = vae.decode(x).sample
+        else:
+            whole = vae.encode(x).latent_dist.mode() if name in ("sd", "wan", "hunyuan") else vae.encode(x).latent
     return run(vae, x, budgets_for(vae, shape, op)[budget_name]), whole
 
 
