@@ -134,6 +134,32 @@ with torch.inference_mode():
                           streamed=vaekit.plan(vk.bridge(wan).model, tuple(z.shape), low).mode == "stream",
                           encode_rel=rel(got_z, ref_z), encode_shape=list(got_z.shape), ref_encode_shape=list(ref_z.shape))
 
+# ---- Wan 2.2's residual VAE: ComfyUI's vae2_2 module builds it at its real size from the keys, seeded -------
+import comfy.ldm.wan.vae2_2  # noqa: E402
+
+torch.manual_seed(5)
+network = comfy.ldm.wan.vae2_2.WanVAE(dim=160, dec_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                                      attn_scales=[], temperal_downsample=[False, True, True])
+with torch.no_grad():
+    for name, p in network.named_parameters():
+        p.copy_(torch.randn_like(p) * 0.2 + 1) if name.endswith("gamma") else p.copy_(torch.randn_like(p) * 0.01)
+wan22 = comfy.sd.VAE(sd=network.state_dict())
+del network
+with torch.inference_mode():
+    z = torch.randn(1, 48, 2, 12, 10, generator=g)  # 5 frames of 192x160: smaller runs whole (the smallest
+    # budget, ~220 MiB, is set by the 1024-channel convs' weights)
+    ref = nodes.VAEDecode().decode(wan22, {"samples": z})[0]  # (5, 192, 160, 3)
+    low = smallest(wan22, tuple(z.shape), "decode")
+    got = Decode().decode({"samples": z}, wan22, budget=str(low))[0]
+    frames = torch.rand(5, 192, 160, 3, generator=g)
+    ref_z = nodes.VAEEncode().encode(wan22, frames)[0]["samples"]
+    got_z = Encode().encode(frames, wan22, budget="256MiB")[0]["samples"]
+    results["wan22"] = dict(rel=rel(got, ref), shape=list(got.shape), ref_shape=list(ref.shape),
+                            streamed=vaekit.plan(vk.bridge(wan22).model, tuple(z.shape), low).mode == "stream",
+                            encode_rel=rel(got_z, ref_z), encode_shape=list(got_z.shape),
+                            ref_encode_shape=list(ref_z.shape))
+del wan22
+
 # ---- what ComfyUI does after an out-of-memory: three passes of overlapping tiles ------------------------
 with torch.inference_mode():
     z = torch.randn(1, 4, 40, 36, generator=g)

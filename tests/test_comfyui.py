@@ -49,6 +49,13 @@ def test_wan_video_decode_and_encode(measured):
     assert wan["encode_shape"] == wan["ref_encode_shape"] == [1, 16, 3, 6, 5] and wan["encode_rel"] <= REL_TOL
 
 
+def test_wan22_video_decode_and_encode(measured):
+    """Wan 2.2's residual VAE, as ComfyUI builds it from Wan2.2_VAE's keys (mapped by loader.convert_wan22)."""
+    wan = measured["wan22"]
+    assert wan["shape"] == wan["ref_shape"] == [5, 192, 160, 3] and wan["streamed"] and wan["rel"] <= REL_TOL, wan
+    assert wan["encode_shape"] == wan["ref_encode_shape"] == [1, 48, 2, 12, 10] and wan["encode_rel"] <= REL_TOL, wan
+
+
 def test_comfyuis_tiled_fallback_differs_and_the_node_does_not(measured):
     assert measured["tiled_fallback"]["rel"] > 1000 * REL_TOL
     assert measured["tiled_fallback"]["vaekit_rel"] <= REL_TOL

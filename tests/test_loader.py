@@ -42,14 +42,24 @@ def to_ldm(vae, prefix: str = "first_stage_model.") -> dict[str, torch.Tensor]:
 
 def to_wan_original(vae) -> dict[str, torch.Tensor]:
     """A diffusers AutoencoderKLWan's weights in the original Wan repository's layout (Wan2.1_VAE.pth,
-    ComfyUI's wan_2.1_vae.safetensors): the inverse of diffusers' convert_wan_vae_to_diffusers."""
+    ComfyUI's wan_2.1_vae.safetensors): the inverse of diffusers' convert_wan_vae_to_diffusers. Wan 2.2
+    (is_residual) nests each level's blocks: ``encoder.downsamples.i.downsamples.j``."""
     top = {"quant_conv": "conv1", "post_quant_conv": "conv2", "encoder.conv_in": "encoder.conv1",
            "decoder.conv_in": "decoder.conv1", "encoder.norm_out": "encoder.head.0", "decoder.norm_out": "decoder.head.0",
            "encoder.conv_out": "encoder.head.2", "decoder.conv_out": "decoder.head.2"}
     resnet = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "residual.3", "conv2": "residual.6",
               "conv_shortcut": "shortcut"}
-    out = {}
+    out, blocks = {}, vae.config.num_res_blocks
     for key, value in vae.state_dict().items():
+        if not vae.config.is_residual:
+            pass
+        elif m := re.fullmatch(r"(encoder|decoder)\.(down|up)_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(.+)", key):
+            out[f"{m[1]}.{m[2]}samples.{m[3]}.{m[2]}samples.{m[4]}.{resnet[m[5]]}.{m[6]}"] = value.clone()  # Wan 2.2
+            continue
+        elif m := re.fullmatch(r"(encoder|decoder)\.(down|up)_blocks\.(\d+)\.(down|up)sampler\.(.+)", key):
+            last = blocks if m[1] == "encoder" else blocks + 1  # the resampler follows the level's res blocks
+            out[f"{m[1]}.{m[2]}samples.{m[3]}.{m[2]}samples.{last}.{m[5]}"] = value.clone()
+            continue
         if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.(\w+)\.(.+)", key):
             new = f"encoder.downsamples.{m[1]}.{resnet.get(m[2], m[2])}.{m[3]}"
         elif m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(.+)", key):
@@ -108,6 +118,25 @@ def test_wan_single_file_is_converted_offline(tmp_path):
     save_file(with_vae_prefix, tmp_path / "decoder.safetensors")
     with pytest.raises(CheckpointError, match="Wan"):
         vaekit.load(tmp_path / "decoder.safetensors")
+
+
+def test_wan22_single_file_is_converted_offline(tmp_path):
+    """Wan 2.2's residual VAE as its original repository saves it (Wan2.2_VAE.pth; scaled down)."""
+    from test_wan import make_wan22
+    from vaekit.loader import convert_wan22
+
+    vae = make_wan22()
+    original = to_wan_original(vae)
+    assert any(k.startswith("decoder.upsamples.0.upsamples.") for k in original)  # the nested layout
+    assert convert_wan22(original).keys() == vae.state_dict().keys()
+    save_file(original, tmp_path / "Wan2.2_VAE.safetensors")
+    loaded = vaekit.load(tmp_path / "Wan2.2_VAE.safetensors")
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+    assert public(loaded.config) == public(vae.config)
+    z = torch.randn(1, 4, 2, 5, 3, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = vae.decode(z).sample
+    assert relative_error(vaekit.decode(loaded, z, "4MiB"), ref) <= REL_TOL
 
 
 def _taesd_state(variant: str, part: str) -> dict[str, torch.Tensor]:

@@ -125,8 +125,9 @@ def decode(vae, latents: torch.Tensor, budget=None, *, device=None, progress=Non
         scratch files on disk (default: 80% of the RAM available).
     dist: under ``torchrun``, split every stage's rows across the ranks (dist.py): each rank computes
         and holds its share, and writes its rows to ``out`` (.npy or .zarr); a video's frames go to
-        ``out`` from rank 0 (any video suffix). Without ``out`` every rank gets the whole image. Every rank must call it with the same arguments. One process
-        (no torchrun) runs as usual. ``budget`` is per rank.
+        ``out`` from rank 0 (any video suffix). Without ``out`` every rank gets the whole image.
+        Every rank must call it with the same arguments. One process (no torchrun) runs as usual.
+        ``budget`` is per rank.
     Returns the image (in [-1, 1] for a trained model) on the latents' device, in the model's dtype.
     """
     return run(vae, "decode", latents, budget, device=device, progress=progress, compile=compile,

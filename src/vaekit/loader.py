@@ -13,6 +13,7 @@ arbitrary unpickling is refused, as is a truncated or empty one, each with a Che
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -228,7 +229,7 @@ def ldm_vae_config(state: dict) -> dict:
     return config
 
 
-# ---- Wan 2.1 single-file VAE (the original repository's layout, e.g. Wan2.1_VAE.pth) ------------------
+# ---- Wan single-file VAEs (the original repositories' layout: Wan2.1_VAE.pth, Wan2.2_VAE.pth) -----------
 
 
 def _is_wan_vae(state: dict) -> bool:
@@ -237,42 +238,100 @@ def _is_wan_vae(state: dict) -> bool:
 
 
 def _wan_vae(state: dict, path: Path):
-    """Convert with diffusers' ``convert_wan_vae_to_diffusers``; the config comes from the shapes. That
-    converter knows Wan 2.1's layout (two res blocks a level, four levels): anything else is refused."""
-    from diffusers import AutoencoderKLWan
-    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
-
-    vae = _strip_prefix(state)
     try:
-        config = wan_vae_config(vae)
-        if config["num_res_blocks"] != 2 or len(config["dim_mult"]) != 4:
-            raise ValueError(f"{config['num_res_blocks']} res blocks a level and {len(config['dim_mult'])} levels, "
-                             "where diffusers' converter knows Wan 2.1's 2 and 4")
-        with torch.device("meta"):
-            model = AutoencoderKLWan(**config)
-        model.load_state_dict(convert_wan_vae_to_diffusers(vae), strict=True, assign=True)
+        model, convert = wan_model(_strip_prefix(state))
+        model.load_state_dict(convert(_strip_prefix(state)), strict=True, assign=True)
     except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{path.name} looks like a Wan VAE but not one diffusers can convert (Wan 2.1's "
-                              f"layout; for Wan 2.2 load the diffusers folder): {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{path.name} looks like a Wan VAE but its weights do not fit Wan 2.1's or 2.2's "
+                              f"layout: {str(e).splitlines()[0]}") from None
     return model
 
 
+def wan_model(vae: dict):
+    """The AutoencoderKLWan (on the meta device) of an original-layout Wan VAE state dict, configured from
+    its shapes, and the function that maps such a state dict to diffusers' keys: diffusers' own
+    ``convert_wan_vae_to_diffusers`` for Wan 2.1 (and Qwen-Image, the same layout); for Wan 2.2, whose
+    levels are nested blocks diffusers ships no converter for, ``convert_wan22`` maps the blocks and
+    leaves the rest (middle, head, quant convs: the same keys in both) to diffusers'."""
+    from diffusers import AutoencoderKLWan
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    config = wan_vae_config(vae)
+    if not config.get("is_residual") and (config["num_res_blocks"] != 2 or len(config["dim_mult"]) != 4):
+        raise ValueError(f"{config['num_res_blocks']} res blocks a level and {len(config['dim_mult'])} levels, "
+                         "where diffusers' Wan 2.1 converter knows 2 and 4")
+    with torch.device("meta"):
+        model = AutoencoderKLWan(**config).eval()
+    return model, (convert_wan22 if config.get("is_residual") else convert_wan_vae_to_diffusers)
+
+
+def _is_wan22(vae: dict) -> bool:
+    return any(k.startswith("decoder.upsamples.0.upsamples.") for k in vae)
+
+
 def wan_vae_config(vae: dict) -> dict:
-    """The AutoencoderKLWan config of an original-layout Wan VAE state dict, from its shapes: the
-    encoder's ``downsamples`` list is each level's res blocks, then a resampler (a time conv where it
-    also halves time) between levels."""
+    """The AutoencoderKLWan config of an original-layout Wan VAE state dict, from its shapes. Wan 2.1's
+    encoder ``downsamples`` is a flat list: each level's res blocks, then a resampler between levels (a
+    time conv where it also halves time). Wan 2.2 nests each level (``downsamples.i.downsamples.j``), works
+    on 2x2 patches (12 channels in and out) and has a wider decoder."""
     base = vae["encoder.conv1.weight"].shape[0]
-    items = sorted({int(k.split(".")[2]) for k in vae if k.startswith("encoder.downsamples.")})
-    levels, blocks, time = [[]], [], []
-    for i in items:
-        prefix = f"encoder.downsamples.{i}."
-        if prefix + "resample.1.weight" in vae:  # a resampler ends a level
-            time.append(prefix + "time_conv.weight" in vae)
-            levels.append([])
-        else:
-            levels[-1].append(vae[prefix + "residual.6.weight"].shape[0])  # the block's output channels
+    levels, time = [], []
+    if _is_wan22(vae):
+        count = 1 + max(int(k.split(".")[2]) for k in vae if k.startswith("encoder.downsamples."))
+        for i in range(count):
+            prefix = f"encoder.downsamples.{i}.downsamples."
+            items = sorted({int(k.split(".")[4]) for k in vae if k.startswith(prefix)})
+            levels.append([vae[f"{prefix}{j}.residual.6.weight"].shape[0] for j in items
+                           if f"{prefix}{j}.residual.6.weight" in vae])
+            if i < count - 1:
+                time.append(f"{prefix}{items[-1]}.time_conv.weight" in vae)
+    else:
+        levels.append([])
+        for i in sorted({int(k.split(".")[2]) for k in vae if k.startswith("encoder.downsamples.")}):
+            prefix = f"encoder.downsamples.{i}."
+            if prefix + "resample.1.weight" in vae:  # a resampler ends a level
+                time.append(prefix + "time_conv.weight" in vae)
+                levels.append([])
+            else:
+                levels[-1].append(vae[prefix + "residual.6.weight"].shape[0])  # the block's output channels
     blocks = {len(level) for level in levels}
     if len(blocks) != 1:
         raise ValueError(f"levels with different numbers of res blocks: {[len(level) for level in levels]}")
-    return dict(base_dim=base, z_dim=vae["decoder.conv1.weight"].shape[1], dim_mult=[lv[-1] // base for lv in levels],
-                num_res_blocks=blocks.pop(), temperal_downsample=time, attn_scales=[])
+    dim_mult = [level[-1] // base for level in levels]
+    config = dict(base_dim=base, z_dim=vae["decoder.conv1.weight"].shape[1], dim_mult=dim_mult,
+                  num_res_blocks=blocks.pop(), temperal_downsample=time, attn_scales=[])
+    if _is_wan22(vae):
+        channels_in, channels_out = vae["encoder.conv1.weight"].shape[1], vae["decoder.head.2.weight"].shape[0]
+        patch = math.isqrt(channels_in // 3)
+        config.update(is_residual=True, in_channels=channels_in, out_channels=channels_out, patch_size=patch,
+                      decoder_base_dim=vae["decoder.head.2.weight"].shape[1] // dim_mult[0],
+                      scale_factor_spatial=patch * 2 ** (len(dim_mult) - 1))
+    return config
+
+
+#: a res block's parts: the original's nn.Sequential indices -> diffusers' names
+_RESNET = {"residual.0": "norm1", "residual.2": "conv1", "residual.3": "norm2", "residual.6": "conv2",
+           "shortcut": "conv_shortcut"}
+
+
+def convert_wan22(state: dict) -> dict:
+    """An original-layout Wan 2.2 VAE state dict in diffusers' AutoencoderKLWan keys (is_residual): each
+    level's blocks are ``resnets`` and its resampler the ``downsampler``/``upsampler``; the rest has Wan
+    2.1's keys and goes through diffusers' converter."""
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    out, rest = {}, {}
+    for key, value in state.items():
+        found = re.fullmatch(r"(encoder|decoder)\.(?:down|up)samples\.(\d+)\.(?:down|up)samples\.\d+\.(.+)", key)
+        if found is None:
+            rest[key] = value
+            continue
+        part, level, tail = found.groups()
+        blocks = "down_blocks" if part == "encoder" else "up_blocks"
+        if tail.startswith(("resample.", "time_conv.")):  # the level's resampler
+            out[f"{part}.{blocks}.{level}.{'downsampler' if part == 'encoder' else 'upsampler'}.{tail}"] = value
+        else:
+            index = key.split(".")[4]
+            module, name = tail.rsplit(".", 1)
+            out[f"{part}.{blocks}.{level}.resnets.{index}.{_RESNET[module]}.{name}"] = value
+    return {**convert_wan_vae_to_diffusers(rest), **out}

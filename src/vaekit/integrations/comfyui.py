@@ -17,8 +17,9 @@ untiled node gives, streamed inside a budget:
   vaekit's errors reach the UI as one line that names the node and what would work.
 
 Families: ComfyUI's LDM-format AutoencoderKL (SD 1.x/2.x, SDXL, SD3, FLUX.1 VAEs), its TAESD (taesd,
-taesdxl, taesd3, taef1) and its Wan 2.1 video VAE (LATENT (B, 16, T, h, w) -> the frames as an IMAGE
-batch, as its VAE Decode gives them). Other VAEs ComfyUI loads are refused with a message saying so.
+taesdxl, taesd3, taef1) and its Wan 2.1 and 2.2 video VAEs (Qwen-Image's is Wan 2.1's; LATENT (B, 16 or
+48, T, h, w) -> the frames as an IMAGE batch, as its VAE Decode gives them). Other VAEs ComfyUI loads
+are refused with a message saying so.
 ``vaekit comfyui install COMFYUI_DIR`` links ``comfyui_pack/`` into ``custom_nodes/``.
 """
 
@@ -74,15 +75,16 @@ def _make_bridge(vae) -> Bridge:
     kind = type(network).__name__
     if kind == "TAESD":
         return _taesd_bridge(state)
-    if kind == "WanVAE" and type(network).__module__ == "comfy.ldm.wan.vae":
-        return _wan_bridge(network, state)
+    if kind == "WanVAE" and type(network).__module__ in ("comfy.ldm.wan.vae", "comfy.ldm.wan.vae2_2"):
+        return _wan_bridge(state)
     decoder = getattr(network, "decoder", None)
     ldm = type(decoder).__module__ == "comfy.ldm.modules.diffusionmodules.model" and type(decoder).__name__ == "Decoder"
     if ldm and "decoder.conv_in.weight" in state:
         return _kl_bridge(state)
     raise UnsupportedModelError(
         f"vaekit cannot stream ComfyUI's {kind} ({type(decoder).__module__}.{type(decoder).__name__}): it streams "
-        "the SD 1.x/2.x, SDXL, SD3, FLUX.1 and Wan 2.1 VAEs and TAESD; use ComfyUI's VAE Decode for this one")
+        "the SD 1.x/2.x, SDXL, SD3, FLUX.1, Wan 2.1/2.2 and Qwen-Image VAEs and TAESD; use ComfyUI's VAE Decode "
+        "for this one")
 
 
 def _kl_bridge(state: dict) -> Bridge:
@@ -97,18 +99,12 @@ def _kl_bridge(state: dict) -> Bridge:
     return Bridge(model, lambda sd: convert_ldm_vae_checkpoint(sd, config))
 
 
-def _wan_bridge(network, state: dict) -> Bridge:
-    """ComfyUI's Wan 2.1 VAE (the original checkpoint's layout) as diffusers' AutoencoderKLWan, mapped by
-    diffusers' own converter."""
-    from diffusers import AutoencoderKLWan
-    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+def _wan_bridge(state: dict) -> Bridge:
+    """ComfyUI's Wan 2.1 or 2.2 VAE (the original checkpoints' layout; Qwen-Image's is Wan 2.1's) as
+    diffusers' AutoencoderKLWan, configured from the shapes and mapped as ``vaekit.load`` maps the files."""
+    from ..loader import wan_model
 
-    config = dict(base_dim=network.dim, z_dim=network.z_dim, dim_mult=list(network.dim_mult),
-                  num_res_blocks=network.num_res_blocks, attn_scales=list(network.attn_scales),
-                  temperal_downsample=list(network.temperal_downsample))
-    with torch.device("meta"):
-        model = AutoencoderKLWan(**config).eval()
-    return Bridge(model, convert_wan_vae_to_diffusers)
+    return Bridge(*wan_model(state))
 
 
 def _taesd_bridge(state: dict) -> Bridge:
