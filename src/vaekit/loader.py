@@ -84,7 +84,7 @@ def _load_files(paths: list[Path]):
         return _wan_vae(states[paths[0]], paths[0])
     names = ", ".join(p.name for p in paths)
     raise CheckpointError(f"{names}: not a VAE vaekit recognises (a TAESD-family .pth, an LDM single-file VAE "
-                          "with encoder./decoder. keys, or a Wan 2.1 VAE file); for a diffusers model pass its folder")
+                          "with encoder./decoder. keys, or a Wan VAE file); for a diffusers model pass its folder")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -238,9 +238,10 @@ def _is_wan_vae(state: dict) -> bool:
 
 
 def _wan_vae(state: dict, path: Path):
+    vae = _strip_prefix(state)
     try:
-        model, convert = wan_model(_strip_prefix(state))
-        model.load_state_dict(convert(_strip_prefix(state)), strict=True, assign=True)
+        model, convert = wan_model(vae)
+        model.load_state_dict(convert(vae), strict=True, assign=True)
     except (KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{path.name} looks like a Wan VAE but its weights do not fit Wan 2.1's or 2.2's "
                               f"layout: {str(e).splitlines()[0]}") from None
