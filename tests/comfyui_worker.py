@@ -160,6 +160,36 @@ with torch.inference_mode():
                             ref_encode_shape=list(ref_z.shape))
 del wan22
 
+# ---- HunyuanImage 2.1's VAE: ComfyUI builds its own modules from the file's keys (real size), seeded ------
+import comfy.ldm.hunyuan_video.vae as hunyuan_vae  # noqa: E402
+
+torch.manual_seed(6)
+ddconfig = dict(in_channels=3, out_channels=3, z_channels=64, block_out_channels=[128, 256, 512, 512, 1024, 1024],
+                num_res_blocks=2, ffactor_spatial=32)
+parts = {"encoder": hunyuan_vae.Encoder(**ddconfig), "decoder": hunyuan_vae.Decoder(**ddconfig)}
+state = {}
+with torch.no_grad():
+    for part, module in parts.items():
+        for name, p in module.named_parameters():  # ComfyUI's layers skip weight init: seed them
+            norm = p.dim() == 1 and "norm" in name and name.endswith("weight")
+            state[f"{part}.{name}"] = torch.randn_like(p) * 0.2 + 1 if norm else torch.randn_like(p) * 0.02
+del parts
+hunyuan = comfy.sd.VAE(sd=state)
+del state
+with torch.inference_mode():
+    z = torch.randn(1, 64, 12, 10, generator=g)  # 384x320: large enough to stream at the smallest budget
+    ref = nodes.VAEDecode().decode(hunyuan, {"samples": z})[0]  # (1, 384, 320, 3)
+    low = smallest(hunyuan, tuple(z.shape), "decode")
+    got = Decode().decode({"samples": z}, hunyuan, budget=str(low))[0]
+    pixels = torch.rand(1, 384, 320, 3, generator=g)
+    ref_z = nodes.VAEEncode().encode(hunyuan, pixels)[0]["samples"]
+    got_z = Encode().encode(pixels, hunyuan, budget="512MiB")[0]["samples"]
+    results["hunyuan"] = dict(rel=rel(got, ref), shape=list(got.shape), ref_shape=list(ref.shape),
+                              streamed=vaekit.plan(vk.bridge(hunyuan).model, tuple(z.shape), low).mode == "stream",
+                              encode_rel=rel(got_z, ref_z), encode_shape=list(got_z.shape),
+                              ref_encode_shape=list(ref_z.shape))
+del hunyuan
+
 # ---- what ComfyUI does after an out-of-memory: three passes of overlapping tiles ------------------------
 with torch.inference_mode():
     z = torch.randn(1, 4, 40, 36, generator=g)

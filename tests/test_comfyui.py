@@ -56,6 +56,13 @@ def test_wan22_video_decode_and_encode(measured):
     assert wan["encode_shape"] == wan["ref_encode_shape"] == [1, 48, 2, 12, 10] and wan["encode_rel"] <= REL_TOL, wan
 
 
+def test_hunyuan_image_decode_and_encode(measured):
+    """HunyuanImage 2.1's VAE, as ComfyUI builds it from the file's keys (mapped by loader.convert_hunyuan_image)."""
+    got = measured["hunyuan"]
+    assert got["shape"] == got["ref_shape"] == [1, 384, 320, 3] and got["streamed"] and got["rel"] <= REL_TOL, got
+    assert got["encode_shape"] == got["ref_encode_shape"] == [1, 64, 12, 10] and got["encode_rel"] <= REL_TOL, got
+
+
 def test_comfyuis_tiled_fallback_differs_and_the_node_does_not(measured):
     assert measured["tiled_fallback"]["rel"] > 1000 * REL_TOL
     assert measured["tiled_fallback"]["vaekit_rel"] <= REL_TOL

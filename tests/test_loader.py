@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 import vaekit
-from conftest import REL_TOL, TAESD_DIR, make_vae, needs_taesd, relative_error, untiled
+from conftest import REL_TOL, TAESD_DIR, budgets_for, make_vae, needs_taesd, relative_error, untiled
 from vaekit.errors import CheckpointError
 from vaekit.loader import detect_taesd
 from vaekit.taesd import TinyAutoencoder
@@ -77,6 +78,31 @@ def to_wan_original(vae) -> dict[str, torch.Tensor]:
     return out
 
 
+def to_hunyuan_original(vae) -> dict[str, torch.Tensor]:
+    """A diffusers AutoencoderKLHunyuanImage's weights in the original layout (as ComfyUI loads the file):
+    per level ``down.i.block.j`` and ``down.i.downsample``, LDM names in the mid block."""
+    c = vae.config
+    shuffles, levels = int(math.log2(c.spatial_compression_ratio)), len(c.block_out_channels)
+    where = {}  # (part, index in diffusers' flat list) -> the original's module path
+    for part, blocks, per in (("encoder", "down", c.layers_per_block), ("decoder", "up", c.layers_per_block + 1)):
+        flat = [f"{blocks}.{i}.block.{j}" for i in range(levels) for j in range(per)]
+        for i in reversed(range(min(shuffles, levels - 1))):  # each resampler after its level's blocks
+            flat.insert((i + 1) * per, f"{blocks}.{i}.{blocks}sample")
+        where.update({(part, n): module for n, module in enumerate(flat)})
+    names = {"conv_shortcut": "nin_shortcut", "to_q": "q", "to_k": "k", "to_v": "v", "proj": "proj_out"}
+    out = {}
+    for key, value in vae.state_dict().items():
+        parts = key.split(".")
+        if parts[1] in ("down_blocks", "up_blocks"):
+            parts = [parts[0], *where[(parts[0], int(parts[2]))].split("."), *parts[3:]]
+        elif parts[1] == "mid_block":
+            parts = [parts[0], "mid", {"resnets.0": "block_1", "resnets.1": "block_2", "attentions.0": "attn_1"}[
+                f"{parts[2]}.{parts[3]}"], *parts[4:]]
+        parts[-2] = names.get(parts[-2], parts[-2])
+        out[".".join(parts)] = value.clone()
+    return out
+
+
 def test_diffusers_folder(tmp_path):
     vae = make_vae("sd")
     vae.save_pretrained(tmp_path / "vae")
@@ -137,6 +163,25 @@ def test_wan22_single_file_is_converted_offline(tmp_path):
     with torch.no_grad():
         ref = vae.decode(z).sample
     assert relative_error(vaekit.decode(loaded, z, "4MiB"), ref) <= REL_TOL
+
+
+def test_hunyuan_image_single_file_is_converted_offline(tmp_path):
+    """HunyuanImage 2.1's VAE in its original layout (scaled down), told from an LDM file by its shuffles."""
+    from test_hunyuan import make_hunyuan
+    from vaekit.loader import convert_hunyuan_image
+
+    vae = make_hunyuan()
+    original = to_hunyuan_original(vae)
+    assert convert_hunyuan_image(original).keys() == vae.state_dict().keys()  # the test's inverse is right
+    save_file(original, tmp_path / "hunyuan_image_2.1_vae.safetensors")
+    loaded = vaekit.load(tmp_path / "hunyuan_image_2.1_vae.safetensors")
+    assert type(loaded).__name__ == "AutoencoderKLHunyuanImage"
+    z = torch.randn(1, 4, 9, 11, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = vae.decode(z).sample
+    low = budgets_for(loaded, tuple(z.shape))["smallest"]
+    assert vaekit.plan(loaded, tuple(z.shape), low).mode == "stream"
+    assert relative_error(vaekit.decode(loaded, z, low), ref) <= REL_TOL
 
 
 def _taesd_state(variant: str, part: str) -> dict[str, torch.Tensor]:

@@ -78,13 +78,16 @@ def _load_files(paths: list[Path]):
     states = {p: read_state_dict(p) for p in paths}
     if all(detect_taesd(s, p.name) for p, s in states.items()):
         return _taesd(states)
+    if len(paths) == 1 and _is_hunyuan_image_vae(states[paths[0]]):
+        return _hunyuan_image_vae(states[paths[0]], paths[0])
     if len(paths) == 1 and _is_ldm_vae(states[paths[0]]):
         return _ldm_vae(states[paths[0]], paths[0])
     if len(paths) == 1 and _is_wan_vae(states[paths[0]]):
         return _wan_vae(states[paths[0]], paths[0])
     names = ", ".join(p.name for p in paths)
     raise CheckpointError(f"{names}: not a VAE vaekit recognises (a TAESD-family .pth, an LDM single-file VAE "
-                          "with encoder./decoder. keys, or a Wan VAE file); for a diffusers model pass its folder")
+                          "with encoder./decoder. keys, a Wan or HunyuanImage 2.1 VAE file); for a diffusers model pass its "
+                          "folder")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -336,3 +339,71 @@ def convert_wan22(state: dict) -> dict:
             module, name = tail.rsplit(".", 1)
             out[f"{part}.{blocks}.{level}.resnets.{index}.{_RESNET[module]}.{name}"] = value
     return {**convert_wan_vae_to_diffusers(rest), **out}
+
+
+# ---- HunyuanImage 2.1 single-file VAE (the original layout, as ComfyUI loads it) ------------------------
+
+
+def _is_hunyuan_image_vae(state: dict) -> bool:
+    """LDM-like keys, but the downsamplers are pixel shuffles: their conv changes the channels (an LDM
+    downsampler's stride-2 conv keeps them)."""
+    vae = _strip_prefix(state)
+    conv = vae.get("encoder.down.0.downsample.conv.weight")
+    return conv is not None and "decoder.up.0.block.0.conv1.weight" in vae and conv.shape[0] != conv.shape[1]
+
+
+def _hunyuan_image_vae(state: dict, path: Path):
+    vae = _strip_prefix(state)
+    try:
+        model, convert = hunyuan_image_model(vae)
+        model.load_state_dict(convert(vae), strict=True, assign=True)
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path.name} looks like a HunyuanImage 2.1 VAE but its weights do not fit: "
+                              f"{str(e).splitlines()[0]}") from None
+    return model
+
+
+def hunyuan_image_model(vae: dict):
+    """The AutoencoderKLHunyuanImage (meta device) of an original-layout state dict, configured from its
+    shapes, and the function mapping such a state dict to diffusers' keys (diffusers ships none)."""
+    from diffusers import AutoencoderKLHunyuanImage
+
+    levels = sorted({int(k.split(".")[2]) for k in vae if k.startswith("encoder.down.")})
+    blocks = {int(k.split(".")[4]) for k in vae if k.startswith("encoder.down.0.block.")}
+    shuffles = sum(f"encoder.down.{i}.downsample.conv.weight" in vae for i in levels)
+    config = dict(in_channels=vae["encoder.conv_in.weight"].shape[1], out_channels=vae["decoder.conv_out.weight"].shape[0],
+                  latent_channels=vae["decoder.conv_in.weight"].shape[1], layers_per_block=len(blocks),
+                  block_out_channels=tuple(vae[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] for i in levels),
+                  spatial_compression_ratio=2**shuffles, sample_size=512)  # the released config's; only tiling reads it
+    with torch.device("meta"):
+        model = AutoencoderKLHunyuanImage(**config).eval()
+    return model, convert_hunyuan_image
+
+
+def convert_hunyuan_image(state: dict) -> dict:
+    """Original (ComfyUI's) HunyuanImage 2.1 VAE keys -> diffusers': each level's ``block.j`` and
+    ``downsample``/``upsample`` become entries of one flat ``down_blocks``/``up_blocks`` list, and the mid
+    block's LDM names become diffusers'."""
+    names = {"nin_shortcut": "conv_shortcut", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "proj"}
+    flat: dict[tuple[str, int, str, int], int] = {}  # (part, level, kind, j) -> index in the flat list
+    for part, blocks in (("encoder", "down"), ("decoder", "up")):
+        items = sorted({(int(k.split(".")[2]), k.split(".")[3], int(k.split(".")[4]) if k.split(".")[3] == "block"
+                         else 0) for k in state if k.startswith(f"{part}.{blocks}.")},
+                       key=lambda t: (t[0], t[1] != "block", t[2]))  # a level's blocks, then its resampler
+        for n, (level, kind, j) in enumerate(items):
+            flat[(part, level, kind, j)] = n
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[1] in ("down", "up"):
+            level, kind = int(parts[2]), parts[3]
+            j, rest = (int(parts[4]), parts[5:]) if kind == "block" else (0, parts[4:])
+            new = [parts[0], f"{parts[1]}_blocks", str(flat[(parts[0], level, kind, j)]), *rest]
+        elif parts[1] == "mid":
+            where = {"block_1": ["resnets", "0"], "block_2": ["resnets", "1"], "attn_1": ["attentions", "0"]}[parts[2]]
+            new = [parts[0], "mid_block", *where, *parts[3:]]
+        else:
+            new = parts
+        new[-2] = names.get(new[-2], new[-2])
+        out[".".join(new)] = value
+    return out

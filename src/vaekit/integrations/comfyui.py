@@ -18,8 +18,8 @@ untiled node gives, streamed inside a budget:
 
 Families: ComfyUI's LDM-format AutoencoderKL (SD 1.x/2.x, SDXL, SD3, FLUX.1 VAEs), its TAESD (taesd,
 taesdxl, taesd3, taef1) and its Wan 2.1 and 2.2 video VAEs (Qwen-Image's is Wan 2.1's; LATENT (B, 16 or
-48, T, h, w) -> the frames as an IMAGE batch, as its VAE Decode gives them). Other VAEs ComfyUI loads
-are refused with a message saying so.
+48, T, h, w) -> the frames as an IMAGE batch, as its VAE Decode gives them), and HunyuanImage 2.1's VAE.
+Other VAEs ComfyUI loads are refused with a message saying so.
 ``vaekit comfyui install COMFYUI_DIR`` links ``comfyui_pack/`` into ``custom_nodes/``.
 """
 
@@ -78,13 +78,17 @@ def _make_bridge(vae) -> Bridge:
     if kind == "WanVAE" and type(network).__module__ in ("comfy.ldm.wan.vae", "comfy.ldm.wan.vae2_2"):
         return _wan_bridge(state)
     decoder = getattr(network, "decoder", None)
+    if type(decoder).__module__ == "comfy.ldm.hunyuan_video.vae":  # HunyuanImage 2.1 (its file's layout)
+        from ..loader import hunyuan_image_model
+
+        return Bridge(*hunyuan_image_model(state))
     ldm = type(decoder).__module__ == "comfy.ldm.modules.diffusionmodules.model" and type(decoder).__name__ == "Decoder"
     if ldm and "decoder.conv_in.weight" in state:
         return _kl_bridge(state)
     raise UnsupportedModelError(
         f"vaekit cannot stream ComfyUI's {kind} ({type(decoder).__module__}.{type(decoder).__name__}): it streams "
-        "the SD 1.x/2.x, SDXL, SD3, FLUX.1, Wan 2.1/2.2 and Qwen-Image VAEs and TAESD; use ComfyUI's VAE Decode "
-        "for this one")
+        "the SD 1.x/2.x, SDXL, SD3, FLUX.1, HunyuanImage 2.1, Wan 2.1/2.2 and Qwen-Image VAEs and TAESD; use "
+        "ComfyUI's VAE Decode for this one")
 
 
 def _kl_bridge(state: dict) -> Bridge:
