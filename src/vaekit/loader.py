@@ -79,11 +79,11 @@ def _load_files(paths: list[Path]):
     if all(detect_taesd(s, p.name) for p, s in states.items()):
         return _taesd(states)
     if len(paths) == 1 and _is_hunyuan_image_vae(states[paths[0]]):
-        return _hunyuan_image_vae(states[paths[0]], paths[0])
+        return _converted(states[paths[0]], paths[0], hunyuan_image_model, "HunyuanImage 2.1")
     if len(paths) == 1 and _is_ldm_vae(states[paths[0]]):
         return _ldm_vae(states[paths[0]], paths[0])
     if len(paths) == 1 and _is_wan_vae(states[paths[0]]):
-        return _wan_vae(states[paths[0]], paths[0])
+        return _converted(states[paths[0]], paths[0], wan_model, "Wan 2.1 or 2.2")
     names = ", ".join(p.name for p in paths)
     raise CheckpointError(f"{names}: not a VAE vaekit recognises (a TAESD-family .pth, an LDM single-file VAE "
                           "with encoder./decoder. keys, a Wan or HunyuanImage 2.1 VAE file); for a diffusers model pass its "
@@ -240,14 +240,17 @@ def _is_wan_vae(state: dict) -> bool:
     return "decoder.head.0.gamma" in vae and any(k.startswith("decoder.upsamples.") for k in vae)
 
 
-def _wan_vae(state: dict, path: Path):
+def _converted(state: dict, path: Path, make_model, what: str):
+    """A single file of a family diffusers' single-file loader does not take: ``make_model`` gives the
+    model on the meta device and the mapping of the file's keys to its own; the file's tensors are
+    assigned to it as they are (no copy)."""
     vae = _strip_prefix(state)
     try:
-        model, convert = wan_model(vae)
+        model, convert = make_model(vae)
         model.load_state_dict(convert(vae), strict=True, assign=True)
     except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{path.name} looks like a Wan VAE but its weights do not fit Wan 2.1's or 2.2's "
-                              f"layout: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{path.name} looks like a {what} VAE but its weights do not fit: "
+                              f"{str(e).splitlines()[0]}") from None
     return model
 
 
@@ -350,17 +353,6 @@ def _is_hunyuan_image_vae(state: dict) -> bool:
     vae = _strip_prefix(state)
     conv = vae.get("encoder.down.0.downsample.conv.weight")
     return conv is not None and "decoder.up.0.block.0.conv1.weight" in vae and conv.shape[0] != conv.shape[1]
-
-
-def _hunyuan_image_vae(state: dict, path: Path):
-    vae = _strip_prefix(state)
-    try:
-        model, convert = hunyuan_image_model(vae)
-        model.load_state_dict(convert(vae), strict=True, assign=True)
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{path.name} looks like a HunyuanImage 2.1 VAE but its weights do not fit: "
-                              f"{str(e).splitlines()[0]}") from None
-    return model
 
 
 def hunyuan_image_model(vae: dict):
