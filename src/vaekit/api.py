@@ -62,8 +62,9 @@ def _video_plans(program: Program, vae, shape, budget, op: str, device: torch.de
     kw = dict(host_budget=host_budget, share=share, force_stream=limit is not None or compiled,  # no limit: whole
               compiled=compiled)
     if out is not None:
-        frame = _plan(program, vae, (*shape[:2], 1, *shape[3:]), None, op, torch.device("meta"), dtype)
-        kw["writer_bytes"] = video_writer_bytes(out, frame.out_shape)
+        out_h, out_w = program.sizes(*shape[3:])[program.output]
+        frame = (shape[0], program.maps[program.output].channels, 1, out_h, out_w)  # one output frame
+        kw["writer_bytes"] = video_writer_bytes(out, frame)
     first = _plan(program, vae, (*shape[:2], chunks[0], *shape[3:]), budget, op, device, dtype, first=True, **kw)
     rest = _plan(program, vae, (*shape[:2], max(chunks), *shape[3:]), budget, op, device, dtype, **kw)
     frames = first.out_shape[2] + (len(chunks) - 1) * rest.out_shape[2]
