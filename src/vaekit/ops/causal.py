@@ -40,24 +40,47 @@ def causal_conv_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int
     _zero_border(x5, halo, top, bottom)
     inner = x5[:, :, :, halo : halo + width, top : top + b - a]
     inner[:, :, past:] = x.unflatten(0, (n, frames)).permute(0, 4, 1, 3, 2)  # (B, C, F, W, rows')
-    tail = None
     if cache is not None:
         inner[:, :, :past] = cache.unflatten(0, (n, past)).permute(0, 4, 1, 3, 2)
-        if stage.cache_out is not None:  # the new tail: the last frames of [cache ; frames], rows [r0, r1)
-            tail = inner[:, :, -past:, :, r0 - a : r1 - a].permute(0, 2, 4, 3, 1).flatten(0, 1)  # (B*T, rows, W, C)
-    weight = w["conv"]["weight"].transpose(3, 4)  # (C_out, C_in, kt, kw, kh)
-    out = F.conv3d(x5, weight, w["conv"].get("bias"), stride=(stage.time_stride, 1, 1))  # (B, split*C_out, F', W, rows)
+    tail = cache_tail(stage, x5, r0 - a + top, r1 - a + top)
+    out = conv3d(stage, w, x5)  # (B, split*C_out, F', W, rows)
     split = stage.time_split  # split frames side by side in the channels (Wan's temporal upsampler)
     out = out.unflatten(1, (split, -1)).permute(0, 3, 1, 5, 4, 2).flatten(0, 2)  # (B*F'*split, rows, W, C_out)
     return activate(_residuals(stage, w, read, r0, r1, out, n), stage.post, inplace=True), tail
 
 
+def cache_tail(stage: CausalConvStage, x5: torch.Tensor, lo: int, hi: int) -> torch.Tensor | None:
+    """The stage's next time cache, rows [lo, hi) of the conv input ``x5`` (B, C, T+F, W', rows'): its
+    last frames, without the width padding; None when the stage keeps no cache."""
+    if stage.cache is None or stage.cache_out is None:
+        return None
+    halo, past = stage.halo, stage.cache_frames
+    band = x5[:, :, -past:, halo : x5.shape[3] - halo, lo:hi]  # (B, C, T, W, rows)
+    return band.permute(0, 2, 4, 3, 1).flatten(0, 1)  # (B*T, rows, W, C)
+
+
+def conv3d(stage: CausalConvStage, w: dict, x5: torch.Tensor) -> torch.Tensor:
+    """The stage's conv on its (B, C, T+F, W', rows') input: (B, split*C_out, F', W, rows)."""
+    weight = w["conv"]["weight"].transpose(3, 4)  # (C_out, C_in, kt, kw, kh): rows last, as the input
+    return F.conv3d(x5, weight, w["conv"].get("bias"), stride=(stage.time_stride, 1, 1))
+
+
+def shortcut_band(stage: CausalConvStage, w: dict, read, r0: int, r1: int, out_n: int,
+                  samples: int) -> torch.Tensor | None:
+    """shortcut(skip) for output rows [r0, r1), NHWC (``out_n`` frames of ``samples`` videos); None
+    without a skip."""
+    if stage.skip is None:
+        return None
+    s0, s1 = stage.shortcut.skip_rows(r0, r1) if stage.shortcut else (r0, r1)
+    skip = read(stage.skip, s0, s1).permute(0, 3, 1, 2)  # (B*F, C_skip, skip rows, W_skip)
+    return apply_shortcut(skip, stage.shortcut, w.get("shortcut"), out_n, samples).permute(0, 2, 3, 1)
+
+
 def _residuals(stage: CausalConvStage, w: dict, read, r0: int, r1: int, out: torch.Tensor, samples: int):
     """out + shortcut(skip) + skip2, for NHWC bands of frames."""
-    if stage.skip is not None:
-        s0, s1 = stage.shortcut.skip_rows(r0, r1) if stage.shortcut else (r0, r1)
-        skip = read(stage.skip, s0, s1).permute(0, 3, 1, 2)  # (B*F, C_skip, skip rows, W_skip)
-        out = out + apply_shortcut(skip, stage.shortcut, w.get("shortcut"), out.shape[0], samples).permute(0, 2, 3, 1)
+    skip = shortcut_band(stage, w, read, r0, r1, out.shape[0], samples)
+    if skip is not None:
+        out = out + skip
     if stage.skip2 is not None:
         out = out + read(stage.skip2, r0, r1)
     return out

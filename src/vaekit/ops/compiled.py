@@ -26,6 +26,7 @@ from torch import nn
 
 from ..program import CausalConvStage, ConvStage, Shortcut
 from .act import activate
+from .causal import cache_tail, conv3d, shortcut_band
 from .conv import apply_shortcut, conv_band, pixel_shuffle, pixel_unshuffle
 from .norm import group_scale_shift, l2_norm, pixel_norm
 
@@ -260,18 +261,10 @@ def compiled_causal_band(stage: CausalConvStage, w: dict, read, stats: dict, r0:
     prologue, epilogue = _causal_graphs(kind)
     x5 = prologue(_dense(x), mask, None if cache is None else _dense(cache), w["norm"] or None)
     x5 = x5.contiguous(memory_format=torch.channels_last_3d)  # no copy: the graph made it so
-    n, width = x5.shape[0], x.shape[2]
-    tail = None  # the new cache: the last frames of [cache ; frames], rows [r0, r1)
-    if stage.cache_out is not None:
-        tail = x5[:, :, -past:, halo : halo + width, r0 - a + top : r1 - a + top].permute(0, 2, 4, 3, 1).flatten(0, 1)
-    weight = w["conv"]["weight"].transpose(3, 4)  # (C_out, C_in, kt, kw, kh)
-    out = F.conv3d(x5, weight, w["conv"].get("bias"), stride=(stage.time_stride, 1, 1))  # (B, split*C, F', W, rows)
-    skip = skip2 = None
-    if stage.skip is not None:  # the shortcut stays eager: a conv, and time (un)shuffles that count samples
-        s0, s1 = stage.shortcut.skip_rows(r0, r1) if stage.shortcut else (r0, r1)
-        band = read(stage.skip, s0, s1).permute(0, 3, 1, 2)  # (B*F, C_skip, rows, W)
-        out_n = n * out.shape[2] * stage.time_split
-        skip = _dense(apply_shortcut(band, stage.shortcut, w.get("shortcut"), out_n, n).permute(0, 2, 3, 1))
-    if stage.skip2 is not None:
-        skip2 = _dense(read(stage.skip2, r0, r1))
-    return epilogue(out, skip, skip2), tail
+    tail = cache_tail(stage, x5, r0 - a + top, r1 - a + top)
+    out = conv3d(stage, w, x5)  # (B, split*C, F', W, rows)
+    n = x5.shape[0]  # samples
+    # the shortcut stays eager: a conv, and time (un)shuffles that count samples
+    skip = shortcut_band(stage, w, read, r0, r1, n * out.shape[2] * stage.time_split, n)
+    skip2 = None if stage.skip2 is None else read(stage.skip2, r0, r1)
+    return epilogue(out, None if skip is None else _dense(skip), None if skip2 is None else _dense(skip2)), tail
