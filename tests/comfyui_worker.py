@@ -94,6 +94,32 @@ def compare(name: str, vae, latents, images) -> None:
         out["unbound"] = all(p.device.type == "meta" for p in vk.bridge(vae).model.parameters())
 
 
+def compare_smallest(name: str, vae, latents, pixels, encode_budget: str) -> None:
+    """Decode at the smallest budget and encode, through ComfyUI's nodes and vaekit's (the video and
+    real-size models, where one budget each is enough)."""
+    with torch.inference_mode():
+        ref = nodes.VAEDecode().decode(vae, {"samples": latents})[0]
+        low = smallest(vae, tuple(latents.shape), "decode")
+        got = Decode().decode({"samples": latents}, vae, budget=str(low))[0]
+        ref_z = nodes.VAEEncode().encode(vae, pixels)[0]["samples"]
+        got_z = Encode().encode(pixels, vae, budget=encode_budget)[0]["samples"]
+    results[name] = dict(rel=rel(got, ref), shape=list(got.shape), ref_shape=list(ref.shape),
+                         streamed=vaekit.plan(vk.bridge(vae).model, tuple(latents.shape), low).mode == "stream",
+                         encode_rel=rel(got_z, ref_z), encode_shape=list(got_z.shape), ref_encode_shape=list(ref_z.shape))
+
+
+def seeded(modules: dict, spread: float) -> dict:
+    """The state dict of ComfyUI's ``modules`` (prefix -> module), whose layers skip weight init: norm
+    scales near 1, other parameters small and random."""
+    state = {}
+    with torch.no_grad():
+        for prefix, module in modules.items():
+            for name, value in module.state_dict().items():
+                norm = name.endswith("gamma") or (value.dim() == 1 and "norm" in name and name.endswith("weight"))
+                state[prefix + name] = torch.randn_like(value) * 0.2 + 1 if norm else torch.randn_like(value) * spread
+    return state
+
+
 torch.manual_seed(0)
 g = torch.Generator().manual_seed(1)
 images = torch.rand(1, 100, 84, 3, generator=g)  # B,H,W,C image px in [0, 1]; ComfyUI crops to 96x80
@@ -118,21 +144,9 @@ import comfy.ldm.wan.vae  # noqa: E402
 torch.manual_seed(4)
 network = comfy.ldm.wan.vae.WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                                    temperal_downsample=[False, True, True])
-with torch.no_grad():
-    for name, p in network.named_parameters():  # ComfyUI's layers skip weight init: seed them
-        p.copy_(torch.randn_like(p) * 0.2 + 1) if name.endswith("gamma") else p.copy_(torch.randn_like(p) * 0.02)
-wan = comfy.sd.VAE(sd=network.state_dict())
-with torch.inference_mode():
-    z = torch.randn(1, 16, 3, 6, 5, generator=g)  # 3 latent frames: 9 frames of 48x40
-    ref = nodes.VAEDecode().decode(wan, {"samples": z})[0]  # (9, 48, 40, 3)
-    low = smallest(wan, tuple(z.shape), "decode")
-    got = Decode().decode({"samples": z}, wan, budget=str(low))[0]
-    frames = torch.rand(9, 48, 40, 3, generator=g)  # an IMAGE batch of frames
-    ref_z = nodes.VAEEncode().encode(wan, frames)[0]["samples"]
-    got_z = Encode().encode(frames, wan, budget="64MiB")[0]["samples"]
-    results["wan"] = dict(rel=rel(got, ref), shape=list(got.shape), ref_shape=list(ref.shape),
-                          streamed=vaekit.plan(vk.bridge(wan).model, tuple(z.shape), low).mode == "stream",
-                          encode_rel=rel(got_z, ref_z), encode_shape=list(got_z.shape), ref_encode_shape=list(ref_z.shape))
+wan = comfy.sd.VAE(sd=seeded({"": network}, 0.02))
+z = torch.randn(1, 16, 3, 6, 5, generator=g)  # 3 latent frames: 9 frames of 48x40
+compare_smallest("wan", wan, z, torch.rand(9, 48, 40, 3, generator=g), "64MiB")  # frames: an IMAGE batch
 
 # ---- Wan 2.2's residual VAE: ComfyUI's vae2_2 module builds it at its real size from the keys, seeded -------
 import comfy.ldm.wan.vae2_2  # noqa: E402
@@ -140,24 +154,11 @@ import comfy.ldm.wan.vae2_2  # noqa: E402
 torch.manual_seed(5)
 network = comfy.ldm.wan.vae2_2.WanVAE(dim=160, dec_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
                                       attn_scales=[], temperal_downsample=[False, True, True])
-with torch.no_grad():
-    for name, p in network.named_parameters():
-        p.copy_(torch.randn_like(p) * 0.2 + 1) if name.endswith("gamma") else p.copy_(torch.randn_like(p) * 0.01)
-wan22 = comfy.sd.VAE(sd=network.state_dict())
+wan22 = comfy.sd.VAE(sd=seeded({"": network}, 0.01))
 del network
-with torch.inference_mode():
-    z = torch.randn(1, 48, 2, 12, 10, generator=g)  # 5 frames of 192x160: smaller runs whole (the smallest
-    # budget, ~220 MiB, is set by the 1024-channel convs' weights)
-    ref = nodes.VAEDecode().decode(wan22, {"samples": z})[0]  # (5, 192, 160, 3)
-    low = smallest(wan22, tuple(z.shape), "decode")
-    got = Decode().decode({"samples": z}, wan22, budget=str(low))[0]
-    frames = torch.rand(5, 192, 160, 3, generator=g)
-    ref_z = nodes.VAEEncode().encode(wan22, frames)[0]["samples"]
-    got_z = Encode().encode(frames, wan22, budget="256MiB")[0]["samples"]
-    results["wan22"] = dict(rel=rel(got, ref), shape=list(got.shape), ref_shape=list(ref.shape),
-                            streamed=vaekit.plan(vk.bridge(wan22).model, tuple(z.shape), low).mode == "stream",
-                            encode_rel=rel(got_z, ref_z), encode_shape=list(got_z.shape),
-                            ref_encode_shape=list(ref_z.shape))
+# 5 frames of 192x160: smaller runs whole (the smallest budget, ~220 MiB, is set by the 1024-channel convs' weights)
+z = torch.randn(1, 48, 2, 12, 10, generator=g)
+compare_smallest("wan22", wan22, z, torch.rand(5, 192, 160, 3, generator=g), "256MiB")
 del wan22
 
 # ---- HunyuanImage 2.1's VAE: ComfyUI builds its own modules from the file's keys (real size), seeded ------
@@ -166,28 +167,10 @@ import comfy.ldm.hunyuan_video.vae as hunyuan_vae  # noqa: E402
 torch.manual_seed(6)
 ddconfig = dict(in_channels=3, out_channels=3, z_channels=64, block_out_channels=[128, 256, 512, 512, 1024, 1024],
                 num_res_blocks=2, ffactor_spatial=32)
-parts = {"encoder": hunyuan_vae.Encoder(**ddconfig), "decoder": hunyuan_vae.Decoder(**ddconfig)}
-state = {}
-with torch.no_grad():
-    for part, module in parts.items():
-        for name, p in module.named_parameters():  # ComfyUI's layers skip weight init: seed them
-            norm = p.dim() == 1 and "norm" in name and name.endswith("weight")
-            state[f"{part}.{name}"] = torch.randn_like(p) * 0.2 + 1 if norm else torch.randn_like(p) * 0.02
-del parts
-hunyuan = comfy.sd.VAE(sd=state)
-del state
-with torch.inference_mode():
-    z = torch.randn(1, 64, 12, 10, generator=g)  # 384x320: large enough to stream at the smallest budget
-    ref = nodes.VAEDecode().decode(hunyuan, {"samples": z})[0]  # (1, 384, 320, 3)
-    low = smallest(hunyuan, tuple(z.shape), "decode")
-    got = Decode().decode({"samples": z}, hunyuan, budget=str(low))[0]
-    pixels = torch.rand(1, 384, 320, 3, generator=g)
-    ref_z = nodes.VAEEncode().encode(hunyuan, pixels)[0]["samples"]
-    got_z = Encode().encode(pixels, hunyuan, budget="512MiB")[0]["samples"]
-    results["hunyuan"] = dict(rel=rel(got, ref), shape=list(got.shape), ref_shape=list(ref.shape),
-                              streamed=vaekit.plan(vk.bridge(hunyuan).model, tuple(z.shape), low).mode == "stream",
-                              encode_rel=rel(got_z, ref_z), encode_shape=list(got_z.shape),
-                              ref_encode_shape=list(ref_z.shape))
+hunyuan = comfy.sd.VAE(sd=seeded({"encoder.": hunyuan_vae.Encoder(**ddconfig),
+                                  "decoder.": hunyuan_vae.Decoder(**ddconfig)}, 0.02))
+z = torch.randn(1, 64, 12, 10, generator=g)  # 384x320: large enough to stream at the smallest budget
+compare_smallest("hunyuan", hunyuan, z, torch.rand(1, 384, 320, 3, generator=g), "512MiB")
 del hunyuan
 
 # ---- what ComfyUI does after an out-of-memory: three passes of overlapping tiles ------------------------
