@@ -4,17 +4,10 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# the built-in TAEF2 weights (MIT): copied from the workspace's shared data, never downloaded
-WEIGHTS := src/vaekit/weights/taef2_encoder.pth src/vaekit/weights/taef2_decoder.pth
-SHARED_WEIGHTS ?= ../shared/data/taesd
 
 .PHONY: demo test bench gpu-check lint setup clean
 
-setup: $(STAMP) $(WEIGHTS)
-
-src/vaekit/weights/%.pth:
-	@if [ -f "$(SHARED_WEIGHTS)/$*.pth" ]; then cp "$(SHARED_WEIGHTS)/$*.pth" $@ && chmod 644 $@; \
-	else echo "note: $(SHARED_WEIGHTS)/$*.pth not found: vaekit.load('taef2') needs it (src/vaekit/weights/README.md)"; fi
+setup: $(STAMP)
 
 # torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -24,10 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-demo: $(STAMP) $(WEIGHTS)
+demo: $(STAMP)
 	$(BIN)/vaekit demo --out demo-out
 
-test: $(STAMP) $(WEIGHTS)
+test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 

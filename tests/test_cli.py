@@ -11,8 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-import vaekit
-from conftest import REL_TOL, TAESD_DIR, make_vae, needs_taesd, relative_error, untiled
+from conftest import BUILTIN_DIR, REL_TOL, make_vae, relative_error, untiled
 from vaekit.cli import main
 
 
@@ -120,9 +119,8 @@ def test_roundtrip_prints_psnr(model_dir, photo, tmp_path, capsys):
     assert "PSNR" in capsys.readouterr().out and Image.open(out).size == (256, 200)
 
 
-@needs_taesd
 def test_taesd_files_as_the_model(photo, tmp_path, capsys):
-    halves = [str(TAESD_DIR / "taef2_encoder.pth"), str(TAESD_DIR / "taef2_decoder.pth")]
+    halves = [str(BUILTIN_DIR / "taef2_encoder.pth"), str(BUILTIN_DIR / "taef2_decoder.pth")]
     out = tmp_path / "rt.png"
     assert main(["roundtrip", str(photo), str(out), "--model", *halves, "--budget", "16MiB", "--quiet"]) == 0
     psnr = float(capsys.readouterr().out.split("PSNR")[1].split()[0])
@@ -134,12 +132,6 @@ def test_taesd_files_as_the_model(photo, tmp_path, capsys):
 
 
 def test_roundtrip_uses_the_built_in_taef2_by_default(photo, tmp_path, capsys):
-    from vaekit.loader import builtin_paths
-
-    try:
-        builtin_paths("taef2")
-    except vaekit.errors.CheckpointError:
-        pytest.skip("built-in TAEF2 weights not installed (make copies them from ../shared/data/taesd)")
     assert main(["roundtrip", str(photo), str(tmp_path / "rt.png"), "--budget", "16MiB", "--quiet"]) == 0
     assert float(capsys.readouterr().out.split("PSNR")[1].split()[0]) > 25
 

@@ -2,10 +2,8 @@
 
 import pytest
 
-from conftest import REL_TOL, needs_taesd, relative_error
+from conftest import REL_TOL, relative_error
 from vaekit.demo import main, run_demo
-
-pytestmark = needs_taesd
 
 
 def test_demo_streamed_matches_whole_and_tiles_do_not(tmp_path, capsys):

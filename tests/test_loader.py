@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 import vaekit
-from conftest import REL_TOL, TAESD_DIR, budgets_for, make_vae, needs_taesd, relative_error, untiled
+from conftest import BUILTIN_DIR, REL_TOL, TAESD_DIR, budgets_for, make_vae, needs_taesana, relative_error, untiled
 from vaekit.errors import CheckpointError
 from vaekit.loader import detect_taesd
 from vaekit.taesd import TinyAutoencoder
@@ -213,10 +213,13 @@ def test_taesd_halves_combine(tmp_path):
     assert model.encoder is not None and model.decoder is not None and model.latent_channels == 16
 
 
-@needs_taesd
-def test_real_taesd_weights_load_strictly():
-    model = vaekit.load(TAESD_DIR / "taef2_encoder.pth", TAESD_DIR / "taef2_decoder.pth")
+def test_real_taef2_weights_load_strictly():
+    model = vaekit.load(BUILTIN_DIR / "taef2_encoder.pth", BUILTIN_DIR / "taef2_decoder.pth")
     assert model.variant.name == "taef2"
+
+
+@needs_taesana
+def test_real_taesana_weights_load_strictly():
     sana = vaekit.load(TAESD_DIR / "taesana_encoder.pth")
     assert sana.variant.name == "taesana" and sana.decoder is None
 
@@ -273,12 +276,6 @@ def test_wrong_architecture_is_refused(tmp_path):
 
 
 def test_taef2_is_built_in(tmp_path, monkeypatch):
-    from vaekit.loader import builtin_paths
-
-    try:
-        builtin_paths("taef2")
-    except vaekit.errors.CheckpointError:
-        pytest.skip("built-in TAEF2 weights not installed (make copies them from ../shared/data/taesd)")
     vae = vaekit.load("taef2")
     assert type(vae).__name__ == "TinyAutoencoder" and vae.encoder is not None and vae.decoder is not None
     monkeypatch.setenv("VAEKIT_WEIGHTS", str(tmp_path))  # an empty folder first: the package's copy still found

@@ -9,7 +9,7 @@ import torch
 from diffusers import AutoencoderTiny
 
 import vaekit
-from conftest import REL_TOL, TAESD_DIR, budgets_for, needs_taesd, relative_error
+from conftest import BUILTIN_DIR, REL_TOL, TAESD_DIR, budgets_for, needs_taesana, relative_error
 from vaekit.taesd import TinyAutoencoder
 
 TINY_CONFIG = dict(encoder_block_out_channels=(16, 16, 16), decoder_block_out_channels=(16, 16, 16),
@@ -74,9 +74,8 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(1 / mse)
 
 
-@needs_taesd
 def test_real_taef2_round_trip_streamed_equals_whole():
-    vae = vaekit.load(TAESD_DIR / "taef2_encoder.pth", TAESD_DIR / "taef2_decoder.pth")
+    vae = vaekit.load(BUILTIN_DIR / "taef2_encoder.pth", BUILTIN_DIR / "taef2_decoder.pth")
     x = _astronaut()
     with torch.no_grad():
         whole_z = vae.encode(x)
@@ -90,7 +89,7 @@ def test_real_taef2_round_trip_streamed_equals_whole():
     assert _psnr(out, x) > 30  # the trained weights really reconstruct the photo (31.2 dB upstream)
 
 
-@needs_taesd
+@needs_taesana
 def test_real_taesana_encoder_streamed_equals_whole():
     vae = vaekit.load(TAESD_DIR / "taesana_encoder.pth")
     x = _astronaut()[:, :, :416, :352]

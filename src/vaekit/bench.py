@@ -112,7 +112,6 @@ COMPILE_BUDGET = "256MiB"
 
 def _compile_worker(method: str, sizes) -> list[dict]:
     """One process: decode each size twice in a row (first call: compile or recompile; second: warm)."""
-    import os
     import tempfile
 
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="vaekit-inductor-")  # cold caches
@@ -162,7 +161,6 @@ def run_compile_benchmark(sizes, out_dir: Path) -> list[dict]:
 
 GIGAPIXEL_SIZES = (4096, 8192)
 GIGAPIXEL_BUDGET = "512MiB"
-TAESD_DIR = Path(os.environ.get("VAEKIT_TAESD_DIR") or Path(__file__).resolve().parents[3] / "shared/data/taesd")
 
 
 def _gigapixel_worker(size: int, out_dir: Path) -> dict:
@@ -173,7 +171,7 @@ def _gigapixel_worker(size: int, out_dir: Path) -> dict:
     from vaekit.measure import PeakMemory
 
     torch.set_num_threads(THREADS)
-    vae = vaekit.load(TAESD_DIR / "taef2_decoder.pth")
+    vae = vaekit.load("taef2")
     n = size // vae.scale_factor
     z = torch.randn(1, vae.latent_channels, n, n, generator=torch.Generator().manual_seed(1))
     vaekit.decode(vae, z[..., :8, :8], GIGAPIXEL_BUDGET)  # kernels and thread pools first
@@ -302,8 +300,8 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile across resolutions: vaekit compile=True against diffusers' decoder compiled")
     parser.add_argument("--gigapixel", action="store_true",
-                        help="TAEF2's real decoder at 4096² and 8192² to BigTIFF within 512 MiB "
-                             "(weights from ../shared/data/taesd or $VAEKIT_TAESD_DIR)")
+                        help="TAEF2's real decoder (the built-in weights) at 4096² and 8192² to BigTIFF "
+                             "within 512 MiB")
     parser.add_argument("--dist", action="store_true",
                         help="patch parallel: torchrun ranks against one process (SD VAE, 1024², .npy sink)")
     parser.add_argument("--device", default="cpu", help="cuda: the GPU check (vaekit gpu-check, its options after --)")

@@ -69,9 +69,9 @@ def builtin_paths(name: str) -> list[Path]:
         paths = [folder / f for f in BUILTIN[name]]
         if all(p.is_file() for p in paths):
             return paths
-    raise CheckpointError(f"the built-in {name} weights ({', '.join(BUILTIN[name])}) are not installed: run `make "
-                          f"setup` beside ../shared/data/taesd, or put them in a folder named by VAEKIT_WEIGHTS "
-                          "(MIT, github.com/madebyollin/taesd)")
+    raise CheckpointError(f"the built-in {name} weights ({', '.join(BUILTIN[name])}) are missing from "
+                          f"{folders[-1]}: reinstall vaekit (the wheel and the repository carry them), or put them "
+                          "in a folder named by VAEKIT_WEIGHTS (MIT, github.com/madebyollin/taesd)")
 
 
 def _load_files(paths: list[Path]):
