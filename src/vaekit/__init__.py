@@ -3,7 +3,7 @@ with the same pixels as running the whole image at once."""
 
 from __future__ import annotations
 
-from . import errors, testing
+from . import errors, testing, vector_math
 from .api import decode, encode, plan
 from .audit import audit
 from .errors import BudgetError, VaekitError
@@ -17,3 +17,5 @@ __all__ = ["decode", "encode", "plan", "load", "apply", "unapply", "audit", "Vae
            "errors", "testing", "VaekitError", "BudgetError", "__version__"]
 
 __version__ = "0.1.0"
+
+vector_math.warm_up()  # before any two threads can race to MKL VML's first call (vector_math.py)
