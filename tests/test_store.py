@@ -9,6 +9,7 @@ import torch
 
 import vaekit
 from conftest import make_vae
+from vaekit.errors import DiskError
 from vaekit.plan import smallest_budget
 from vaekit.store import Store
 
@@ -100,8 +101,9 @@ def test_disk_writes_run_behind_and_a_failed_write_is_raised(tmp_path, monkeypat
 
         monkeypatch.setattr(store_module, "_write_all", failing_write)
         store.write("m", 0, data)
-        with pytest.raises(OSError, match="No space left"):
+        with pytest.raises(DiskError, match="disk filled up") as e:  # typed, and still an OSError
             store.read("m", 0, 8)
+        assert isinstance(e.value, OSError) and e.value.errno == 28
 
 
 def test_a_failed_write_does_not_hide_the_error_that_ended_the_run(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ import torch
 
 from .arch import check_state, family, program_for
 from .errors import BudgetError, DeviceError, InputError, PrecisionError
+from .faults import cleanly
 from .measure import PeakMemory
 from .plan import HOST_SHARE, Plan, make_plan
 from .precision import check_dtype
@@ -161,6 +162,15 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
 
     Runs under ``no_grad``, not ``inference_mode``: the result is a plain tensor callers may modify
     in place or use in autograd later, with no copy to make (an inference tensor would need one)."""
+    with cleanly(out):  # SIGTERM cleans up as Ctrl-C does; an unwritable output is a DiskError (faults.py)
+        return _run(vae, op, x, budget, device=device, progress=progress, compile=compile, scratch_dir=scratch_dir,
+                    report=report, stream=stream, out=out, host_budget=host_budget, dist=dist, strict=strict,
+                    video=video)
+
+
+def _run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=None, compile: bool = False,
+         scratch_dir=None, report: RunReport | None = None, stream: bool = False, out=None, host_budget=None,
+         dist: bool = False, strict: bool = True, video: dict | None = None):
     program = program_for(vae, op)
     check_state(vae)
     if _video(vae):

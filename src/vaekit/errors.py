@@ -8,7 +8,9 @@
     ├── BudgetError             no plan fits the memory budget (says the smallest that would)
     ├── CheckpointError         a model file that is missing, truncated, junk or pickle-only
     ├── PrecisionError          a dtype the device cannot run, or overflow even in fp32
-    └── DeviceError             a device that does not exist or cannot be used
+    ├── DeviceError             a device that does not exist or cannot be used
+    └── DiskError               a scratch or output file failed under a run: disk full, read-only,
+                                truncated (also an OSError); nothing is left behind
 
 Every message says what was wrong and what would work instead.
 """
@@ -23,6 +25,7 @@ __all__ = [
     "CheckpointError",
     "PrecisionError",
     "DeviceError",
+    "DiskError",
 ]
 
 
@@ -74,3 +77,11 @@ class DeviceError(VaekitError):
     """A device that does not exist or cannot be used."""
 
     exit_code = 7
+
+
+class DiskError(VaekitError, OSError):
+    """A file a run writes or reads back failed: the scratch disk or the output's disk filled up, the
+    output folder is read-only, or a scratch file was truncated under the run. The run's scratch files
+    and partial output are removed; an existing output file is left as it was."""
+
+    exit_code = 8

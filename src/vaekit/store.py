@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
+
+from .errors import DiskError
+from .units import format_bytes
 
 __all__ = ["TIERS", "Store"]
 
@@ -54,8 +58,11 @@ class _DiskMap:
         if self.buffer is None or self.buffer.numel() < need:
             self.buffer = torch.empty(need, dtype=self.dtype)
         band = self.buffer[:need].view(b, rows, w, c)
-        for i in range(b):
-            _read_exact(self.fd, band[i], i * self.sample_bytes + r0 * self.row_bytes)
+        try:
+            for i in range(b):
+                _read_exact(self.fd, band[i], i * self.sample_bytes + r0 * self.row_bytes)
+        except OSError as e:
+            raise _scratch_error(self.path, e) from None
         return band
 
     def write(self, r0: int, band: torch.Tensor) -> None:
@@ -68,7 +75,10 @@ class _DiskMap:
         """Wait for the write in flight; its error, if any, is raised here."""
         pending, self.pending = self.pending, None
         if pending is not None:
-            pending.result()
+            try:
+                pending.result()
+            except OSError as e:
+                raise _scratch_error(self.path, e) from None
 
     def close(self, discard: bool = False) -> None:
         """Flush and close; ``discard``: on the way out of a failed run, where a write's error would
@@ -80,6 +90,22 @@ class _DiskMap:
                 raise
         finally:
             os.close(self.fd)
+
+
+def _scratch_error(path: str, error: OSError) -> DiskError:
+    """What a failed scratch read or write means, and what would work; the scratch files' apparent
+    sizes (each is made at its map's full size) are what the run needs there."""
+    folder = os.path.dirname(path)
+    need = sum(os.path.getsize(f.path) for f in os.scandir(folder) if f.is_file())
+    if error.errno == errno.ENOSPC:
+        what = f"the disk filled up under the scratch files in {folder}, which need {format_bytes(need)} there"
+        fix = "free space there, pass scratch_dir= on a larger disk, or give a larger budget (fewer maps on disk)"
+    else:  # a short read: the file was truncated or replaced under the run; never decode its zeros
+        what = f"scratch file {path} could not be read back ({error.strerror or error})"
+        fix = f"leave {folder} alone while vaekit runs (it removes it itself), or pass scratch_dir= elsewhere"
+    err = DiskError(f"{what}: {fix}")
+    err.errno = error.errno or errno.EIO
+    return err
 
 
 def _write_parts(fd: int, parts) -> None:
@@ -97,7 +123,7 @@ def _read_exact(fd: int, out: torch.Tensor, offset: int) -> None:
     while done < len(view):
         n = os.preadv(fd, [view[done:]], offset + done)
         if n <= 0:
-            raise OSError(f"short read from the scratch file at offset {offset + done}")
+            raise OSError(errno.EIO, f"short read at offset {offset + done}: the file ends before it")
         done += n
 
 
