@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench gpu-check lint setup clean
+.PHONY: demo test fuzz bench gpu-check lint setup clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# the long profiles: 200 fuzzed cases (compile among the draws) and 24 fresh processes compared bit for bit
+fuzz: $(STAMP)
+	VAEKIT_FUZZ=long $(BIN)/python -m pytest -q tests/test_fuzz.py tests/test_determinism.py
 
 bench: $(STAMP)
 	$(BIN)/vaekit bench --model sd --out benchmarks/results
