@@ -24,6 +24,19 @@ from vaekit.errors import DiskError
 SHAPE = (1, 4, 13, 11)
 
 
+def _full_after(n: int, write):
+    """``write`` that works ``n`` times, then fails as a full disk does (ENOSPC)."""
+    calls = []
+
+    def full(*args):
+        calls.append(1)
+        if len(calls) > n:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(*args)
+
+    return full
+
+
 @pytest.fixture
 def case(vaes):
     vae = vaes("sd")
@@ -33,15 +46,7 @@ def case(vaes):
 
 def test_a_full_scratch_disk_is_a_disk_error_naming_the_folder_and_the_need(case, tmp_path, monkeypatch):
     vae, z, budget = case
-    write, calls = os.pwrite, []
-
-    def pwrite(fd, data, offset):
-        calls.append(1)
-        if len(calls) > 5:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return write(fd, data, offset)
-
-    monkeypatch.setattr(store_module.os, "pwrite", pwrite)
+    monkeypatch.setattr(store_module.os, "pwrite", _full_after(5, os.pwrite))
     with pytest.raises(DiskError, match="disk filled up") as e:
         vaekit.decode(vae, z, budget, scratch_dir=tmp_path)
     assert str(tmp_path) in str(e.value) and "need" in str(e.value) and e.value.errno == errno.ENOSPC
@@ -83,15 +88,7 @@ def test_an_output_disk_filling_up_leaves_the_old_file_and_no_part(case, tmp_pat
     before = target.read_bytes()
     from vaekit import sinks
 
-    write, calls = sinks._NpySink.write, []
-
-    def fills_up(self, r0, band):
-        calls.append(1)
-        if len(calls) > 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return write(self, r0, band)
-
-    monkeypatch.setattr(sinks._NpySink, "write", fills_up)
+    monkeypatch.setattr(sinks._NpySink, "write", _full_after(2, sinks._NpySink.write))
     with pytest.raises(DiskError, match="cannot write the output"):
         vaekit.decode(vae, z, budget, out=target)
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["img.npy"]  # no .part
