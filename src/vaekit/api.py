@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from . import inflight
 from .arch import check_state, family, program_for
 from .errors import BudgetError, DeviceError, InputError, PrecisionError
 from .faults import cleanly
@@ -59,7 +60,8 @@ def _video_plans(program: Program, vae, shape, budget, op: str, device: torch.de
 
     shape = _check_shape(program, vae, shape, op)
     chunks = family(vae).chunk_frames(vae, op, shape[2])
-    limit = parse_bytes(budget) if budget is not None else (free_memory(device) if device.type != "meta" else None)
+    limit = _limit(budget)
+    limit = limit if limit is not None else (_free(device) if device.type != "meta" else None)
     kw = dict(host_budget=host_budget, share=share, force_stream=limit is not None or compiled,  # no limit: whole
               compiled=compiled)
     if out is not None:
@@ -84,13 +86,39 @@ def _plan(program: Program, vae, shape, budget, op: str, device: torch.device, d
           share: dict | None = None, first: bool = False, writer_bytes: int = 0) -> Plan:
     dtype = dtype or _model_dtype(vae)
     shape = _check_shape(program, vae, shape, op)
-    limit = None if budget is None else parse_bytes(budget)
-    free = free_memory(device) if limit is None and device.type != "meta" else None  # planning needs no device
+    limit = _limit(budget)
+    free = _free(device) if limit is None and device.type != "meta" else None  # planning needs no device
     itemsize = torch.empty((), dtype=dtype).element_size()
-    return make_plan(program, shape, itemsize, str(dtype).removeprefix("torch."), str(device), limit, free_bytes=free,
-                     force_stream=force_stream or compiled, compiled=compiled, sink=sink,
-                     host_budget=_host_budget(host_budget, device), first=first, writer_bytes=writer_bytes,
-                     **(share or {}))
+    while True:
+        try:
+            return make_plan(program, shape, itemsize, str(dtype).removeprefix("torch."), str(device), limit,
+                             free_bytes=free, force_stream=force_stream or compiled, compiled=compiled, sink=sink,
+                             host_budget=_host_budget(host_budget, device), first=first, writer_bytes=writer_bytes,
+                             **(share or {}))
+        except BudgetError:  # this call's share of the free memory is too small: wait for one to return
+            if limit is not None or inflight.current() is None or not inflight.current().wait():
+                raise
+            free = _free(device)
+
+
+def _limit(budget) -> int | None:
+    """A budget in bytes; None for None or "auto" (the free memory, shared with the calls in flight)."""
+    if budget is None or (isinstance(budget, str) and budget.strip().lower() == "auto"):
+        return None
+    return parse_bytes(budget)
+
+
+def _free(device: torch.device) -> int:
+    """The free memory a plan without a budget may use: this call's share when others are in flight."""
+    free, share = free_memory(device), inflight.current()
+    return free if share is None else share.free(device, free)
+
+
+def _hold(*plans: Plan) -> None:
+    """A call sharing the free memory has its plan: hold its peak from the share (inflight.py)."""
+    share = inflight.current()
+    if share is not None:
+        share.hold(max(p.peak_bytes for p in plans))
 
 
 def _host_budget(host_budget, device: torch.device) -> int | None:
@@ -111,8 +139,10 @@ def decode(vae, latents: torch.Tensor, budget=None, *, device=None, progress=Non
     """``vae.decode(latents).sample``, exactly, while holding at most ``budget`` bytes of activations.
 
     latents: NCHW, already divided by the scaling factor, as for ``vae.decode``.
-    budget: bytes, or a string like "768MiB", "2GiB", "1.5GB"; None runs whole when that fits the
-        free memory of the device, and streams within the free memory otherwise.
+    budget: bytes, or a string like "768MiB", "2GiB", "1.5GB", per call; None (or "auto") runs whole
+        when that fits the free memory of the device, and streams within the free memory otherwise,
+        counting the other budget-less vaekit calls in flight in this process (inflight.py): calls
+        from several threads at once stay inside the free memory together.
     device: where to compute (default: the model's device); weights move there stage by stage.
     progress: True for a progress bar on stderr, or a callable(stage_index, rows_done, rows_total).
     scratch_dir: where the disk tier writes its scratch files (default: the system temp dir).
@@ -162,7 +192,8 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
 
     Runs under ``no_grad``, not ``inference_mode``: the result is a plain tensor callers may modify
     in place or use in autograd later, with no copy to make (an inference tensor would need one)."""
-    with cleanly(out):  # SIGTERM cleans up as Ctrl-C does; an unwritable output is a DiskError (faults.py)
+    auto = _limit(budget) is None  # no budget: the free memory, shared with the other calls in flight
+    with cleanly(out), inflight.sharing() if auto else contextlib.nullcontext():
         return _run(vae, op, x, budget, device=device, progress=progress, compile=compile, scratch_dir=scratch_dir,
                     report=report, stream=stream, out=out, host_budget=host_budget, dist=dist, strict=strict,
                     video=video)
@@ -204,6 +235,7 @@ def _run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=No
         the_plan = planned(force_stream=True, share=share)
         lo, hi = peers.layout.slabs[program.input][rank]
         x = x[:, :, lo:hi]  # this rank's input rows: only they go to its device
+    _hold(the_plan)
     inp = x.to(device=compute, dtype=_model_dtype(vae))
     sink = None if out is None else _open_sink(out, the_plan.out_shape, peers)
     progress = progress if rank == 0 or callable(progress) else None  # one progress bar: rank 0's
@@ -212,7 +244,9 @@ def _run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=No
         with peak, torch.no_grad():
             result = _whole(vae, op, inp, report) if the_plan.mode == "whole" else None
             if result is None:  # streaming, planned so or because the whole model ran out of memory
-                the_plan = the_plan if the_plan.mode == "stream" else planned(force_stream=True)
+                if the_plan.mode != "stream":  # the whole model ran out of memory
+                    the_plan = planned(force_stream=True)
+                    _hold(the_plan)
                 _check_disk(the_plan, scratch_dir, out)
                 with progress_callback(progress, the_plan) as callback:
                     result = execute(program, the_plan, inp, scratch_dir=scratch_dir, progress=callback,
@@ -270,6 +304,7 @@ def _run_video(vae, program: Program, op: str, x, budget, *, device, report, scr
         first, rest = plans(stream=True, share=share)
         lo, hi = peers.layout.slabs[program.input][rank]
         x = x[..., lo:hi, :]  # this rank's input rows  (B, C, F, rows, W)
+    _hold(first, rest)
     out_shape = rest.out_shape
     if out is not None:
         check_video_sink(out, out_shape)  # on every rank, before any rank opens it
@@ -281,6 +316,7 @@ def _run_video(vae, program: Program, op: str, x, budget, *, device, report, scr
             if result is None:
                 if rest.mode == "whole":  # it ran out of memory: stream
                     first, rest = plans(stream=True)
+                    _hold(first, rest)
                 _check_disk(rest, scratch_dir, None)
                 if out is None:
                     result = torch.empty(out_shape, dtype=inp.dtype, device=compute)
