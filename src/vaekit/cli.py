@@ -218,7 +218,7 @@ def _parser() -> argparse.ArgumentParser:
                             "decoder), or taef2 (built in, the default)")
     model.add_argument("--dtype", choices=sorted(DTYPES), help="compute dtype (default: the checkpoint's)")
     run = argparse.ArgumentParser(add_help=False)
-    run.add_argument("--budget", help="activation memory budget, e.g. 768MiB, 2GiB (default: free memory)")
+    run.add_argument("--budget", help="activation memory budget, e.g. 768MiB, 2GiB, or auto (default: free memory)")
     run.add_argument("--device", help="cpu or cuda (default: cpu)")
     run.add_argument("--scratch-dir", help="where the disk tier writes scratch files (default: system temp)")
     run.add_argument("--host-budget", help="CUDA: host RAM for maps kept off the GPU before disk (default: 80%% of free)")
