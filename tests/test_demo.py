@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import REL_TOL, relative_error
-from vaekit.demo import main, run_demo
+from vaekit.tools.demo import main, run_demo
 
 
 def test_demo_streamed_matches_whole_and_tiles_do_not(tmp_path, capsys):
@@ -23,7 +23,7 @@ def test_demo_refuses_a_size_the_tiles_cannot_split(tmp_path):
 
 
 def test_sd_panel_streams_exactly(tmp_path):
-    from vaekit.demo import run_sd_demo
+    from vaekit.tools.demo import run_sd_demo
 
     untiled, streamed, _tiled = run_sd_demo(size=64, out_dir=tmp_path, budget="24MiB")
     assert relative_error(streamed["image"], untiled["image"]) <= REL_TOL

@@ -8,7 +8,7 @@ import json
 import torch
 
 from vaekit.cli import main as cli_main
-from vaekit.gpu_check import main
+from vaekit.tools.gpu_check import main
 
 
 def test_without_cuda_it_says_so_and_exits_0(capsys, tmp_path):

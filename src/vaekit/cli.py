@@ -164,7 +164,7 @@ def _check_suffix(out: str, suffixes: tuple[str, ...]) -> None:
 
 
 def _doctor(args) -> int:
-    from .doctor import doctor
+    from .tools.doctor import doctor
 
     print(doctor())
     return 0
@@ -267,8 +267,9 @@ def _parser() -> argparse.ArgumentParser:
     comfy.add_argument("--copy", action="store_true", help="copy the node pack instead of linking it")
     comfy.set_defaults(run=_comfyui)
 
-    # listed for --help; their own parsers (demo.py, bench.py) read their arguments
-    sub.add_parser("demo", help="decode one latent three ways and show the seams (vaekit demo --help)")
+    # listed for --help; their own parsers (tools/demo.py, tools/bench.py) read their arguments
+    sub.add_parser("demo", help="a real photo through the built-in TAEF2 whole, streamed and in two tiles: "
+                                "time, memory, error, demo.png (vaekit demo --help)")
     sub.add_parser("bench", help="benchmark against diffusers, fresh process per run (vaekit bench --help)")
     sub.add_parser("gpu-check", help="exactness, peaks, ladder, tiers and timings on a CUDA GPU (vaekit gpu-check --help)")
     return parser
@@ -278,15 +279,15 @@ def _delegated(argv: list[str]):
     """(main function, its argv) when the command is demo, bench or gpu-check, else None."""
     rest = [a for a in argv if a != "--debug"]
     if rest and rest[0] == "demo":
-        from .demo import main as demo_main
+        from .tools.demo import main as demo_main
 
         return demo_main, rest[1:]
     if rest and rest[0] == "bench":
-        from .bench import main as bench_main
+        from .tools.bench import main as bench_main
 
         return bench_main, rest[1:]
     if rest and rest[0] == "gpu-check":
-        from .gpu_check import main as gpu_check_main
+        from .tools.gpu_check import main as gpu_check_main
 
         return gpu_check_main, rest[1:]
     return None

@@ -14,15 +14,15 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from datetime import date
 from pathlib import Path
 
-from .measure import machine
+from ..measure import machine
+from .workers import run_worker
 
-__all__ = ["main", "run_benchmark", "run_worker", "psnr"]
+__all__ = ["main", "run_benchmark", "psnr"]
 
 #: model -> (default sizes, default methods)
 MODELS = {
@@ -31,14 +31,6 @@ MODELS = {
     "wan": (("9x240x416",), ("diffusers-untiled", "diffusers-tiling", "vaekit:256MiB", "vaekit:512MiB")),
 }
 THREADS = 2
-
-
-def run_worker(cmd: list[str], what: str, env: dict | None = None):
-    """Run a benchmark worker in a fresh process; what it printed last, as JSON."""
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise RuntimeError(f"{what} failed:\n{result.stderr}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def psnr(out, ref, peak_to_peak: float = 2.0) -> float:
@@ -143,7 +135,7 @@ def run_compile_benchmark(sizes, out_dir: Path) -> list[dict]:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for method in ("diffusers-compile", "vaekit-compile"):
-        cmd = [sys.executable, "-m", "vaekit.bench", "--compile-worker", method, "--sizes", *map(str, sizes)]
+        cmd = [sys.executable, "-m", "vaekit.tools.bench", "--compile-worker", method, "--sizes", *map(str, sizes)]
         for row in run_worker(cmd, f"compile benchmark worker {method}"):
             rows.append(row)
             print(f"{row['size']:>5}  {method:<18} first {row['first_seconds']:7.1f} s  warm {row['warm_seconds']:6.1f} s",
@@ -191,7 +183,7 @@ def run_gigapixel_benchmark(sizes, out_dir: Path) -> list[dict]:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for size in sizes:
-        cmd = [sys.executable, "-m", "vaekit.bench", "--gigapixel-worker", str(size), "--out", str(out_dir)]
+        cmd = [sys.executable, "-m", "vaekit.tools.bench", "--gigapixel-worker", str(size), "--out", str(out_dir)]
         rows.append(run_worker(cmd, f"gigapixel worker at {size}"))
         print(f"{size:>6}  {rows[-1]['seconds']:7.1f} s  {rows[-1]['peak_rss_growth'] / 2**20:7.0f} MiB", file=sys.stderr)
     meta = {"date": date.today().isoformat(), "machine": machine(), "threads": THREADS, "dtype": "float32",
@@ -214,7 +206,7 @@ def run_benchmark(model: str, sizes, methods, out_dir: Path) -> list[dict]:
     for size in sizes:
         ref_path = out_dir / f"reference-{model}-{size}.npy"
         for method in methods:  # untiled first: it writes the reference
-            cmd = [sys.executable, "-m", "vaekit.bench", "--model", model, "--worker", method, "--size", str(size),
+            cmd = [sys.executable, "-m", "vaekit.tools.bench", "--model", model, "--worker", method, "--size", str(size),
                    "--ref", str(ref_path)]
             row = run_worker(cmd, f"benchmark worker {method} at {size}")
             rows.append(row)

@@ -8,8 +8,8 @@ import sys
 
 import torch
 
-from .precision import bf16_units
-from .units import format_bytes
+from ..precision import bf16_units
+from ..units import format_bytes
 
 __all__ = ["doctor"]
 
@@ -27,8 +27,8 @@ def doctor() -> str:
     """A printable report: versions, devices, free memory, real bf16 capability, the default choices."""
     import psutil
 
+    from ..measure import machine
     from . import __version__
-    from .measure import machine
 
     mem = psutil.virtual_memory()
     lines = [

@@ -34,8 +34,8 @@ TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
 
 
 def run_checks(device: torch.device, quick: bool = False, dtypes=tuple(DTYPES)) -> dict:
-    from .measure import machine
-    from .models import sana_dc, sd_vae
+    from ..measure import machine
+    from ..models import sana_dc, sd_vae
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else machine()
     report = {"date": date.today().isoformat(), "device": name, "torch": torch.__version__, "quick": quick}
@@ -54,7 +54,7 @@ def _runs(device: torch.device, dtype: str) -> bool:
 
 
 def _latents(vae, size: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
-    from .arch import latent_channels, scale_factor
+    from ..arch import latent_channels, scale_factor
 
     n = size // scale_factor(vae)
     return torch.randn(batch, latent_channels(vae), n, n + 3, generator=torch.Generator().manual_seed(seed))
@@ -62,8 +62,8 @@ def _latents(vae, size: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
 
 def _smallest(vae, z: torch.Tensor, lower: str = "disk") -> int:
     """The least budget a streamed decode of ``z`` fits in, maps going down to the ``lower`` tier."""
-    from .arch import program_for
-    from .plan import smallest_budget
+    from ..arch import program_for
+    from ..plan import smallest_budget
 
     return smallest_budget(program_for(vae, "decode"), tuple(z.shape), z.element_size(), lower)
 
@@ -195,8 +195,8 @@ def _tiled(vae, z):
 
 
 def _timed(call, device: torch.device) -> dict:
-    from .measure import PeakMemory
-    from .recovery import is_oom
+    from ..measure import PeakMemory
+    from ..recovery import is_oom
 
     try:
         with torch.no_grad(), PeakMemory(device, strict=False) as peak:

@@ -16,8 +16,8 @@ import time
 from datetime import date
 from pathlib import Path
 
-from .bench import run_worker
-from .measure import machine
+from ..measure import machine
+from .workers import run_worker
 
 __all__ = ["run_dist_benchmark"]
 
@@ -67,7 +67,7 @@ def run_dist_benchmark(out_dir: Path, size: int = DIST_SIZE, budget: str = DIST_
     rows, images = [], {}
     for label, ranks, threads in RUNS:
         target = out_dir / f"dist-{ranks}x{threads}.npy"
-        worker = ["-m", "vaekit.bench_dist", "--worker", "--size", str(size), "--budget", budget,
+        worker = ["-m", "vaekit.tools.bench_dist", "--worker", "--size", str(size), "--budget", budget,
                   "--threads", str(threads), "--target", str(target)]
         launch = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
                                       "--no-python", sys.executable] if ranks > 1 else []) + worker
@@ -95,7 +95,7 @@ def run_dist_benchmark(out_dir: Path, size: int = DIST_SIZE, budget: str = DIST_
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vaekit.bench_dist", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m vaekit.tools.bench_dist", description=__doc__.splitlines()[0])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=DIST_SIZE)
     parser.add_argument("--budget", default=DIST_BUDGET)

@@ -44,7 +44,7 @@ def photo(size: int) -> torch.Tensor:
 
 
 def _measure(fn):
-    from .measure import PeakMemory
+    from ..measure import PeakMemory
 
     with PeakMemory() as mem:
         start = time.perf_counter()
@@ -93,7 +93,7 @@ def run_sd_demo(model=None, size: int = 512, out_dir: Path = Path("demo-out"), b
     """The SD-architecture panel: smooth latents decoded whole, streamed and with ``enable_tiling()``."""
     import vaekit
 
-    from .models import load_model, sd_vae
+    from ..models import load_model, sd_vae
 
     vae = load_model(model, torch.float32) if model else sd_vae(seed=0)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -122,8 +122,8 @@ def _row(method: str, fn) -> dict:
 
 
 def _score(rows: list[dict]) -> None:
+    from ..io import to_uint8
     from .bench import psnr
-    from .io import to_uint8
 
     reference = rows[0]["image"]
     for row in rows:
@@ -160,7 +160,7 @@ def _panel(image: torch.Tensor, px: int, pool: bool = False) -> torch.Tensor:
 def _picture(rows: list[dict], path: Path, crop: bool) -> None:
     from PIL import Image, ImageDraw
 
-    from .io import atomic_path, to_uint8
+    from ..io import atomic_path, to_uint8
 
     reference = rows[0]["image"]
     h, w = reference.shape[-2:]
