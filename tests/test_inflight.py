@@ -11,7 +11,7 @@ import torch
 
 import vaekit
 from conftest import REL_TOL, budgets_for, relative_error, untiled
-from vaekit import api, inflight
+from vaekit import inflight, planning
 
 THREADS = 4
 SHAPE = (1, 4, 15, 13)
@@ -22,7 +22,7 @@ def held(monkeypatch):
     """Every plan a call without a budget holds, with the device's total held after it. After holding,
     a call waits (up to 2 s) for all THREADS to hold, so the plans are in flight at the same time; a
     call that has to wait for memory to come back cannot hold, hence the time limit."""
-    seen, everyone, hold = [], threading.Condition(), api._hold
+    seen, everyone, hold = [], threading.Condition(), planning.hold
 
     def hold_then_wait(*plans):
         hold(*plans)
@@ -33,7 +33,7 @@ def held(monkeypatch):
             everyone.notify_all()
             everyone.wait_for(lambda: len(seen) >= THREADS, timeout=2)
 
-    monkeypatch.setattr(api, "_hold", hold_then_wait)
+    monkeypatch.setattr(planning, "hold", hold_then_wait)
     return seen
 
 
@@ -57,7 +57,7 @@ def test_calls_without_a_budget_stay_inside_the_free_memory_together(vaes, held,
     vae = vaes("sd")
     whole = vaekit.plan(vae, SHAPE, device="meta", dtype=torch.float32).whole_peak_bytes
     free = int(2.5 * whole)  # two whole decodes fit, four do not
-    monkeypatch.setattr(api, "free_memory", lambda device: free)
+    monkeypatch.setattr(planning, "free_memory", lambda device: free)
     latents = [torch.randn(SHAPE, generator=torch.Generator().manual_seed(i)) for i in range(THREADS)]
     refs = [untiled(vae, z) for z in latents]
     vaekit.apply(vae, budget)
@@ -76,7 +76,7 @@ def test_a_fixed_budget_stays_per_call(vaes, held, monkeypatch):
     vae = vaes("sd")
     budget = vaekit.plan(vae, SHAPE, device="meta", dtype=torch.float32).whole_peak_bytes // 2
     alone = vaekit.plan(vae, SHAPE, budget)
-    monkeypatch.setattr(api, "free_memory", lambda device: pytest.fail("a fixed budget never asks"))
+    monkeypatch.setattr(planning, "free_memory", lambda device: pytest.fail("a fixed budget never asks"))
     latents = [torch.randn(SHAPE, generator=torch.Generator().manual_seed(i)) for i in range(THREADS)]
     vaekit.apply(vae, budget)
     try:
@@ -92,8 +92,8 @@ def test_a_call_whose_share_is_too_small_waits_for_memory_to_come_back(vaes, mon
     vae = vaes("sd")
     whole = vaekit.plan(vae, SHAPE, device="meta", dtype=torch.float32).whole_peak_bytes
     smallest = budgets_for(vae, SHAPE)["smallest"]
-    monkeypatch.setattr(api, "free_memory", lambda device: whole + smallest // 2)  # one whole, then too little
-    waits, waited, wait, hold = [], threading.Event(), inflight.Share.wait, api._hold
+    monkeypatch.setattr(planning, "free_memory", lambda device: whole + smallest // 2)  # one whole, then too little
+    waits, waited, wait, hold = [], threading.Event(), inflight.Share.wait, planning.hold
 
     def counted_wait(self):
         waits.append(1)
@@ -106,7 +106,7 @@ def test_a_call_whose_share_is_too_small_waits_for_memory_to_come_back(vaes, mon
             waited.wait(10)
 
     monkeypatch.setattr(inflight.Share, "wait", counted_wait)
-    monkeypatch.setattr(api, "_hold", hold_until_the_other_waits)
+    monkeypatch.setattr(planning, "hold", hold_until_the_other_waits)
     latents = [torch.randn(SHAPE, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     vaekit.apply(vae)
     try:

@@ -171,12 +171,12 @@ def _doctor(args) -> int:
 
 
 def _plan(args) -> int:
-    from . import api
+    from . import api, checks
     from .arch import program_for, scale_factor
 
     vae = _model(args, meta_ok=True)
     width, height = _size(args.size)
-    video = api._video(vae)  # a video model plans (batch, channels, frames, height, width)
+    video = checks.is_video(vae)  # a video model plans (batch, channels, frames, height, width)
     frames = () if not video else (args.frames,)
     if args.op == "encode":
         shape = (args.batch, program_for(vae, "encode").maps["input"].channels, *frames, height, width)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import DeviceError
-from .plan import row_step
+from .plan import Plan, row_step
 from .program import Program
 
 __all__ = ["Layout", "layout", "partition", "Peers", "world", "EXCHANGE_BYTES"]
@@ -221,3 +221,13 @@ def _collective(what: str):
 
 def _blocks(rows: Rows, block: int) -> list[Rows]:
     return [(r, min(r + block, rows[1])) for r in range(rows[0], rows[1], block)]
+
+
+def peers_for(program: Program, the_plan: Plan, rank: int, ranks: int, device: torch.device, compiled: bool, out):
+    """This rank's Peers for a run by ``the_plan``; rows are split in steps an output file can take."""
+    from .sinks import sink_rows
+
+    shapes = {m.name: m.shape for m in the_plan.maps}
+    step = 1 if out is None else sink_rows(out)
+    return Peers(layout(program, shapes, ranks, compiled, step), rank, device)
+

@@ -11,6 +11,7 @@ import os
 import torch
 from torch import nn
 
+from .arch import family
 from .errors import PrecisionError
 from .ops.attention import attention_band, kv_band
 from .ops.causal import causal_conv_band, causal_first_band
@@ -30,10 +31,10 @@ from .program import (
     LinearQueryStage,
     Program,
 )
-from .recovery import Event, Ladder, RunReport, is_oom
+from .recovery import Event, Ladder, RunReport, free_caches, is_oom
 from .store import Store
 
-__all__ = ["execute", "run_video", "stage_weights"]
+__all__ = ["execute", "run_video", "run_whole", "stage_weights"]
 
 
 #: called before every chunk's compute (None: nothing); vaekit.testing swaps it to inject failures
@@ -320,3 +321,24 @@ def run_video(program: Program, plans: tuple[Plan, Plan], x: torch.Tensor, chunk
                 if getattr(stage, "cache_out", None) and not (first and stage.first == "pass"):
                     store.swap(stage.cache, stage.cache_out)
             t0, o0 = t0 + frames, o0 + y.shape[2]
+
+
+def run_whole(vae, op: str, x: torch.Tensor, report: RunReport) -> torch.Tensor | None:
+    """The model's own modules, untiled; None when they run out of memory (the caller streams)."""
+    error = None
+    try:
+        out = family(vae).whole(vae, op, x)
+    except Exception as e:  # only out-of-memory is handled; anything else goes up as it is
+        if not is_oom(e):
+            raise
+        error = e.with_traceback(None)  # drop the frames: they hold the failed run's tensors
+    if error is None:
+        if x.dtype == torch.float32 or bool(torch.isfinite(out).all()):
+            return out
+        del out  # float16/bfloat16 overflow: streaming recomputes the overflowing bands in float32
+        report.upcasts.append(Event("whole", (0, x.shape[2]), f"the untiled {op} overflowed {x.dtype}: streaming"))
+        return None
+    free_caches(x.device)
+    report.retries.append(Event("whole", (0, x.shape[2]), f"the untiled {op} ran out of memory ({error}): streaming"))
+    return None
+

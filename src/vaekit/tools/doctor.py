@@ -27,8 +27,8 @@ def doctor() -> str:
     """A printable report: versions, devices, free memory, real bf16 capability, the default choices."""
     import psutil
 
+    from .. import __version__
     from ..measure import machine
-    from . import __version__
 
     mem = psutil.virtual_memory()
     lines = [
