@@ -1,0 +1,91 @@
+"""Differential fuzzing: a random family × op × odd size × batch × budget (smallest, anywhere between,
+whole) × compile, streamed, against the model's own untiled call in float32 and against a float64 run.
+
+`make test` runs a short profile; `make fuzz` (VAEKIT_FUZZ=long) a long one, with compile=True among
+the draws. Every failure it finds becomes a regression test beside the family's own tests.
+Not drawn: dtypes other than float32 (the CPU runs float32; float16's overflow path has its own tests)
+and the host tier, which exists on CUDA only (the CPU's tiers are the device and disk)."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import vaekit
+from conftest import REL_TOL, budgets_for, make_vae, relative_error
+from test_dc import make_dc
+from test_flux2 import make_flux2
+from test_hunyuan import make_hunyuan
+from test_tiny import TINY_CONFIG
+from test_wan import budgets as video_budgets
+from test_wan import make as make_wan
+from test_wan import make_wan22
+from vaekit.arch import family
+
+LONG = os.environ.get("VAEKIT_FUZZ") == "long"
+BUILDERS = {"sd": lambda: make_vae("sd"), "flux": lambda: make_vae("flux"), "flux2": make_flux2,
+            "tiny": lambda: _tiny(), "dc-sana": lambda: make_dc("sana"), "dc-shuffle": lambda: make_dc("shuffle"),
+            "hunyuan": make_hunyuan, "wan": make_wan, "wan22": make_wan22}
+_models: dict = {}
+
+
+def _tiny():
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    return AutoencoderTiny(**TINY_CONFIG).eval()
+
+
+def _model(name: str):
+    if name not in _models:
+        vae = BUILDERS[name]()
+        _models[name] = (vae, copy.deepcopy(vae).double())
+    return _models[name]
+
+
+def _untiled(vae, op: str, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return family(vae).finish(vae, op, family(vae).whole(vae, op, x))
+
+
+def _input(vae, op: str, batch: int, h: int, w: int, frames: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    video = getattr(family(vae), "VIDEO", False)
+    c = vaekit.arch.program_for(vae, op).maps[vaekit.arch.program_for(vae, op).input].channels
+    if op == "decode":
+        return torch.randn(batch, c, frames, h, w, generator=g) if video else torch.randn(batch, c, h, w, generator=g)
+    f = family(vae).scale_factor(vae)
+    shape = (batch, c, 1 + 4 * (frames - 1), h * f, w * f) if video else (batch, c, h * f, w * f)
+    return torch.rand(shape, generator=g) * 2 - 1
+
+
+SETTINGS = settings(max_examples=200 if LONG else 12, deadline=None, derandomize=not LONG,
+                    suppress_health_check=list(HealthCheck))
+
+
+@SETTINGS
+@given(name=st.sampled_from(sorted(BUILDERS)), op=st.sampled_from(["decode", "encode"]), batch=st.integers(1, 2),
+       h=st.integers(1, 9), w=st.integers(1, 9), frames=st.integers(1, 3), where=st.floats(0, 1),
+       compile=st.booleans() if LONG else st.just(False), seed=st.integers(0, 2**16))
+def test_streamed_equals_untiled_and_float64(name, op, batch, h, w, frames, where, compile, seed):
+    with open("/tmp/fuzzseq.log", "a") as f:
+        print(name, op, batch, h, w, frames, where, compile, seed, file=f, flush=True)
+    vae, vae64 = _model(name)
+    if name.startswith("dc"):  # its pixel (un)shuffles need latents of even size
+        h, w = h + h % 2, w + w % 2
+    x = _input(vae, op, batch, h, w, frames, seed)
+    shape = tuple(x.shape)
+    low_high = video_budgets(vae, shape, op) if x.dim() == 5 else budgets_for(vae, shape, op, compiled=compile)
+    low = low_high["smallest"]
+    high = max(low_high["whole"], low)  # compile always streams: its smallest may be above the whole peak
+    budget = int(low + where * (high - low))  # 0: every map on disk, one row a chunk; 1: whole
+    run = vaekit.decode if op == "decode" else vaekit.encode
+    out = run(vae, x, budget, compile=compile)
+    ref, ref64 = _untiled(vae, op, x), _untiled(vae64, op, x.double())
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert relative_error(out, ref) <= REL_TOL, (name, op, shape, budget)
+    assert relative_error(out.double(), ref64) <= REL_TOL, (name, op, shape, budget)
