@@ -19,10 +19,12 @@ IMAGE_RANGE_SLACK = 1.5
 
 
 def is_video(vae) -> bool:
+    """A model whose inputs are (B, C, F, H, W) and whose calls go by chunks of frames (video.py)."""
     return getattr(family(vae), "VIDEO", False)
 
 
 def compute_device(vae, device, check: bool = True) -> torch.device:
+    """Where a call computes: ``device``, or the model's own; ``check``: it must exist here."""
     if device is None:
         return next(vae.parameters()).device
     return usable_device(device) if check else parse_device(device)
@@ -39,6 +41,7 @@ def usable_device(device) -> torch.device:
 
 
 def parse_device(device) -> torch.device:
+    """``device`` as a torch.device, or DeviceError for what torch cannot read as one."""
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as e:
@@ -47,14 +50,17 @@ def parse_device(device) -> torch.device:
 
 
 def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether ``a`` and ``b`` are one device (a device without an index matches any of its type)."""
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 def model_dtype(vae) -> torch.dtype:
+    """The dtype a call computes in: the model's."""
     return next(vae.parameters()).dtype
 
 
 def check_shape(program: Program, vae, shape, op: str) -> tuple[int, int, int, int]:
+    """``shape`` as ints, or InputError saying what shape this model takes."""
     shape = tuple(int(d) for d in shape)
     channels = program.maps[program.input].channels
     what = "latents" if op == "decode" else "images"
