@@ -4,28 +4,19 @@ ComfyUI's own VAEDecode/VAEEncode and vaekit's nodes. Prints one JSON object of 
 
     python comfyui_worker.py COMFYUI_DIR SCRATCH_DIR
 
-ComfyUI imports torchvision for models not built here, and the package index's torchvision does not load
-with this CPU torch: an empty module stands in for it, after diffusers and transformers have looked for
-the real one (they must find none).
+ComfyUI imports torchvision for models not built here: an empty module stands in for it (comfyui_common.py).
 """
 
 import asyncio
 import gc
-import importlib.machinery
 import json
 import sys
-import types
 import weakref
 from pathlib import Path
 
-from diffusers import AutoencoderKL  # noqa: F401  (imported before the stand-in below: it must see no torchvision)
+from comfyui_common import seeded, stand_in_torchvision
 
-for name in ("torchvision", "torchvision.transforms"):
-    stand_in = types.ModuleType(name)
-    stand_in.__spec__ = importlib.machinery.ModuleSpec(name, None)
-    sys.modules[name] = stand_in
-sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
-
+stand_in_torchvision()
 COMFYUI, SCRATCH = Path(sys.argv[1]), Path(sys.argv[2])
 sys.argv = ["main.py", "--cpu"]
 sys.path.insert(0, str(COMFYUI))
@@ -106,18 +97,6 @@ def compare_smallest(name: str, vae, latents, pixels, encode_budget: str) -> Non
     results[name] = dict(rel=rel(got, ref), shape=list(got.shape), ref_shape=list(ref.shape),
                          streamed=vaekit.plan(vk.bridge(vae).model, tuple(latents.shape), low).mode == "stream",
                          encode_rel=rel(got_z, ref_z), encode_shape=list(got_z.shape), ref_encode_shape=list(ref_z.shape))
-
-
-def seeded(modules: dict, spread: float) -> dict:
-    """The state dict of ComfyUI's ``modules`` (prefix -> module), whose layers skip weight init: norm
-    scales near 1, other parameters small and random."""
-    state = {}
-    with torch.no_grad():
-        for prefix, module in modules.items():
-            for name, value in module.state_dict().items():
-                norm = name.endswith("gamma") or (value.dim() == 1 and "norm" in name and name.endswith("weight"))
-                state[prefix + name] = torch.randn_like(value) * 0.2 + 1 if norm else torch.randn_like(value) * spread
-    return state
 
 
 torch.manual_seed(0)

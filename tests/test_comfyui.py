@@ -4,6 +4,7 @@ requirements and vaekit, default this one); what needs no ComfyUI runs always.""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import vaekit
 from conftest import REL_TOL
 from vaekit.cli import main
 from vaekit.integrations import comfyui
@@ -89,6 +91,119 @@ def test_one_bridge_per_vae_freed_with_it(measured):
     assert measured["cached"] and measured["freed_with_the_vae"]
 
 
+# ---- the example workflows through ComfyUI's HTTP API -----------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http(url: str, body: dict | None = None) -> dict:
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """ComfyUI's own server (--cpu) on a base folder holding the node pack as a clone of its folder puts
+    it, seeded VAE files in models/vae/ and saved latents in input/."""
+    import shutil
+    import time
+    import urllib.error
+
+    if not COMFYUI:
+        pytest.skip("VAEKIT_COMFYUI is not set: it names a ComfyUI checkout to test the nodes against")
+    python = os.environ.get("VAEKIT_COMFYUI_PYTHON", sys.executable)
+    script, base = str(Path(__file__).with_name("comfyui_server.py")), tmp_path_factory.mktemp("comfyui-base")
+    shutil.copytree(comfyui.PACK, base / "custom_nodes" / comfyui.PACK_NAME, ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run([python, script, "prepare", COMFYUI, str(base)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = json.loads(done.stdout.strip().splitlines()[-1])
+    port, log = _free_port(), open(base / "server.log", "w")
+    process = subprocess.Popen([python, script, "serve", COMFYUI, str(base), str(port)], stdout=log,
+                               stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):  # ComfyUI starts in seconds to a minute on 2 cores
+            assert process.poll() is None, (base / "server.log").read_text()[-3000:]
+            try:
+                _http(f"{url}/object_info/VaekitDecode")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.5)
+        yield url, base, config
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()
+
+
+def _queue(url: str, workflow: dict) -> dict:
+    """POST /prompt, wait for the history entry, return its outputs."""
+    import time
+
+    prompt_id = _http(f"{url}/prompt", {"prompt": workflow})["prompt_id"]
+    for _ in range(1200):
+        history = _http(f"{url}/history/{prompt_id}")
+        if prompt_id in history:
+            entry = history[prompt_id]
+            assert entry["status"]["status_str"] == "success", entry["status"]
+            return entry["outputs"]
+        time.sleep(0.5)
+    raise AssertionError(f"ComfyUI did not finish prompt {prompt_id} in 10 minutes")
+
+
+def _frames(path: Path) -> np.ndarray:
+    from PIL import Image, ImageSequence
+
+    with Image.open(path) as image:
+        return np.stack([np.asarray(frame.convert("RGB"), dtype=np.int16) for frame in ImageSequence.Iterator(image)])
+
+
+@pytest.mark.parametrize("example, saver, frames", [("vaekit_decode_image.json", "SaveImage", 1),
+                                                    ("vaekit_decode_video.json", "SaveAnimatedWEBP", 9)])
+def test_example_workflows_run_through_comfyuis_http_api(server, example, saver, frames):
+    """The pack's example workflow (API format), as shipped, queued with POST /prompt: its decode streams
+    (a budget just above the smallest) and gives the pixels of ComfyUI's own VAE Decode, queued beside it."""
+    from vaekit.models import sd_vae
+    from vaekit.plan import smallest_budget
+
+    url, base, _ = server
+    workflow = json.loads((comfyui.PACK / "workflows" / example).read_text())
+    assert {node["class_type"] for node in workflow.values()} >= {"VAELoader", "LoadLatent", "VaekitDecode", saver}
+    if saver == "SaveImage":  # the decoder's smallest plan for this 13x11 latent (the video's: see comfyui_worker)
+        from vaekit.arch import program_for
+
+        workflow["3"]["inputs"]["budget"] = str(int(1.05 * smallest_budget(program_for(sd_vae(), "decode"),
+                                                                             (1, 4, 13, 11), 4)))
+    else:
+        workflow["3"]["inputs"]["budget"] = "64MiB"
+    workflow["13"] = {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": ["1", 0]}}
+    workflow["14"] = {"class_type": saver, "inputs": {**workflow["4"]["inputs"], "images": ["13", 0],
+                                                      "filename_prefix": "reference"}}
+    outputs = _queue(url, workflow)
+    key = "images"
+    ours, reference = (base / "output" / outputs[node][key][0]["filename"] for node in ("4", "14"))
+    got, want = _frames(ours), _frames(reference)
+    assert got.shape == want.shape and got.shape[0] == frames
+    assert np.abs(got - want).max() <= 1  # 8-bit rounding of float32 results within 1e-4 of each other
+
+
+def test_comfyuis_config_parser_reads_the_pack_as_the_registry_wants(server):
+    config = server[2]
+    assert config["project"]["name"] == "vaekit-nodes" and config["project"]["version"] == vaekit.__version__
+    assert config["comfy"]["publisher_id"] and config["comfy"]["display_name"] and config["comfy"]["icon"]
+    assert any(dep.startswith("vaekit") for dep in config["project"]["dependencies"])
+
+
 # ---- without ComfyUI -------------------------------------------------------------------------------------
 
 
@@ -147,3 +262,32 @@ def test_preview_of_a_written_image(tmp_path, suffix, monkeypatch):
     expected = ((image[0, :, ::step, ::step].permute(1, 2, 0) + 1) / 2).numpy()
     assert preview.shape == (1, 13, 10, 3)
     assert np.abs(preview[0].numpy() - expected).max() <= (1e-6 if suffix == ".npy" else 1 / 255)
+
+
+def test_the_pack_carries_what_the_registry_manager_and_a_clone_need():
+    """pyproject.toml as the Comfy Registry specifies it, requirements.txt for a clone or the Manager."""
+    import tomllib
+
+    spec = tomllib.loads((comfyui.PACK / "pyproject.toml").read_text())
+    project, comfy = spec["project"], spec["tool"]["comfy"]
+    assert re.fullmatch(r"[A-Za-z](?:[A-Za-z0-9]|[._-](?=[A-Za-z0-9]))*", project["name"]) and len(project["name"]) < 100
+    assert "comfyui" not in project["name"].lower()
+    assert project["version"] == vaekit.__version__ and re.fullmatch(r"\d+\.\d+\.\d+", project["version"])
+    assert project["description"] and project["license"] and project["urls"]["Repository"]
+    assert project["dependencies"] == [f"vaekit>={vaekit.__version__}"]
+    assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["Icon"].endswith((".svg", ".png", ".jpg", ".gif"))
+    assert Path(comfy["Icon"]).name in {p.name for p in comfyui.PACK.iterdir()}
+    requirements = [line for line in (comfyui.PACK / "requirements.txt").read_text().splitlines()
+                    if line and not line.startswith("#")]
+    assert requirements == project["dependencies"]
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (comfyui.PACK / "workflows").glob("*.json")))
+def test_example_workflows_are_api_format_with_this_packs_nodes(example):
+    workflow = json.loads((comfyui.PACK / "workflows" / example).read_text())
+    decoders = [node for node in workflow.values() if node["class_type"] == "VaekitDecode"]
+    assert len(decoders) == 1 and set(comfyui.Decode.INPUT_TYPES()["required"]) <= set(decoders[0]["inputs"])
+    for node in workflow.values():  # every link names a node of the workflow and one of its outputs
+        for value in node["inputs"].values():
+            if isinstance(value, list):
+                assert value[0] in workflow and value[1] == 0

@@ -36,6 +36,10 @@ def test_wheel_carries_the_weights_and_runs_alone(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for f in ("taef2_encoder.pth", "taef2_decoder.pth", "LICENSE-taesd"):
         assert f"vaekit/weights/{f}" in names
+    pack = "vaekit/integrations/comfyui_pack/"  # `vaekit comfyui install` from a pip install links a whole pack
+    for f in ("__init__.py", "pyproject.toml", "requirements.txt", "icon.svg", "workflows/vaekit_decode_image.json",
+              "workflows/vaekit_decode_video.json"):
+        assert pack + f in names
 
     # a new venv with the wheel in it; its dependencies (torch, diffusers, ...) are this venv's, on a plain
     # path line after the new venv's own site-packages (so this checkout's editable install is not seen)

@@ -1,0 +1,158 @@
+"""Every code example in the README and the docs site runs, so the docs cannot drift from the code.
+
+Python blocks run in order, one namespace per page (as a doctest session would), in a folder holding
+what the examples name: small seeded models of the real classes saved with ``save_pretrained``
+(``./sd-vae``, ``./wan-vae``, ``./sd-pipeline`` with a tokenizer and text encoder), ``latents.pt`` and a
+photograph. A block titled like a file (```` ```python title="decode.py" ````) is written to that file,
+and a ``torchrun ... decode.py`` line of the page runs it with 2 gloo ranks. Shell lines are checked
+against what they call: ``vaekit ...`` (and ``torchrun ... -m vaekit ...``) must parse with the CLI's
+parsers, ``make X`` must be a Makefile target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_vae
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+FENCE = re.compile(r"^```(\w*)([^\n]*)\n(.*?)^```", re.S | re.M)
+
+
+def blocks(page: Path) -> list[tuple[str, str, str]]:
+    """(language, the rest of the info string, code) of every fenced block of ``page``."""
+    return [(m.group(1), m.group(2).strip(), m.group(3)) for m in FENCE.finditer(page.read_text())]
+
+
+def _name(page: Path) -> str:
+    return str(page.relative_to(ROOT))
+
+
+def _tokenizer():
+    """A CLIP tokenizer with no merges: every byte's character, alone or ending a word (514 tokens)."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)} | {c + "</w>": i + len(chars) for i, c in enumerate(chars)}
+    vocab |= {"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1}
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def _sd_pipeline(path: Path) -> None:
+    import diffusers
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37,
+                                                num_hidden_layers=2, num_attention_heads=4,
+                                                max_position_embeddings=77)).eval()
+    unet = diffusers.UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, norm_num_groups=8, attention_head_dim=8).eval()
+    pipe = diffusers.StableDiffusionPipeline(vae=make_vae("sd"), text_encoder=text_encoder, tokenizer=tokenizer,
+                                             unet=unet, scheduler=diffusers.DDIMScheduler(clip_sample=False),
+                                             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from PIL import Image
+    from skimage import data
+
+    from test_wan import make as make_wan
+
+    where = tmp_path_factory.mktemp("docs")
+    make_vae("sd").save_pretrained(where / "sd-vae")
+    make_wan().save_pretrained(where / "wan-vae")
+    _sd_pipeline(where / "sd-pipeline")
+    torch.save(torch.randn(1, 4, 24, 20, generator=torch.Generator().manual_seed(0)), where / "latents.pt")
+    Image.fromarray(data.astronaut()).resize((96, 96)).save(where / "photo.png")
+    return where
+
+
+PYTHON_PAGES = [p for p in PAGES if any(lang == "python" for lang, _, _ in blocks(p))]
+
+
+@pytest.mark.parametrize("page", PYTHON_PAGES, ids=_name)
+def test_python_examples_run(page, folder, monkeypatch, capsys):
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(sys, "argv", ["example"])
+    namespace: dict = {"__name__": "__main__"}
+    files = []
+    for lang, info, code in blocks(page):
+        if lang != "python":
+            continue
+        title = re.search(r'title="([^"]+)"', info)
+        if title:  # a file the page's shell lines run
+            (folder / title.group(1)).write_text(code)
+            files.append(title.group(1))
+            continue
+        exec(compile(code, f"{_name(page)} example", "exec"), namespace)  # noqa: S102 (the docs' own code)
+    for script in files:  # `torchrun ... script.py` on the page: two gloo ranks
+        assert any(script in line for line in _shell_lines(page) if line.startswith("torchrun")), script
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", script],
+                              cwd=folder, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _shell_lines(page: Path) -> list[str]:
+    """Every command of the page's bash blocks, continuation lines joined, comments dropped."""
+    lines = []
+    for lang, _, code in blocks(page):
+        if lang in ("bash", "sh", "console"):
+            for line in code.replace("\\\n", " ").splitlines():
+                line = line.split(" #", 1)[0].strip()
+                if line and not line.startswith("#"):
+                    lines.append(line)
+    return lines
+
+
+class _Parsed(Exception):
+    pass
+
+
+def _check_vaekit_args(argv: list[str], monkeypatch) -> None:
+    """Parse ``vaekit ARGV`` with the parser that would read it (the CLI's, or a tool's), run nothing."""
+    from vaekit.cli import main
+
+    original = argparse.ArgumentParser.parse_known_args  # what parse_args calls too
+
+    def parse_only(self, args=None, namespace=None):
+        _, extras = original(self, args, namespace)
+        assert not extras, f"{self.prog}: unrecognized arguments {extras}"
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", parse_only)
+    with pytest.raises(_Parsed):
+        main(argv)
+
+
+SHELL_PAGES = [p for p in PAGES if _shell_lines(p)]
+
+
+@pytest.mark.parametrize("page", SHELL_PAGES, ids=_name)
+def test_shell_examples_call_what_exists(page, monkeypatch):
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
+    for line in _shell_lines(page):
+        words = shlex.split(line)
+        if words[0] == "vaekit":
+            _check_vaekit_args(words[1:], monkeypatch)
+        elif words[0] == "torchrun" and "-m" in words and words[words.index("-m") + 1] == "vaekit":
+            _check_vaekit_args(words[words.index("-m") + 2:], monkeypatch)
+        elif words[0] == "make":
+            assert all(w in targets for w in words[1:] if "=" not in w), line
