@@ -41,12 +41,12 @@ SANA_DC_CONFIG = dict(
 )
 
 
-def sana_dc(seed: int = 0):
+def sana_dc(seed: int = 0, **overrides):
     """A Sana-architecture AutoencoderDC with seeded random weights (no download)."""
     from diffusers import AutoencoderDC
 
     torch.manual_seed(seed)
-    return AutoencoderDC(**SANA_DC_CONFIG).eval()
+    return AutoencoderDC(**{**SANA_DC_CONFIG, **overrides}).eval()
 
 
 #: HunyuanImage 2.1's VAE (hunyuanvideo-community/HunyuanImage-2.1-Diffusers, vae/config.json): 32x down, 64 channels

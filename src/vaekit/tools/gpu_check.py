@@ -33,13 +33,20 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
 
 
+#: --quick: the same architectures, narrower and shallower (every stage kind, scale factor and attention kept)
+SMALL_SD = dict(block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=8)
+SMALL_SANA = dict(encoder_block_out_channels=(32, 64, 64, 64, 128, 128),
+                  decoder_block_out_channels=(32, 64, 64, 64, 128, 128),
+                  encoder_layers_per_block=(1,) * 6, decoder_layers_per_block=(1,) * 6)
+
+
 def run_checks(device: torch.device, quick: bool = False, dtypes=tuple(DTYPES)) -> dict:
     from ..measure import machine
     from ..models import sana_dc, sd_vae
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else machine()
     report = {"date": date.today().isoformat(), "device": name, "torch": torch.__version__, "quick": quick}
-    models = {"sd": sd_vae(seed=0).eval(), "sana": sana_dc(seed=0).eval()}
+    models = {"sd": sd_vae(seed=0, **(SMALL_SD if quick else {})), "sana": sana_dc(seed=0, **(SMALL_SANA if quick else {}))}
     report["exactness"] = [_exactness(models, device, d, quick) for d in dtypes if _runs(device, d)]
     report["exactness"] = [row for rows in report["exactness"] for row in rows]
     report["peaks"] = _peaks(models["sd"], device, quick)
