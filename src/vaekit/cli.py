@@ -224,7 +224,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--host-budget", help="CUDA: host RAM for maps kept off the GPU before disk (default: 80%% of free)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    dec = sub.add_parser("decode", parents=[model, run], help="decode latents to an image")
+    dec = sub.add_parser("decode", parents=[model, run], help="decode latents to an image or a video, exactly, in a budget; "
+                         "to a file band by band (frame by frame)")
     dec.add_argument("latents", help=".safetensors, .pt or .npy (already divided by the scaling factor)")
     dec.add_argument("out", help=".npy, .tif (BigTIFF), .zarr, .png (written band by band) or .pt; a video's "
                      "5-D latents: .mp4, .npy or .zarr (frame by frame)")
@@ -232,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     dec.add_argument("--crf", type=int, help="video: x264 quality of an .mp4, lower is better (default 18)")
     dec.set_defaults(run=_decode)
 
-    enc = sub.add_parser("encode", parents=[model, run], help="encode an image to latents")
+    enc = sub.add_parser("encode", parents=[model, run], help="encode an image to latents, exactly, in a budget")
     enc.add_argument("image", help=".png, .jpg, .tif, ...")
     enc.add_argument("out", help=".safetensors (key 'latents'), .npy or .pt")
     enc.add_argument("--sample", action="store_true", help="sample the latent distribution instead of its mode")
@@ -244,7 +245,8 @@ def _parser() -> argparse.ArgumentParser:
     rt.add_argument("out", help=".png")
     rt.set_defaults(run=_roundtrip)
 
-    pl = sub.add_parser("plan", help="print the plan for an image size and budget")
+    pl = sub.add_parser("plan", help="print the plan for a size (and frames) and budget from the config alone: stages, "
+                        "rows per chunk, each map's tier, predicted peak")
     pl.add_argument("--model", required=True, nargs="+", help="a diffusers VAE folder (only config.json is read) "
                     "or weights files")
     pl.add_argument("--op", choices=("decode", "encode"), default="decode")
@@ -270,7 +272,8 @@ def _parser() -> argparse.ArgumentParser:
     # listed for --help; their own parsers (tools/demo.py, tools/bench.py) read their arguments
     sub.add_parser("demo", help="a real photo through the built-in TAEF2 whole, streamed and in two tiles: "
                                 "time, memory, error, demo.png (vaekit demo --help)")
-    sub.add_parser("bench", help="benchmark against diffusers, fresh process per run (vaekit bench --help)")
+    sub.add_parser("bench", help="benchmarks against diffusers, each method in a fresh process; CPU model and "
+                            "threads with the results (vaekit bench --help)")
     sub.add_parser("gpu-check", help="exactness, peaks, ladder, tiers and timings on a CUDA GPU (vaekit gpu-check --help)")
     return parser
 
