@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test docs fuzz bench gpu-check lint setup clean
+.PHONY: demo test docs fuzz bench bench-quick gpu-check lint setup clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,10 @@ bench: $(STAMP)
 	$(BIN)/vaekit bench --model sana --out benchmarks/results
 	$(BIN)/vaekit bench --compile --out benchmarks/results
 	$(BIN)/vaekit bench --dist --out benchmarks/results
+
+# issue 23's goals only (SD-VAE 1024² at 768 MiB and 64 MiB, Wan 2.1 9x240x416 at 256 MiB): under 10 minutes
+bench-quick: $(STAMP)
+	$(BIN)/vaekit bench --quick --out benchmarks/results
 
 # on a machine with a CUDA GPU (and a CUDA build of torch: make gpu-check TORCH_SPEC=torch); says so and exits 0 without one
 gpu-check: $(STAMP)

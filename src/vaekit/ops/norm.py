@@ -1,8 +1,8 @@
 """GroupNorm made exact for streaming: statistics gathered band by band, applied in the next prologue.
 
-Per band we take (count, mean, M2) per (sample, group) with ``torch.var_mean`` in fp32 (cheap), and
-merge bands in float64 with Chan's parallel formula, so the result does not depend on the number
-of bands beyond float rounding.
+Per band we take (count, mean, M2) per (sample, channel) in fp32, merge channels into groups and bands
+in float64 with Chan's parallel formula, so the result does not depend on the number of bands beyond
+float rounding.
 """
 
 from __future__ import annotations
@@ -12,6 +12,10 @@ import torch
 from .act import activate
 
 __all__ = ["GroupStats", "norm_act", "group_scale_shift", "local_norm", "pixel_norm"]
+
+
+#: values per slice of a band's squared deviations (a temporary of 4 MiB in float32)
+STATS_SLICE = 1 << 20
 
 
 class GroupStats:
@@ -24,14 +28,27 @@ class GroupStats:
         self.m2: torch.Tensor | None = None  # (B, G) float64
 
     def update(self, band: torch.Tensor) -> None:
-        """Add a band of shape (B, rows, W, C)."""
+        """Add a band of shape (B, rows, W, C).
+
+        Per channel first, then per group: a sum over pixels with channels innermost is one vectorized
+        pass, where ``var_mean`` over (pixels, channels of a group) strides and took a fifth of a streamed
+        SD decode (Intel Xeon, 2026-12-02). Sums of squares are of deviations from the band's channel
+        mean (no cancellation), a slice of at most STATS_SLICE values at a time (a bounded temporary).
+        """
         b, rows, w, c = band.shape  # map px
-        grouped = band.reshape(b, rows * w, self.groups, c // self.groups)  # (B, pixels, G, C/G)
-        if grouped.dtype != torch.float32:
-            grouped = grouped.float()
-        var, mean = torch.var_mean(grouped, dim=(1, 3), correction=0)
-        n = rows * w * (c // self.groups)
-        self.merge(n, mean.double(), var.double() * n)
+        x = band.reshape(b, rows * w, c)  # (B, pixels, C)
+        if x.dtype != torch.float32:
+            x = x.float()
+        n = rows * w
+        mean = x.sum(1) / n  # (B, C) float32
+        m2 = torch.zeros(b, c, dtype=torch.float64, device=band.device)
+        step = max(1, STATS_SLICE // (b * c))
+        for p0 in range(0, n, step):
+            m2 += torch.sub(x[:, p0 : p0 + step], mean[:, None]).square_().sum(1)
+        mean = mean.double().view(b, self.groups, -1)  # (B, G, C/G): channels to groups, Chan's formula
+        group_mean = mean.mean(-1)
+        group_m2 = m2.view(b, self.groups, -1).sum(-1) + n * (mean - group_mean[..., None]).square().sum(-1)
+        self.merge(n * (c // self.groups), group_mean, group_m2)
 
     def merge(self, n: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
         """Add ``n`` values per group with this ``mean`` and sum of squared deviations ``m2`` (Chan et al.)."""

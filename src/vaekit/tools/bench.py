@@ -32,6 +32,9 @@ MODELS = {
 }
 THREADS = 2
 
+#: `vaekit bench --quick` (make bench-quick): issue 23's goals, (model, size, vaekit budget) -> most time x untiled
+QUICK_GOALS = {("sd", 1024, "768MiB"): 1.0, ("sd", 1024, "64MiB"): 1.1, ("wan", "9x240x416", "256MiB"): 1.0}
+
 
 def psnr(out, ref, peak_to_peak: float = 2.0) -> float:
     """PSNR in dB of ``out`` against ``ref`` for images in [-1, 1]."""
@@ -199,6 +202,31 @@ def run_gigapixel_benchmark(sizes, out_dir: Path) -> list[dict]:
     return rows
 
 
+def run_quick(out_dir: Path) -> list[dict]:
+    """The goals' ratios only (QUICK_GOALS), each run a fresh process: bench-quick.{json,md}."""
+    rows = []
+    for model in ("sd", "wan"):
+        goals = {(size, budget) for m, size, budget in QUICK_GOALS if m == model}
+        for size in sorted({size for size, _ in goals}, key=str):
+            methods = ["diffusers-untiled"] + [f"vaekit:{b}" for s, b in sorted(goals) if s == size]
+            rows += [dict(r, model=model) for r in run_benchmark(model, [size], methods, out_dir / "quick")]
+    meta = {"date": date.today().isoformat(), "machine": machine(), "threads": THREADS, "dtype": "float32"}
+    (out_dir / "bench-quick.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    lines = [f"Issue 23's goals, measured {meta['date']} on {meta['machine']}, fp32, {THREADS} threads, each run a "
+             "fresh process (`make bench-quick`).", "",
+             "| model | size | method | time | × untiled | goal | peak RSS growth | × untiled | PSNR |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        goal = QUICK_GOALS.get((r["model"], r["size"], r["method"].removeprefix("vaekit:")))
+        met = "" if goal is None else f"≤ {goal:.1f} ({'met' if r['time_ratio'] <= goal else 'not met'})"
+        db = "" if "psnr_db" not in r else ("∞" if math.isinf(r["psnr_db"]) else f"{r['psnr_db']:.1f} dB")
+        lines.append(f"| {r['model']} | {_size_label(r['size'])} | {r['method']} | {r['seconds']:.1f} s | "
+                     f"{r['time_ratio']:.2f} | {met} | {r['peak_rss_growth'] / 2**20:.0f} MiB | "
+                     f"{r['memory_ratio']:.2f} | {db} |")
+    (out_dir / "bench-quick.md").write_text("\n".join(lines) + "\n")
+    return rows
+
+
 def run_benchmark(model: str, sizes, methods, out_dir: Path) -> list[dict]:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "bench" if model == "sd" else f"bench-{model}"
@@ -297,6 +325,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dist", action="store_true",
                         help="patch parallel: torchrun ranks against one process (SD VAE, 1024², .npy sink)")
     parser.add_argument("--device", default="cpu", help="cuda: the GPU check (vaekit gpu-check, its options after --)")
+    parser.add_argument("--quick", action="store_true",
+                        help="issue 23's goals only: SD 1024² at 768 MiB and 64 MiB, Wan 2.1 9x240x416 at 256 MiB, "
+                             "against untiled (under 10 minutes on 2 cores)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--compile-worker", help=argparse.SUPPRESS)
     parser.add_argument("--gigapixel-worker", type=int, help=argparse.SUPPRESS)
@@ -316,6 +347,11 @@ def main(argv=None) -> int:
         return 0
     if args.gigapixel_worker:
         print(json.dumps(_gigapixel_worker(args.gigapixel_worker, args.out)))
+        return 0
+    print(f"vaekit bench: {machine()}, {THREADS} threads, fp32, each run a fresh process", file=sys.stderr, flush=True)
+    if args.quick:
+        run_quick(args.out)
+        print((args.out / "bench-quick.md").read_text())
         return 0
     if args.dist:
         from .bench_dist import run_dist_benchmark
