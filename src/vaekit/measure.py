@@ -82,11 +82,18 @@ class PeakMemory:
 
 
 def machine() -> str:
-    """CPU model, core count and OS, for benchmark tables."""
+    """CPU model (with its family/model numbers and widest vector units, since a virtual machine's model
+    name is often generic and oneDNN's speed follows the ISA), core count and OS, for benchmark tables."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        flags = set(info.get("flags", "").split())
+        units = [name for flag, name in (("avx512f", "AVX-512"), ("amx_tile", "AMX")) if flag in flags]
+        units = units or [name for flag, name in (("avx2", "AVX2"),) if flag in flags]
+        cpu = f"{info['model name']} (family {info.get('cpu family', '?')} model {info.get('model', '?')}" + (
+            f"; {', '.join(units)})" if units else ")")
+    except (OSError, KeyError, ValueError):
         pass
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
