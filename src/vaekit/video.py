@@ -38,10 +38,6 @@ def run_video_call(vae, program: Program, op: str, x, budget, *, device, report,
     if out is not None and op != "decode":
         raise InputError("out= takes a decoded video; encode returns the latents")
     shape = check_shape(program, vae, tuple(x.shape), op)
-    if compile and shape[0] > 1:  # the differential fuzzer's find (test_wan.py): refused, never wrong pixels
-        raise InputError(f"compile=True takes one video at a time, got a batch of {shape[0]}: the compiled causal "
-                         "convs gave wrong frames for the second video of a batch (torch 2.13's inductor); "
-                         "pass the videos one by one, or compile=False for the batch")
     check_values(x, op, image_range=strict)
     rank, ranks = world() if dist else (0, 1)
     compute = compute_device(vae, rank_device(device) if ranks > 1 else device)

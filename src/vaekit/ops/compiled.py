@@ -259,12 +259,36 @@ def compiled_causal_band(stage: CausalConvStage, w: dict, read, stats: dict, r0:
     kind = _CausalKind(stage.norm is not None, stage.act, halo, past, stage.time_split, stage.skip is not None,
                        stage.skip2 is not None, stage.post)
     prologue, epilogue = _causal_graphs(kind)
-    x5 = prologue(_dense(x), mask, None if cache is None else _dense(cache), w["norm"] or None)
-    x5 = x5.contiguous(memory_format=torch.channels_last_3d)  # no copy: the graph made it so
-    tail = cache_tail(stage, x5, r0 - a + top, r1 - a + top)
-    out = conv3d(stage, w, x5)  # (B, split*C, F', W, rows)
-    n = x5.shape[0]  # samples
+    n = x.shape[0] if cache is None else cache.shape[0] // past  # samples (without a cache, every frame is one)
+    # One video per graph call, each from tensors of its own: the graphs are made on one video, and given two
+    # at once (or a slice of a batch), the epilogue's graph wrote the second one wrong (torch 2.13's inductor;
+    # found by the differential fuzzer, test_wan.py). A stage without a time cache takes all frames at once.
+    parts = 1 if cache is None else n
+    xs, caches = x.chunk(parts), ((None,) * parts if cache is None else cache.chunk(parts))
+    x5s = [prologue(_dense(xi), mask, None if ci is None else _dense(ci), w["norm"] or None).contiguous(
+        memory_format=torch.channels_last_3d) for xi, ci in zip(xs, caches, strict=True)]  # no copy: made so
+    tails = [cache_tail(stage, x5, r0 - a + top, r1 - a + top) for x5 in x5s]
+    outs = [conv3d(stage, w, x5) for x5 in x5s]  # each (n / parts, split*C, F', W, rows)
+    del x5s
     # the shortcut stays eager: a conv, and time (un)shuffles that count samples
-    skip = shortcut_band(stage, w, read, r0, r1, n * out.shape[2] * stage.time_split, n)
+    skip = shortcut_band(stage, w, read, r0, r1, n * outs[0].shape[2] * stage.time_split, n)
     skip2 = None if stage.skip2 is None else read(stage.skip2, r0, r1)
-    return epilogue(out, None if skip is None else _dense(skip), None if skip2 is None else _dense(skip2)), tail
+    skips = (None,) * parts if skip is None else skip.chunk(parts)
+    skips2 = (None,) * parts if skip2 is None else skip2.chunk(parts)
+    bands = [epilogue(out, None if s is None else _dense(s), None if s2 is None else _dense(s2))
+             for out, s, s2 in zip(outs, skips, skips2, strict=True)]
+    return _per_sample(bands), None if tails[0] is None else _per_sample(tails)
+
+
+def _per_sample(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The parts' results as one batch: the only one as it is, else copied into one tensor (no second
+    copy of the whole beside the parts, as torch.cat would make)."""
+    if len(parts) == 1:
+        return parts[0]
+    whole = torch.empty((sum(p.shape[0] for p in parts), *parts[0].shape[1:]), dtype=parts[0].dtype,
+                        device=parts[0].device)
+    start = 0
+    for part in parts:
+        whole[start : start + part.shape[0]] = part
+        start += part.shape[0]
+    return whole
