@@ -31,38 +31,43 @@ def causal_conv_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int
     n = x.shape[0] if cache is None else cache.shape[0] // past  # samples
     frames, width, channels = x.shape[0] // n, x.shape[2], x.shape[3]
     top, bottom = halo - (r0 - a), halo - (b - r1)  # zero rows at the image border only
-    # The conv's input: [cache ; frames] in time, zero padded in space, laid out (B, C, T+F, W', rows') with
-    # rows last and width fourth: PyTorch's CPU conv3d takes oneDNN only when the product of the first four
-    # sizes is large; with a band's few rows there it falls back to im2col (5x the memory, 2x the time). It is
-    # channels_last_3d in memory, so oneDNN reads it as it is: one copy in, one copy out.
-    x5 = torch.empty(n, channels, past + frames, width + 2 * halo, b - a + top + bottom, dtype=x.dtype,
+    # The conv's input: [cache ; frames] in time, zero padded in space, (B, C, T+F, rows', W') channels_last_3d:
+    # in memory (B, T+F, rows', W', C), the frames' own NHWC order, so filling it and reading the output
+    # (B, C, F', rows, W), NHWC frames too, are block copies and views, not transposes.
+    x5 = torch.empty(n, channels, past + frames, b - a + top + bottom, width + 2 * halo, dtype=x.dtype,
                      device=x.device, memory_format=torch.channels_last_3d)
     _zero_border(x5, halo, top, bottom)
-    inner = x5[:, :, :, halo : halo + width, top : top + b - a]
-    inner[:, :, past:] = x.unflatten(0, (n, frames)).permute(0, 4, 1, 3, 2)  # (B, C, F, W, rows')
+    inner = x5[:, :, :, top : top + b - a, halo : halo + width]
+    inner[:, :, past:] = x.unflatten(0, (n, frames)).permute(0, 4, 1, 2, 3)  # (B, C, F, rows', W)
     if cache is not None:
-        inner[:, :, :past] = cache.unflatten(0, (n, past)).permute(0, 4, 1, 3, 2)
+        inner[:, :, :past] = cache.unflatten(0, (n, past)).permute(0, 4, 1, 2, 3)
     tail = cache_tail(stage, x5, r0 - a + top, r1 - a + top)
-    out = conv3d(stage, w, x5)  # (B, split*C_out, F', W, rows)
+    out = conv3d(stage, w, x5)  # (B, split*C_out, F', rows, W)
     split = stage.time_split  # split frames side by side in the channels (Wan's temporal upsampler)
-    out = out.unflatten(1, (split, -1)).permute(0, 3, 1, 5, 4, 2).flatten(0, 2)  # (B*F'*split, rows, W, C_out)
+    out = out.unflatten(1, (split, -1)).permute(0, 3, 1, 4, 5, 2).flatten(0, 2)  # (B*F'*split, rows, W, C_out)
     return activate(_residuals(stage, w, read, r0, r1, out, n), stage.post, inplace=True), tail
 
 
 def cache_tail(stage: CausalConvStage, x5: torch.Tensor, lo: int, hi: int) -> torch.Tensor | None:
-    """The stage's next time cache, rows [lo, hi) of the conv input ``x5`` (B, C, T+F, W', rows'): its
+    """The stage's next time cache, rows [lo, hi) of the conv input ``x5`` (B, C, T+F, rows', W'): its
     last frames, without the width padding; None when the stage keeps no cache."""
     if stage.cache is None or stage.cache_out is None:
         return None
     halo, past = stage.halo, stage.cache_frames
-    band = x5[:, :, -past:, halo : x5.shape[3] - halo, lo:hi]  # (B, C, T, W, rows)
-    return band.permute(0, 2, 4, 3, 1).flatten(0, 1)  # (B*T, rows, W, C)
+    band = x5[:, :, -past:, lo:hi, halo : x5.shape[4] - halo]  # (B, C, T, rows, W)
+    return band.permute(0, 2, 3, 4, 1).flatten(0, 1)  # (B*T, rows, W, C)
 
 
 def conv3d(stage: CausalConvStage, w: dict, x5: torch.Tensor) -> torch.Tensor:
-    """The stage's conv on its (B, C, T+F, W', rows') input: (B, split*C_out, F', W, rows)."""
-    weight = w["conv"]["weight"].transpose(3, 4)  # (C_out, C_in, kt, kw, kh): rows last, as the input
-    return F.conv3d(x5, weight, w["conv"].get("bias"), stride=(stage.time_stride, 1, 1))
+    """The stage's conv on its (B, C, T+F, rows', W') channels_last_3d input: (B, split*C_out, F', rows, W).
+
+    On the CPU, oneDNN directly: PyTorch's heuristic takes it for conv3d only when the product of the first
+    four sizes is large, and with a band's few rows there it fell back to im2col (5x the memory, 2x the
+    time). Elsewhere (cuDNN) the plain call."""
+    weight, bias = w["conv"]["weight"], w["conv"].get("bias")
+    if x5.device.type == "cpu" and x5.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available():
+        return torch.mkldnn_convolution(x5, weight, bias, [0, 0, 0], [stage.time_stride, 1, 1], [1, 1, 1], 1)
+    return F.conv3d(x5, weight, bias, stride=(stage.time_stride, 1, 1))
 
 
 def shortcut_band(stage: CausalConvStage, w: dict, read, r0: int, r1: int, out_n: int,
@@ -87,14 +92,15 @@ def _residuals(stage: CausalConvStage, w: dict, read, r0: int, r1: int, out: tor
 
 
 def _zero_border(x5: torch.Tensor, halo: int, top: int, bottom: int) -> None:
-    """Zero the spatial padding of the conv input: ``halo`` columns each side, ``top``/``bottom`` rows."""
+    """Zero the spatial padding of the conv input (B, C, T, rows', W'): ``halo`` columns each side,
+    ``top``/``bottom`` rows."""
     if halo:
-        x5[:, :, :, :halo].zero_()
-        x5[:, :, :, -halo:].zero_()
+        x5[..., :halo].zero_()
+        x5[..., -halo:].zero_()
     if top:
-        x5[..., :top].zero_()
+        x5[:, :, :, :top].zero_()
     if bottom:
-        x5[..., -bottom:].zero_()
+        x5[:, :, :, -bottom:].zero_()
 
 
 def causal_first_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int, r1: int, src_h: int,

@@ -200,7 +200,7 @@ class _CausalKind:
 
 
 def _causal_prologue(kind: _CausalKind, x, mask, cache, norm_w):
-    """[cache ; act(norm(x))] as the conv3d input: (B, C, T+F, W + 2 halo, rows) in channels_last_3d.
+    """[cache ; act(norm(x))] as the conv3d input: (B, C, T+F, rows, W + 2 halo) in channels_last_3d.
     ``x`` (B*F, rows, W, C) and ``cache`` (B*T, rows, W, C) have zero rows past the image border."""
     if kind.norm:
         x = activate(l2_norm(x, norm_w), kind.act, inplace=True) * mask  # rows past the border: zeros again
@@ -210,13 +210,13 @@ def _causal_prologue(kind: _CausalKind, x, mask, cache, norm_w):
     seq = x.unflatten(0, (n, -1))  # (B, F, rows, W, C)
     if cache is not None:
         seq = torch.cat([cache.unflatten(0, (n, kind.past)), seq], dim=1)  # (B, T+F, rows, W, C)
-    seq = F.pad(seq.permute(0, 4, 1, 3, 2), (0, 0, kind.halo, kind.halo))  # (B, C, T+F, W', rows)
+    seq = F.pad(seq.permute(0, 4, 1, 2, 3), (kind.halo, kind.halo))  # (B, C, T+F, rows, W')
     return seq.contiguous(memory_format=torch.channels_last_3d)
 
 
 def _causal_epilogue(kind: _CausalKind, out, skip, skip2):
-    """The conv's (B, split*C, F', W, rows) output -> (B*F'*split, rows, W, C) + residuals, post."""
-    out = out.unflatten(1, (kind.split, -1)).permute(0, 3, 1, 5, 4, 2).flatten(0, 2)
+    """The conv's (B, split*C, F', rows, W) output -> (B*F'*split, rows, W, C) + residuals, post."""
+    out = out.unflatten(1, (kind.split, -1)).permute(0, 3, 1, 4, 5, 2).flatten(0, 2)
     if kind.residual:
         out = out + skip
     if kind.skip2:
@@ -268,7 +268,7 @@ def compiled_causal_band(stage: CausalConvStage, w: dict, read, stats: dict, r0:
     x5s = [prologue(_dense(xi), mask, None if ci is None else _dense(ci), w["norm"] or None).contiguous(
         memory_format=torch.channels_last_3d) for xi, ci in zip(xs, caches, strict=True)]  # no copy: made so
     tails = [cache_tail(stage, x5, r0 - a + top, r1 - a + top) for x5 in x5s]
-    outs = [conv3d(stage, w, x5) for x5 in x5s]  # each (n / parts, split*C, F', W, rows)
+    outs = [conv3d(stage, w, x5) for x5 in x5s]  # each (n / parts, split*C, F', rows, W)
     del x5s
     # the shortcut stays eager: a conv, and time (un)shuffles that count samples
     skip = shortcut_band(stage, w, read, r0, r1, n * outs[0].shape[2] * stage.time_split, n)
