@@ -109,10 +109,13 @@ def test_swaps_with_pipeline_runs_grow_no_more_than_plain_assignment(vae_dirs, t
         os.symlink(path, tmp_path / name)
     worker = Path(__file__).with_name("swap_worker.py")
 
-    def growth(mode: str) -> float:
-        done = subprocess.run([sys.executable, str(worker), mode, str(tmp_path)], capture_output=True, text=True,
-                              timeout=600, check=True)
-        return json.loads(done.stdout.strip().splitlines()[-1])["growth_mib"]
-
-    plain, managed = growth("plain"), growth("manager")
+    # both at once, one thread each (the worker sets it): each measures its own RSS
+    runs = {mode: subprocess.Popen([sys.executable, str(worker), mode, str(tmp_path)], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True) for mode in ("plain", "manager")}
+    growth = {}
+    for mode, run in runs.items():
+        out, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err[-3000:]
+        growth[mode] = json.loads(out.strip().splitlines()[-1])["growth_mib"]
+    plain, managed = growth["plain"], growth["manager"]
     assert managed <= max(plain, 0.0) + 4.0, (managed, plain)
