@@ -50,21 +50,20 @@ def _tokenizer():
 
 
 def _sd_pipeline(path: Path) -> None:
+    """test_integrations' tiny Stable Diffusion pipeline, with a tokenizer and a text encoder: it takes prompts."""
     import diffusers
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from test_integrations import _sd_pipe
+
+    pipe = _sd_pipe()
     tokenizer = _tokenizer()
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37,
                                                 num_hidden_layers=2, num_attention_heads=4,
                                                 max_position_embeddings=77)).eval()
-    unet = diffusers.UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, norm_num_groups=8, attention_head_dim=8).eval()
-    pipe = diffusers.StableDiffusionPipeline(vae=make_vae("sd"), text_encoder=text_encoder, tokenizer=tokenizer,
-                                             unet=unet, scheduler=diffusers.DDIMScheduler(clip_sample=False),
-                                             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.register_modules(tokenizer=tokenizer, text_encoder=text_encoder,
+                          scheduler=diffusers.DDIMScheduler(clip_sample=False))
     pipe.save_pretrained(path)
 
 

@@ -87,8 +87,8 @@ def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
-        info = {k.strip(): v.strip() for k, v in info.items()}
+            lines = f.read().split("\n\n")[0].splitlines()  # the first processor's entry
+        info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in lines if ":" in line)}
         flags = set(info.get("flags", "").split())
         units = [name for flag, name in (("avx512f", "AVX-512"), ("amx_tile", "AMX")) if flag in flags]
         units = units or [name for flag, name in (("avx2", "AVX2"),) if flag in flags]
