@@ -29,6 +29,8 @@ CASES = {
     "wan-encode": ("wan", "encode", (1, 3, 9, 48, 40), "smallest", None),
     "hunyuan-decode": ("hunyuan", "decode", (1, 4, 13, 9), "smallest", None),  # ConvAttention, (r1, r2, c) shuffles
     "hunyuan-encode": ("hunyuan", "encode", (1, 3, 52, 36), "smallest", None),
+    "ltx2-decode": ("ltx2", "decode", (1, 8, 3, 5, 7), "smallest", None),  # all frames, reflected borders
+    "ltx2-encode": ("ltx2", "encode", (1, 3, 9, 48, 32), "smallest", None),
     "wan-decode-npy": ("wan", "decode", (1, 4, 3, 13, 9), "smallest", ".npy"),  # rank 0 writes the frames
     "wan-decode-mp4": ("wan", "decode", (1, 4, 3, 13, 9), "smallest", ".mp4"),
 }
@@ -48,13 +50,17 @@ def model(name: str):
         from test_hunyuan import make_hunyuan
 
         return make_hunyuan()
+    if name == "ltx2":
+        from test_ltx2 import make as make_ltx2
+
+        return make_ltx2()
     return make_vae("sd") if name == "sd" else make_dc("sana")
 
 
 def main(out: Path) -> None:
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
-    models = {name: model(name) for name in ("sd", "dc", "wan", "hunyuan")}
+    models = {name: model(name) for name in ("sd", "dc", "wan", "hunyuan", "ltx2")}
     for case, (name, op, shape, budget_name, suffix) in CASES.items():
         vae, x = models[name], inputs(op, shape)
         budget = budgets_for(vae, shape, op)[budget_name]

@@ -2,7 +2,7 @@
 
 Python blocks run in order, one namespace per page (as a doctest session would), in a folder holding
 what the examples name: small seeded models of the real classes saved with ``save_pretrained``
-(``./sd-vae``, ``./wan-vae``, ``./sd-pipeline`` with a tokenizer and text encoder), ``latents.pt`` and a
+(``./sd-vae``, ``./wan-vae``, ``./ltx2-vae``, ``./sd-pipeline`` with a tokenizer and text encoder), ``latents.pt`` and a
 photograph. A block titled like a file (```` ```python title="decode.py" ````) is written to that file,
 and a ``torchrun ... decode.py`` line of the page runs it with 2 gloo ranks. Shell lines are checked
 against what they call: ``vaekit ...`` (and ``torchrun ... -m vaekit ...``) must parse with the CLI's
@@ -72,11 +72,13 @@ def folder(tmp_path_factory):
     from PIL import Image
     from skimage import data
 
+    from test_ltx2 import make as make_ltx2
     from test_wan import make as make_wan
 
     where = tmp_path_factory.mktemp("docs")
     make_vae("sd").save_pretrained(where / "sd-vae")
     make_wan().save_pretrained(where / "wan-vae")
+    make_ltx2(patch_size=4, latent_channels=128, spatial_compression_ratio=32).save_pretrained(where / "ltx2-vae")  # LTX-2's 32x, 8x compression
     _sd_pipeline(where / "sd-pipeline")
     torch.save(torch.randn(1, 4, 24, 20, generator=torch.Generator().manual_seed(0)), where / "latents.pt")
     Image.fromarray(data.astronaut()).resize((96, 96)).save(where / "photo.png")

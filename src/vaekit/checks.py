@@ -78,9 +78,23 @@ def check_shape(program: Program, vae, shape, op: str) -> tuple[int, int, int, i
     except ValueError as e:  # e.g. a pixel unshuffle of an odd size
         raise InputError(f"{what} of {shape[-1]}x{shape[-2]} do not fit this {type(vae).__name__} ({e}): use sizes "
                          f"that are multiples of {family(vae).scale_factor(vae)}") from None
+    if is_video(vae):
+        try:
+            program.frames(shape[2], first=True)
+        except ValueError as e:  # e.g. LTX's encoder folds frames in pairs after the first
+            raise InputError(f"{what} of {shape[2]} frames do not fit this {type(vae).__name__} ({e}): use "
+                             f"{_frame_rule(program)}") from None
     if min(out_h, out_w) < 1:
         raise InputError(f"{what} of {shape[-1]}x{shape[-2]} are too small for this {type(vae).__name__}")
     return shape
+
+
+def _frame_rule(program: Program) -> str:
+    """Which frame counts the program takes, in words: 1 + k * (the frames each output frame folds)."""
+    fold = 1
+    for stage in program.stages:
+        fold *= getattr(stage, "time_unshuffle", 1)
+    return f"1 + {fold}k frames (1, {1 + fold}, {1 + 2 * fold}, ...)"
 
 
 def check_values(x: torch.Tensor, op: str, image_range: bool = True) -> None:

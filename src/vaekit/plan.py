@@ -169,16 +169,19 @@ def _map_bytes(shapes, itemsize: int, held: dict[str, int] | None = None) -> dic
 # ---- working set of one chunk ------------------------------------------------------------------
 
 
-def working_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str], kv_rows: int | None = None) -> int:
-    """Bytes one chunk of ``rows`` output rows holds on the device while ``stage`` runs it."""
-    total = _chunk_bytes(stage, shapes, itemsize, rows, tiers, kv_rows)
+def working_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str], kv_rows: int | None = None,
+                  samples: int | None = None) -> int:
+    """Bytes one chunk of ``rows`` output rows holds on the device while ``stage`` runs it; ``samples``:
+    the videos in a chunk of frames (None: as many as frames, the most a causal conv's time padding costs)."""
+    total = _chunk_bytes(stage, shapes, itemsize, rows, tiers, kv_rows, samples)
     if stage.dst is not None and tiers.get(stage.dst) == "disk":  # the last band, still being written
         b, _, dst_w, c_out = shapes[stage.dst]
         total += b * rows * dst_w * c_out * itemsize
     return total
 
 
-def _chunk_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str], kv_rows: int | None) -> int:
+def _chunk_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str], kv_rows: int | None,
+                 samples: int | None = None) -> int:
     b, src_h, src_w, c_in = shapes[stage.src]
     _, dst_h, dst_w, c_out = shapes[stage.dst or stage.src]
     temp = max(itemsize, PROLOGUE_ITEMSIZE)
@@ -188,13 +191,18 @@ def _chunk_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str],
         return 0 if tiers.get(name) in ("device", "input") else n * n_rows * width * channels * itemsize
 
     if isinstance(stage, CausalConvStage):
-        n_out, halo_rows = shapes[stage.dst][0], min(rows + 2 * stage.halo, src_h)
+        n_out = shapes[stage.dst][0]
+        c0, c1 = stage.conv_out_rows(0, rows)
+        halo_rows = min(c1 - c0 + 2 * stage.halo, src_h)
         n_seq = b + (shapes[stage.cache][0] if stage.cache else 0)  # the chunk's frames after the cached ones
+        n_seq += sum(stage.pad_frames) * (samples or b)  # and copies of the first and last (LTX)
         normalized = (2 if stage.norm is not None else 1) * b * halo_rows * src_w * c_in * temp  # and a temporary
         total = read_buffer(stage.src, halo_rows) + normalized
         total += read_buffer(stage.cache, halo_rows) if stage.cache else 0
         total += 3 * n_seq * halo_rows * (src_w + 2 * stage.halo) * c_in * itemsize  # sequence, padded, backend's copy
         total += 3 * n_out * rows * dst_w * c_out * itemsize  # conv output, unfolded frames, sum
+        rearranged = stage.shuffle != 1 or stage.unshuffle != 1 or stage.repeat_last
+        total += n_out * rows * dst_w * c_out * itemsize if rearranged else 0  # pixel (un)shuffled
         total += 2 * stage.conv.weight.numel() * itemsize
         if stage.skip is not None:
             total += read_buffer(stage.skip, rows) + (n_out * rows * dst_w * c_out * itemsize if stage.shortcut else 0)
@@ -289,7 +297,7 @@ def _lives(program: Program) -> dict[str, range]:
 
 
 def assign_tiers(program: Program, shapes, itemsize: int, budget: int, lower: str, sink: bool = False,
-                 held: dict[str, int] | None = None) -> dict[str, str]:
+                 held: dict[str, int] | None = None, samples: int | None = None) -> dict[str, str]:
     """Keep maps resident, smallest first, while every stage keeps room for TARGET_ROWS rows.
     ``held``: rows of each map stored here (a distributed rank's slabs), if not all."""
     sizes = _map_bytes(shapes, itemsize, held)
@@ -297,7 +305,7 @@ def assign_tiers(program: Program, shapes, itemsize: int, budget: int, lower: st
     tiers[program.input], tiers[program.output] = "input", "sink" if sink else "output"
     resident = _resident_bytes(program, shapes, itemsize, tiers, held)
     floor = [
-        working_bytes(s, shapes, itemsize, min(TARGET_ROWS, shapes[s.dst or s.src][1]), tiers)
+        working_bytes(s, shapes, itemsize, min(TARGET_ROWS, shapes[s.dst or s.src][1]), tiers, samples=samples)
         for s in program.stages
     ]
     room = [budget - f for f in floor]
@@ -353,9 +361,10 @@ def _most_rows(fits, limit: int) -> int:
 
 
 def plan_stage(stage, shapes, itemsize: int, tiers, resident: int, budget: int,
-               compiled: bool = False, height: int | None = None) -> StagePlan | None:
+               compiled: bool = False, height: int | None = None, samples: int | None = None) -> StagePlan | None:
     """The most rows (and key rows) of ``stage`` that fit next to ``resident``; None if none fit.
-    ``height``: the rows this stage computes here (a distributed rank's share), if not all."""
+    ``height``: the rows this stage computes here (a distributed rank's share), if not all; ``samples``
+    as for working_bytes."""
     height = shapes[stage.dst or stage.src][1] if height is None else height
     step = row_step(stage, compiled)
     if height == 0:  # a rank with no rows of this stage
@@ -367,10 +376,10 @@ def plan_stage(stage, shapes, itemsize: int, tiers, resident: int, budget: int,
             kv_options.append(math.ceil(kv_options[-1] / 2))
     for kv in kv_options:
         rows = step * _most_rows(
-            lambda r, kv=kv: resident + working_bytes(stage, shapes, itemsize, r * step, tiers, kv) <= budget,
+            lambda r, kv=kv: resident + working_bytes(stage, shapes, itemsize, r * step, tiers, kv, samples) <= budget,
             math.ceil(height / step))
         if rows:
-            work = working_bytes(stage, shapes, itemsize, rows, tiers, kv)
+            work = working_bytes(stage, shapes, itemsize, rows, tiers, kv, samples)
             return StagePlan(stage.name, height, rows, kv, work, resident)
     return None
 
@@ -412,14 +421,14 @@ def make_plan(program: Program, in_shape, itemsize: int, dtype: str, device: str
         return Plan(mode="whole", stages=(), maps=(), **common)
 
     lower = "host" if device.startswith("cuda") else "disk"
-    tiers = assign_tiers(program, shapes, itemsize, limit, lower, sink, held)
+    tiers = assign_tiers(program, shapes, itemsize, limit, lower, sink, held, samples=in_shape[0])
     if lower == "host" and host_budget is not None:
         tiers = bound_host(program, shapes, itemsize, tiers, host_budget, held)
     stages = []
     resident = _resident_bytes(program, shapes, itemsize, tiers, held)
     for i, stage in enumerate(program.stages):
         height = None if heights is None else heights[i]
-        planned = plan_stage(stage, shapes, itemsize, tiers, resident[i], limit, compiled, height)
+        planned = plan_stage(stage, shapes, itemsize, tiers, resident[i], limit, compiled, height, in_shape[0])
         if planned is None:
             smallest = smallest_budget(program, in_shape, itemsize, lower, compiled, sink, first) + writer
             what = "budget" if budget is not None else "free memory"
@@ -453,7 +462,8 @@ def smallest_budget(program: Program, in_shape, itemsize: int, lower: str = "dis
     resident = _resident_bytes(program, shapes, itemsize, tiers)
     for i, stage in enumerate(program.stages):
         kv = 1 if isinstance(stage, AttentionStage) else None
-        need = max(need, resident[i] + working_bytes(stage, shapes, itemsize, row_step(stage, compiled), tiers, kv))
+        work = working_bytes(stage, shapes, itemsize, row_step(stage, compiled), tiers, kv, in_shape[0])
+        need = max(need, resident[i] + work)
     return need
 
 

@@ -64,7 +64,8 @@ def plan_video(program: Program, vae, shape, budget, op: str, device: torch.devi
         frame = (shape[0], program.maps[program.output].channels, 1, out_h, out_w)  # one output frame
         kw["writer_bytes"] = video_writer_bytes(out, frame)
     first = plan_image(program, vae, (*shape[:2], chunks[0], *shape[3:]), budget, op, device, dtype, first=True, **kw)
-    rest = plan_image(program, vae, (*shape[:2], max(chunks), *shape[3:]), budget, op, device, dtype, **kw)
+    rest = first if len(chunks) == 1 else plan_image(program, vae, (*shape[:2], max(chunks), *shape[3:]), budget, op,
+                                                     device, dtype, **kw)  # one chunk (LTX): the first is all
     frames = first.out_shape[2] + (len(chunks) - 1) * rest.out_shape[2]
     out_shape = (*rest.out_shape[:2], frames, *rest.out_shape[3:])  # (B, C, F, H, W)
     itemsize = torch.empty((), dtype=dtype or model_dtype(vae)).element_size()

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 __all__ = ["MapSpec", "Shortcut", "ConvAttention", "SHUFFLE_ORDERS", "ConvStage", "KeyValueStage", "AttentionStage",
-           "GLUStage", "LinearKVStage", "LinearQueryStage", "CausalConvStage", "Program", "Stage", "ACTIVATIONS"]
+           "GLUStage", "LinearKVStage", "LinearQueryStage", "CausalConvStage", "Program", "Stage", "ACTIVATIONS",
+           "TIME_PADS"]
 
 #: element-wise functions a stage may apply before its conv (``act``) or after its skip add (``post``)
 ACTIVATIONS = (
@@ -91,7 +92,8 @@ class Shortcut:
     In a video, ``time_unshuffle`` first folds groups of that many frames into the channels (zero
     frames padded in front of each sample's chunk to a whole group: Wan 2.2's AvgDown3D), and
     ``time_shuffle`` unfolds channels into frames before the pixel shuffle (its DupUp3D; a first
-    chunk keeps each group's last frame only, as diffusers drops the others).
+    chunk drops each video's first ``time_shuffle - 1`` frames, as diffusers does). LTX's resamplers
+    order the channels of a time and pixel (un)shuffle (c, t, row, column), as these do.
     """
 
     conv: nn.Conv2d | None = None  # 1x1
@@ -102,6 +104,9 @@ class Shortcut:
     order: str = "channel"  # channel order of the (un)shuffled map: see SHUFFLE_ORDERS
     time_unshuffle: int = 1  # frames folded into channels, before everything
     time_shuffle: int = 1  # channels unfolded into frames, before the pixel shuffle
+    time_front: str = "zeros"  # what fills a time unshuffle's first group: zero frames, or "first": LTX's
+    # first time_unshuffle - 1 frames in front of the chunk
+    tile: int = 1  # channels tiled this many times, last (LTX's upsampler residual: torch's repeat)
 
     @classmethod
     def of(cls, conv: nn.Conv2d | None) -> Shortcut | None:
@@ -281,15 +286,28 @@ class LinearQueryStage(_SameSize):
 
 @dataclass(frozen=True, eq=False)
 class CausalConvStage(_SameSize):
-    """dst = split(conv3d([cache ; act(norm(src))])) + shortcut(skip): a causal 3-D conv over frames.
+    """dst = post(rearrange(conv3d(pad([cache ; act(norm(src))]))) + shortcut(skip)): a 3-D conv over frames.
 
     Maps of a video hold their frames in the batch dimension: (B * frames, H, W, C), each sample's
     frames consecutive. The conv has ``time_kernel`` taps in time (stride ``time_stride``) and k x k
-    'same' taps in space. ``cache`` holds the last ``cache_frames`` frames of the conv's input (after
-    norm and act) from the chunks before, zeros before the first (the causal padding); the stage
-    writes the new tail to ``cache_out``, a second map, because later bands still read the old
-    tail's halo rows (the runner swaps the two after each chunk). ``time_split`` > 1: the conv's
-    output channels are that many frames side by side (Wan's temporal upsampler), unfolded in order.
+    taps in space, 'same' padded with zeros or, ``border`` "reflect", mirrored rows and columns (at the
+    true border only: halo rows from the neighbours elsewhere).
+
+    In time, ``time_pad`` says what precedes the frames. "cache" (Wan): ``cache`` holds the last
+    ``cache_frames`` frames of the conv's input (after norm and act) from the chunks before, zeros
+    before the first (the causal padding); the stage writes the new tail to ``cache_out``, a second
+    map, because later bands still read the old tail's halo rows (the runner swaps the two after each
+    chunk). "first" (LTX, causal): time_kernel - 1 copies of the first frame; "edges" (LTX, not
+    causal): half as many copies of the first frame in front and of the last behind. These see the
+    whole video in one chunk (arch.ltx2.chunk_frames), so they keep no cache.
+
+    The conv's output is then rearranged: ``time_split`` > 1: its channels are that many frames side
+    by side (Wan's temporal upsampler), unfolded in order. ``time_unshuffle`` f: the first f - 1 frames
+    go in front of the input too, and groups of f output frames fold into the channels (LTX's
+    downsamplers); ``time_shuffle`` f: channels unfold into f frames each, and a first chunk drops each
+    video's first f - 1 (LTX's upsamplers). ``shuffle``/``unshuffle``: a pixel (un)shuffle after that,
+    channels in ``order``. ``repeat_last``: the last channel repeated that many more times (LTX's
+    encoder: one log-variance for every latent channel).
     ``first``: what the stage does on a video's first chunk instead, as Wan's resamplers do:
     "pass" (dst = src, the cache untouched) or "pass_keep" (dst = src, and the cache takes the tail).
     """
@@ -300,7 +318,7 @@ class CausalConvStage(_SameSize):
     conv: nn.Module  # Conv3d: (C_out, C_in, time_kernel, k, k)
     cache: str | None = None
     cache_out: str | None = None
-    norm: nn.Module | None = None  # per-pixel (Wan's RMS norm)
+    norm: nn.Module | None = None  # per-pixel (Wan's RMS norm, LTX's pixel norm)
     act: str | None = None
     skip: str | None = None
     shortcut: Shortcut | None = None
@@ -310,6 +328,14 @@ class CausalConvStage(_SameSize):
     post: str | None = None
     skip2: str | None = None  # a second residual, added as it is (Wan 2.2's identity block shortcut)
     stats_groups: None = None
+    time_pad: str = "cache"  # or "first", "edges": see TIME_PADS
+    border: str = "zeros"  # or "reflect"
+    time_unshuffle: int = 1
+    time_shuffle: int = 1
+    shuffle: int = 1
+    unshuffle: int = 1
+    order: str = "channel"
+    repeat_last: int = 0
 
     @property
     def time_kernel(self) -> int:
@@ -320,6 +346,17 @@ class CausalConvStage(_SameSize):
         return self.time_kernel - self.time_stride
 
     @property
+    def pad_frames(self) -> tuple[int, int]:
+        """Copies of the first and of the last frame the conv's input gets (time_pad "first"/"edges"),
+        the frames that a time unshuffle puts in front included."""
+        front = self.time_unshuffle - 1
+        if self.time_pad == "first":
+            return front + self.time_kernel - 1, 0
+        if self.time_pad == "edges":
+            return front + (self.time_kernel - 1) // 2, (self.time_kernel - 1) // 2
+        return front, 0
+
+    @property
     def halo(self) -> int:
         return self.conv.kernel_size[1] // 2
 
@@ -327,19 +364,52 @@ class CausalConvStage(_SameSize):
     def reads(self) -> tuple[str, ...]:
         return tuple(n for n in (self.src, self.cache, self.skip, self.skip2) if n is not None)
 
+    @property
+    def row_multiple(self) -> int:
+        """Chunks start and end on multiples of this (a pixel shuffle makes rows in pairs)."""
+        return max(self.shuffle, self.shortcut.shuffle if self.shortcut else 1)
+
     def out_frames(self, frames: int, first: bool = False) -> int:
         if first and self.first is not None:
             return frames
         if self.time_stride != 1:
             return (self.cache_frames + frames - self.time_kernel) // self.time_stride + 1
+        if self.time_unshuffle != 1:
+            f = self.time_unshuffle
+            if frames % f != 1 % f:  # [first f - 1 frames ; frames] must fold into whole groups
+                raise ValueError(f"{self.name}: {frames} frames cannot be folded by {f} after the first {f - 1}")
+            return (frames + f - 1) // f
+        if self.time_shuffle != 1:
+            return frames * self.time_shuffle - (self.time_shuffle - 1 if first else 0)
         return frames * self.time_split
 
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        u, s = self.unshuffle, self.shuffle
+        if h % u or w % u:
+            raise ValueError(f"{self.name}: a {w}x{h} map cannot be pixel-unshuffled by {u}")
+        return h * s // u, w * s // u
+
+    def conv_out_rows(self, r0: int, r1: int) -> tuple[int, int]:
+        """Rows of the conv's own output behind output rows [r0, r1) (before any pixel (un)shuffle)."""
+        return r0 * self.unshuffle // self.shuffle, r1 * self.unshuffle // self.shuffle
+
     def rows_read(self, name: str, r0: int, r1: int, src_hw: tuple[int, int]) -> tuple[int, int]:
-        if name == self.skip2 or (name == self.skip and self.shortcut is None):
-            return r0, r1
+        """Rows [a, b) of map ``name`` that output rows [r0, r1) read: the union when it is read twice
+        (LTX's downsamplers add their own source, folded, as the residual)."""
+        spans = []
+        if name in (self.src, self.cache):
+            c0, c1 = self.conv_out_rows(r0, r1)
+            spans.append((max(c0 - self.halo, 0), min(c1 + self.halo, src_hw[0])))
         if name == self.skip:
-            return self.shortcut.skip_rows(r0, r1)
-        return super().rows_read(name, r0, r1, src_hw)
+            spans.append(self.shortcut.skip_rows(r0, r1) if self.shortcut else (r0, r1))
+        if name == self.skip2:
+            spans.append((r0, r1))
+        return min(a for a, _ in spans), max(b for _, b in spans)
+
+
+#: what precedes a CausalConvStage's frames in time: the time cache (zeros before the first chunk),
+#: copies of the first frame (causal), or copies of the first and the last (not causal)
+TIME_PADS = ("cache", "first", "edges")
 
 
 Stage = ConvStage | KeyValueStage | AttentionStage | GLUStage | LinearKVStage | LinearQueryStage | CausalConvStage

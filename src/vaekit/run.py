@@ -77,9 +77,11 @@ class _Run:
         self.program, self.store, self.report, self.sink, self.peers = program, store, report, sink, peers
         compiled_kernels = {ConvStage: compiled_conv_band, CausalConvStage: compiled_causal_band}
         self.kernels = {**_KERNELS, **compiled_kernels} if compiled else dict(_KERNELS)
+        self.eager = dict(_KERNELS)  # a band recomputed in float32 (upcast)
         self.first = first
-        if first:  # a video's first chunk: resamplers that say so pass it through (program.CausalConvStage)
-            self.kernels[CausalConvStage] = functools.partial(_first_chunk, self.kernels[CausalConvStage])
+        if x.dim() == 5:  # a chunk of frames: the causal convs are told the videos in it, and if it is the first
+            for kernels in (self.kernels, self.eager):
+                kernels[CausalConvStage] = functools.partial(_video_chunk, kernels[CausalConvStage], x.shape[0], first)
         self.compiled = compiled
         self.shapes = {m.name: m.shape for m in plan.maps}
         self.tiers = dict(plan.tiers)  # the recovery ladder may move maps down
@@ -189,7 +191,7 @@ class _Run:
         and the weights to go on with."""
         dtype, self.dtype = self.dtype, torch.float32
         band = _compute(stage, stage_weights(stage, self.device, torch.float32), self.read, self.stats, r0, r1,
-                        src_h, dst_h, kv_rows)
+                        src_h, dst_h, kv_rows, self.eager)
         band = band[0] if isinstance(band, tuple) else band
         if not bool(torch.isfinite(band).all()):
             raise PrecisionError(f"stage {stage.name} overflows even in float32 (rows {r0}-{r1}): the input "
@@ -215,8 +217,12 @@ _KERNELS = {ConvStage: conv_band, KeyValueStage: kv_band, GLUStage: glu_band, Li
             LinearQueryStage: linear_query_band, CausalConvStage: causal_conv_band}
 
 
-def _first_chunk(kernel, stage: CausalConvStage, *args):
-    return (causal_first_band if stage.first else kernel)(stage, *args)
+def _video_chunk(kernel, samples: int, first: bool, stage: CausalConvStage, *args):
+    """A causal conv's band of a chunk of ``samples`` videos; on a video's first chunk, resamplers that
+    say so pass it through (program.CausalConvStage.first)."""
+    if first and stage.first:
+        return causal_first_band(stage, *args)
+    return kernel(stage, *args, samples=samples, first=first)
 
 
 def _compute(stage, weights, read, stats, r0, r1, src_h, dst_h, kv_rows, kernels=None):

@@ -12,16 +12,16 @@ from types import ModuleType
 
 from ..errors import UnsupportedModelError
 from ..program import Program
-from . import dc, hunyuan, kl, tiny, wan
+from . import dc, hunyuan, kl, ltx2, tiny, wan
 
-__all__ = ["family", "program_for", "check_state", "scale_factor", "latent_channels", "OPS"]
+__all__ = ["family", "program_for", "check_state", "scale_factor", "temporal_factor", "latent_channels", "OPS"]
 
 OPS = ("decode", "encode")
 
 #: AutoencoderKLFlux2 is AutoencoderKL's encoder and decoder (its BatchNorm belongs to the pipeline)
 _FAMILIES: dict[str, ModuleType] = {"AutoencoderKL": kl, "AutoencoderKLFlux2": kl, "AutoencoderDC": dc,
                                      "AutoencoderKLHunyuanImage": hunyuan, "AutoencoderKLWan": wan,
-                                     "AutoencoderKLQwenImage": wan,
+                                     "AutoencoderKLQwenImage": wan, "AutoencoderKLLTX2Video": ltx2,
                                      "AutoencoderTiny": tiny,
                                      "TinyAutoencoder": tiny}
 
@@ -51,6 +51,12 @@ def check_state(vae) -> None:
 def scale_factor(vae) -> int:
     """Image px per latent px."""
     return family(vae).scale_factor(vae)
+
+
+def temporal_factor(vae) -> int:
+    """Video frames per latent frame, after the first (a video is 1 + factor * k frames); 1 for images."""
+    of = getattr(family(vae), "temporal_factor", None)
+    return 1 if of is None else of(vae)
 
 
 def latent_channels(vae) -> int:

@@ -55,15 +55,22 @@ class ProgramBuilder:
 
     def causal(self, name: str, src: str, conv: nn.Module, dst: str | None = None, **options) -> str:
         """Append a CausalConvStage from ``src`` into ``dst`` (default: a new map); a conv with more
-        than one time tap gets its time cache, a pair of maps named after the stage."""
-        split = options.get("time_split", 1)
-        dst = dst or self.new_map(conv.out_channels // split)
+        than one time tap, padded by the time cache (Wan), gets its cache: a pair of maps named after
+        the stage."""
+        dst = dst or self.new_map(self._causal_channels(conv, options))
         cache = cache_out = None
-        if conv.kernel_size[0] > 1:
+        if conv.kernel_size[0] > 1 and options.get("time_pad", "cache") == "cache":
             cache = self.new_map(conv.in_channels, name=f"{name}.cache")
             cache_out = self.new_map(conv.in_channels, name=f"{name}.cache_out")
             self.caches.append((cache, cache_out))
         return self.add(CausalConvStage(name, src, dst, conv, cache, cache_out, **options))
+
+    @staticmethod
+    def _causal_channels(conv: nn.Module, options: dict) -> int:
+        """Channels a CausalConvStage writes: its conv's, through the output's rearrangements."""
+        folded = options.get("time_unshuffle", 1) * options.get("unshuffle", 1) ** 2
+        unfolded = options.get("time_split", 1) * options.get("time_shuffle", 1) * options.get("shuffle", 1) ** 2
+        return conv.out_channels * folded // unfolded + options.get("repeat_last", 0)
 
     def build(self, output: str) -> Program:
         return Program(self.op, self.input, output, dict(self.maps), tuple(self.stages), tuple(self.caches))

@@ -38,7 +38,7 @@ from . import kl
 from .builder import ProgramBuilder
 from .kl import DOWNSAMPLE_PAD
 
-__all__ = ["program", "whole", "finish", "scale_factor", "chunk_frames", "VIDEO"]
+__all__ = ["program", "whole", "finish", "scale_factor", "temporal_factor", "chunk_frames", "VIDEO"]
 
 VIDEO = True  #: inputs are (B, C, frames, H, W), run chunk by chunk (run.run_video)
 UPSAMPLE = 2
@@ -214,3 +214,7 @@ finish = kl.finish  # encode: the latent distribution's mode, or a sample as dif
 
 def scale_factor(vae) -> int:
     return vae.spatial_compression_ratio
+
+
+def temporal_factor(vae) -> int:
+    return vae.config.scale_factor_temporal

@@ -176,7 +176,7 @@ def _encoder_output(vae, out: torch.Tensor):
     """What the model's own encode returns, with ``out`` (the program's output) inside."""
     name = type(vae).__name__
     if name in ("AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderKLHunyuanImage", "AutoencoderKLWan",
-                "AutoencoderKLQwenImage"):
+                "AutoencoderKLQwenImage", "AutoencoderKLLTX2Video"):
         from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 

@@ -13,39 +13,81 @@ import torch.nn.functional as F
 
 from ..program import CausalConvStage
 from .act import activate
-from .conv import apply_shortcut
+from .conv import apply_shortcut, pixel_shuffle, pixel_unshuffle
 from .norm import normalize
 
 __all__ = ["causal_conv_band"]
 
 
 def causal_conv_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int, r1: int, src_h: int,
-                     dst_h: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     dst_h: int, *, samples: int | None = None, first: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Output rows [r0, r1) of ``stage`` (B * F_out, rows, W, C_out), and rows [r0, r1) of the new
-    cache tail (B * T, rows, W, C_in), or None when the stage has no cache."""
+    cache tail (B * T, rows, W, C_in), or None when the stage has no cache. ``samples``: the videos in
+    the band (B); ``first``: the band is of a video's first chunk."""
     halo = stage.halo
-    a, b = max(r0 - halo, 0), min(r1 + halo, src_h)
+    c0, c1 = stage.conv_out_rows(r0, r1)  # the conv's output rows, before a pixel (un)shuffle
+    a, b = max(c0 - halo, 0), min(c1 + halo, src_h)
     x = normalize(read(stage.src, a, b), None, stage.norm, stage.act, w["norm"])  # (B*F, b-a, W, C)  src px
     cache = None if stage.cache is None else read(stage.cache, a, b)  # (B*T, b-a, W, C): the frames before
-    past = 0 if cache is None else stage.cache_frames
-    n = x.shape[0] if cache is None else cache.shape[0] // past  # samples
+    n = cache.shape[0] // stage.cache_frames if cache is not None else samples or x.shape[0]  # videos
+    past = stage.cache_frames if cache is not None else 0
+    front, back = stage.pad_frames  # copies of the first and the last frame (no cache)
     frames, width, channels = x.shape[0] // n, x.shape[2], x.shape[3]
-    top, bottom = halo - (r0 - a), halo - (b - r1)  # zero rows at the image border only
-    # The conv's input: [cache ; frames] in time, zero padded in space, (B, C, T+F, rows', W') channels_last_3d:
+    top, bottom = halo - (c0 - a), halo - (b - c1)  # padding rows at the image border only
+    # The conv's input: [cache ; frames] in time, padded in space, (B, C, T+F, rows', W') channels_last_3d:
     # in memory (B, T+F, rows', W', C), the frames' own NHWC order, so filling it and reading the output
     # (B, C, F', rows, W), NHWC frames too, are block copies and views, not transposes.
-    x5 = torch.empty(n, channels, past + frames, b - a + top + bottom, width + 2 * halo, dtype=x.dtype,
-                     device=x.device, memory_format=torch.channels_last_3d)
-    _zero_border(x5, halo, top, bottom)
+    x5 = torch.empty(n, channels, past + front + frames + back, b - a + top + bottom, width + 2 * halo,
+                     dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
     inner = x5[:, :, :, top : top + b - a, halo : halo + width]
-    inner[:, :, past:] = x.unflatten(0, (n, frames)).permute(0, 4, 1, 2, 3)  # (B, C, F, rows', W)
+    inner[:, :, past + front : past + front + frames] = x.unflatten(0, (n, frames)).permute(0, 4, 1, 2, 3)
     if cache is not None:
         inner[:, :, :past] = cache.unflatten(0, (n, past)).permute(0, 4, 1, 2, 3)
-    tail = cache_tail(stage, x5, r0 - a + top, r1 - a + top)
+    _time_pad(stage, inner, front, back, frames)
+    _border(x5, halo, top, bottom, stage.border)
+    tail = cache_tail(stage, x5, c0 - a + top, c1 - a + top)
     out = conv3d(stage, w, x5)  # (B, split*C_out, F', rows, W)
-    split = stage.time_split  # split frames side by side in the channels (Wan's temporal upsampler)
-    out = out.unflatten(1, (split, -1)).permute(0, 3, 1, 4, 5, 2).flatten(0, 2)  # (B*F'*split, rows, W, C_out)
+    out = _rearrange(stage, out, first)  # (B*F_out, rows, W, C_out)
     return activate(_residuals(stage, w, read, r0, r1, out, n), stage.post, inplace=True), tail
+
+
+def _time_pad(stage: CausalConvStage, inner: torch.Tensor, front: int, back: int, frames: int) -> None:
+    """Copies of the first frame in the ``front`` frames of the conv's input (B, C, T, rows, W), and of
+    the last in the ``back`` ones. A time unshuffle's frames in front are the video's own first f - 1,
+    the frames before them copies of its first (LTX's causal padding of that sequence)."""
+    lead = stage.time_unshuffle - 1  # the video's first frames, before the copies
+    if lead:
+        inner[:, :, front - lead : front] = inner[:, :, front : front + lead]
+    if front - lead:
+        inner[:, :, : front - lead] = inner[:, :, front - lead : front - lead + 1]
+    if back:
+        inner[:, :, front + frames :] = inner[:, :, front + frames - 1 : front + frames]
+
+
+def _rearrange(stage: CausalConvStage, out: torch.Tensor, first: bool) -> torch.Tensor:
+    """The conv's output (B, C, F', rows, W) as the stage's NHWC frames (B*F_out, rows, W, C_out):
+    frames split from or folded into channels, pixels (un)shuffled, the last channel repeated."""
+    if stage.time_split != 1:  # (split, c): frames side by side in the channels (Wan's temporal upsampler)
+        out = out.unflatten(1, (stage.time_split, -1)).permute(0, 3, 1, 4, 5, 2)  # (B, F', split, rows, W, C)
+    elif stage.time_unshuffle != 1:  # (c, t): groups of f frames into channels
+        f = stage.time_unshuffle
+        out = out.unflatten(2, (-1, f)).permute(0, 2, 4, 5, 1, 3).flatten(4, 5)  # (B, F'/f, rows, W, C*f)
+    elif stage.time_shuffle != 1:  # (c, t, rest): channels into f frames each, the first chunk drops f - 1
+        f, rest = stage.time_shuffle, stage.shuffle**2
+        out = out.unflatten(1, (-1, f, rest)).permute(0, 4, 2, 5, 6, 1, 3).flatten(5, 6).flatten(1, 2)
+        out = out[:, f - 1 :] if first else out  # (B, F'*f - drop, rows, W, C*rest)
+    else:
+        out = out.permute(0, 2, 3, 4, 1)  # (B, F', rows, W, C)
+    out = out.flatten(0, -4)  # (B*F_out, rows, W, C)
+    if stage.shuffle != 1 or stage.unshuffle != 1:
+        nchw = out.permute(0, 3, 1, 2)
+        nchw = pixel_shuffle(nchw, stage.shuffle, stage.order) if stage.shuffle != 1 else nchw
+        nchw = pixel_unshuffle(nchw, stage.unshuffle, stage.order) if stage.unshuffle != 1 else nchw
+        out = nchw.permute(0, 2, 3, 1)  # dst px
+    if stage.repeat_last:
+        out = torch.cat([out, out[..., -1:].expand(*out.shape[:-1], stage.repeat_last)], dim=-1)
+    return out
 
 
 def cache_tail(stage: CausalConvStage, x5: torch.Tensor, lo: int, hi: int) -> torch.Tensor | None:
@@ -91,16 +133,28 @@ def _residuals(stage: CausalConvStage, w: dict, read, r0: int, r1: int, out: tor
     return out
 
 
-def _zero_border(x5: torch.Tensor, halo: int, top: int, bottom: int) -> None:
-    """Zero the spatial padding of the conv input (B, C, T, rows', W'): ``halo`` columns each side,
-    ``top``/``bottom`` rows."""
-    if halo:
-        x5[..., :halo].zero_()
-        x5[..., -halo:].zero_()
-    if top:
-        x5[:, :, :, :top].zero_()
-    if bottom:
-        x5[:, :, :, -bottom:].zero_()
+def _border(x5: torch.Tensor, halo: int, top: int, bottom: int, mode: str) -> None:
+    """Fill the spatial padding of the conv input (B, C, T, rows', W'): ``halo`` columns each side,
+    ``top``/``bottom`` rows, with zeros or (``mode`` "reflect") the rows and columns mirrored about the
+    border, as F.pad's reflect mode (rows first, then columns over every row: corners as it makes them)."""
+    if mode == "zeros":
+        if halo:
+            x5[..., :halo].zero_()
+            x5[..., -halo:].zero_()
+        if top:
+            x5[:, :, :, :top].zero_()
+        if bottom:
+            x5[:, :, :, -bottom:].zero_()
+        return
+    rows = x5.shape[3]
+    for i in range(top):  # padding row top-1-i mirrors row top+1+i
+        x5[:, :, :, top - 1 - i].copy_(x5[:, :, :, top + 1 + i])
+    for i in range(bottom):
+        x5[:, :, :, rows - bottom + i].copy_(x5[:, :, :, rows - bottom - 2 - i])
+    width = x5.shape[4]
+    for i in range(halo):
+        x5[..., halo - 1 - i].copy_(x5[..., halo + 1 + i])
+        x5[..., width - halo + i].copy_(x5[..., width - halo - 2 - i])
 
 
 def causal_first_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int, r1: int, src_h: int,

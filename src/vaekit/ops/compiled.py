@@ -26,7 +26,7 @@ from torch import nn
 
 from ..program import CausalConvStage, ConvStage, Shortcut
 from .act import activate
-from .causal import cache_tail, conv3d, shortcut_band
+from .causal import cache_tail, causal_conv_band, conv3d, shortcut_band
 from .conv import apply_shortcut, conv_band, pixel_shuffle, pixel_unshuffle
 from .norm import group_scale_shift, l2_norm, pixel_norm
 
@@ -241,10 +241,14 @@ def _causal_graphs(kind: _CausalKind):
 
 
 def compiled_causal_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int, r1: int, src_h: int,
-                         dst_h: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+                         dst_h: int, *, samples: int | None = None, first: bool = False
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """causal_conv_band's contract, through the compiled graphs of the stage's kind. What varies with
     the band's place (zero rows at the image border) is settled eagerly, so every band and every
-    size is the same computation."""
+    size is the same computation. Wan's stages only: LTX's (time padding by copies, reflected borders,
+    rearranged outputs, a pixel norm) run eagerly."""
+    if not _graphs_take(stage):
+        return causal_conv_band(stage, w, read, stats, r0, r1, src_h, dst_h, samples=samples, first=first)
     halo, past = stage.halo, (0 if stage.cache is None else stage.cache_frames)
     a, b = max(r0 - halo, 0), min(r1 + halo, src_h)
     top, bottom = halo - (r0 - a), halo - (b - r1)  # zero rows at the image border only
@@ -278,6 +282,13 @@ def compiled_causal_band(stage: CausalConvStage, w: dict, read, stats: dict, r0:
     bands = [epilogue(out, None if s is None else _dense(s), None if s2 is None else _dense(s2))
              for out, s, s2 in zip(outs, skips, skips2, strict=True)]
     return _per_sample(bands), None if tails[0] is None else _per_sample(tails)
+
+
+def _graphs_take(stage: CausalConvStage) -> bool:
+    """Whether the causal graphs compute ``stage``: Wan's kinds (a time cache, zero borders, L2 norm)."""
+    plain = (stage.time_unshuffle, stage.time_shuffle, stage.shuffle, stage.unshuffle) == (1, 1, 1, 1)
+    return (plain and stage.time_pad == "cache" and stage.border == "zeros" and not stage.repeat_last
+            and (stage.norm is None or hasattr(stage.norm, "gamma")))
 
 
 def _per_sample(parts: list[torch.Tensor]) -> torch.Tensor:

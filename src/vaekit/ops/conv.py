@@ -59,10 +59,13 @@ def apply_shortcut(skip: torch.Tensor, shortcut: Shortcut | None, weights: dict 
     chunk keeps each group's last frame), ``samples`` the videos in it (a time unshuffle pads each)."""
     if shortcut is None:
         return skip
-    if shortcut.time_unshuffle != 1:  # (B*T, C, ...) -> (B*T/f, C*f, ...), zero frames in front to whole groups
+    if shortcut.time_unshuffle != 1:  # (B*T, C, ...) -> (B*T/f, C*f, ...), frames in front to whole groups
         f = shortcut.time_unshuffle
         video = skip.unflatten(0, (samples, -1))  # (B, T, C, rows, W)
-        video = F.pad(video, (0, 0, 0, 0, 0, 0, (-video.shape[1]) % f, 0))
+        if shortcut.time_front == "first":  # LTX: the video's first f - 1 frames again
+            video = torch.cat([video[:, : f - 1], video], dim=1)
+        else:  # Wan 2.2: zero frames
+            video = F.pad(video, (0, 0, 0, 0, 0, 0, (-video.shape[1]) % f, 0))
         skip = video.unflatten(1, (-1, f)).transpose(2, 3).flatten(2, 3).flatten(0, 1)  # (B*T', C*f, rows, W)
     if shortcut.unshuffle != 1:
         skip = pixel_unshuffle(skip, shortcut.unshuffle, shortcut.order)  # (B, C * u^2, rows / u, W / u)
@@ -76,10 +79,13 @@ def apply_shortcut(skip: torch.Tensor, shortcut: Shortcut | None, weights: dict 
         f, rest = shortcut.time_shuffle, shortcut.shuffle**2
         n = skip.shape[0]
         skip = skip.unflatten(1, (-1, f, rest)).transpose(1, 2).flatten(2, 3).flatten(0, 1)  # (N*f, C*rest, ...)
-        if out_n is not None and out_n != n * f:  # a first chunk: each group's last frame only
-            skip = skip.unflatten(0, (n, f))[:, f - out_n // n :].flatten(0, 1)
+        if out_n is not None and out_n != n * f:  # a first chunk: each video's first f - 1 frames dropped
+            samples = samples or n  # unsaid: one frame per video (Wan's first chunk)
+            skip = skip.unflatten(0, (samples, -1))[:, (n * f - out_n) // samples :].flatten(0, 1)
     if shortcut.shuffle != 1:
         skip = pixel_shuffle(skip, shortcut.shuffle, shortcut.order)  # (B, C / s^2, rows * s, W * s)
+    if shortcut.tile != 1:
+        skip = skip.repeat(1, shortcut.tile, 1, 1)  # (B, C * t, rows, W): channels tiled, not interleaved
     return skip
 
 

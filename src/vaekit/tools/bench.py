@@ -1,11 +1,12 @@
 """`vaekit bench`: vaekit against diffusers, decoding with seeded random weights, each run in a fresh process.
 
 Models: ``sd`` (the SD-architecture AutoencoderKL, 512² and 1024²), ``sana`` (Sana's DC-AE
-f32c32 AutoencoderDC, 2048²) and ``wan`` (the Wan 2.1 video VAE, its real config: 9 frames of
-240x416, sizes written FRAMESxHEIGHTxWIDTH). For every image size: diffusers untiled (the reference), diffusers
-``enable_tiling()`` (its default tiles: 512 px for DC-AE), and vaekit at several budgets. Reports
-seconds, peak RSS growth over the RSS after loading, max abs error and PSNR against untiled; writes
-``bench[-MODEL].json``, ``.md`` and ``.png``.
+f32c32 AutoencoderDC, 2048²), ``wan`` (the Wan 2.1 video VAE, its real config: 9 frames of
+240x416, sizes written FRAMESxHEIGHTxWIDTH) and ``ltx2`` (LTX-2's video VAE, its real config: 17
+frames of 256x384). For every size: diffusers untiled (the reference), diffusers ``enable_tiling()``
+(its default tiles: 512 px for DC-AE; for LTX-2 160 px at a stride of 128, or it would not tile
+256x384 at all), and vaekit at several budgets. Reports seconds, peak RSS growth over the RSS after
+loading, max abs error and PSNR against untiled; writes ``bench[-MODEL].json``, ``.md`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ MODELS = {
     "sd": ((512, 1024), ("diffusers-untiled", "diffusers-tiling", "vaekit:768MiB", "vaekit:1.5GiB", "vaekit:none")),
     "sana": ((2048,), ("diffusers-untiled", "diffusers-tiling", "vaekit:1GiB", "vaekit:3GiB")),
     "wan": (("9x240x416",), ("diffusers-untiled", "diffusers-tiling", "vaekit:256MiB", "vaekit:512MiB")),
+    "ltx2": (("17x256x384",), ("diffusers-untiled", "diffusers-tiling", "vaekit:96MiB", "vaekit:192MiB")),
 }
+#: LTX-2's tiles for diffusers-tiling: its defaults (512 px) would not tile 256x384 at all
+LTX2_TILES = dict(tile_sample_min_height=160, tile_sample_min_width=160, tile_sample_stride_height=128,
+                  tile_sample_stride_width=128)
 THREADS = 2
 
 #: `vaekit bench --quick` (make bench-quick): issue 23's goals, (model, size, vaekit budget) -> most time x untiled
@@ -53,8 +58,8 @@ def _worker(model: str, method: str, size: int, ref_path: Path) -> dict:
     from vaekit.models import sana_dc, sd_vae
 
     torch.set_num_threads(THREADS)
-    if model == "wan":
-        vae, z, warm = _wan(size)
+    if model in ("wan", "ltx2"):
+        vae, z, warm = _wan(size) if model == "wan" else _ltx2(size)
     else:
         vae = sd_vae(seed=0) if model == "sd" else sana_dc(seed=0)
         n = size // scale_factor(vae)
@@ -63,7 +68,7 @@ def _worker(model: str, method: str, size: int, ref_path: Path) -> dict:
     budget = method.split(":", 1)[1] if method.startswith("vaekit") else None
     budget = None if budget == "none" else budget
     if method == "diffusers-tiling":
-        vae.enable_tiling()
+        vae.enable_tiling(**(LTX2_TILES if model == "ltx2" else {}))
 
     def run(latents):
         with torch.inference_mode():
@@ -99,6 +104,21 @@ def _wan(size: str):
     vae = AutoencoderKLWan().eval()
     shape = (1, vae.config.z_dim, 1 + (frames - 1) // 4, height // 8, width // 8)  # latent frames and px
     return vae, torch.randn(*shape, generator=torch.Generator().manual_seed(1)), torch.randn(1, vae.config.z_dim, 2, 4, 4)
+
+
+def _ltx2(size: str):
+    """The LTX-2 video VAE (its real config: diffusers' defaults with a decoder that is not causal; seeded
+    weights) and latents for FRAMESxHEIGHTxWIDTH."""
+    import torch
+    from diffusers import AutoencoderKLLTX2Video
+
+    frames, height, width = (int(v) for v in size.split("x"))
+    torch.manual_seed(0)
+    vae = AutoencoderKLLTX2Video(decoder_causal=False, spatial_compression_ratio=32, temporal_compression_ratio=8).eval()
+    ratio, t_ratio = vae.spatial_compression_ratio, vae.temporal_compression_ratio
+    shape = (1, vae.config.latent_channels, 1 + (frames - 1) // t_ratio, height // ratio, width // ratio)
+    warm = torch.randn(1, vae.config.latent_channels, 1, 2, 2)
+    return vae, torch.randn(*shape, generator=torch.Generator().manual_seed(1)), warm
 
 
 COMPILE_SIZES = (256, 384, 320, 448)
@@ -250,7 +270,7 @@ def run_benchmark(model: str, sizes, methods, out_dir: Path) -> list[dict]:
 
 
 MODEL_NAMES = {"sd": "SD VAE (AutoencoderKL)", "sana": "Sana DC-AE f32c32 (AutoencoderDC)",
-               "wan": "Wan 2.1 VAE (AutoencoderKLWan)"}
+               "wan": "Wan 2.1 VAE (AutoencoderKLWan)", "ltx2": "LTX-2 video VAE (AutoencoderKLLTX2Video)"}
 
 
 def _add_ratios(rows: list[dict]) -> None:
@@ -314,8 +334,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="vaekit bench", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--model", choices=sorted(MODELS), default="sd")
-    parser.add_argument("--sizes", nargs="+", help="image sizes (default: sd 512 1024, sana 2048), wan FRAMESxHxW "
-                        "(default 9x240x416)")
+    parser.add_argument("--sizes", nargs="+", help="image sizes (default: sd 512 1024, sana 2048), wan and ltx2 "
+                        "FRAMESxHxW (default 9x240x416, 17x256x384)")
     parser.add_argument("--methods", nargs="+", help="diffusers-untiled, diffusers-tiling, vaekit:BUDGET ...")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile across resolutions: vaekit compile=True against diffusers' decoder compiled")

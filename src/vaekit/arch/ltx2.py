@@ -1,0 +1,184 @@
+"""diffusers AutoencoderKLLTX2Video (LTX-2 and LTX-2.x): decoder and encoder as stage programs over the
+whole video.
+
+diffusers' default call runs every frame at once, each 3x3x3 conv padded in time with copies of the
+first frame (the causal encoder) or of the first and the last (the decoder, not causal). So the
+program's one chunk is the whole video (chunk_frames) and rows are what stream: every band holds all
+its rows' frames, and nothing in time is cut. Every norm is per pixel (PerChannelRMSNorm, no affine)
+and there is no attention: nothing is global. One row per block:
+
+    conv_in           3x3x3                                                  latent px
+    mid               resnets
+    resnet            norm1+silu+conv1 | norm2+silu+conv2 + x
+    upsample          3x3x3 to 8C/u channels, depth to space (c, t, row, column): 2x frames less the
+                      first, 2x rows and columns; + the input the same way, channels tiled u times
+    conv_out          norm+silu+3x3x3, unpatchify 4x4 (c, column, row)           image px
+
+    patchify          4x4 pixels into channels (c, column, row)                  image px
+    conv_in           3x3x3
+    down              resnets; a downsampler: [first frame ; frames], 3x3x3, space (and time) to depth
+                      (c, t, row, column) + the same of its input, groups of channels averaged
+    mid               resnets
+    conv_out          norm+silu+3x3x3 to C+1: the last (the log-variance) repeated for every channel
+
+The decoder's spatial padding is "reflect" in LTX-2 ("zeros" in LTX-2.3), the encoder's "zeros".
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from ..errors import UnsupportedModelError
+from ..program import ConvStage, Program, Shortcut
+from . import kl
+from .builder import ProgramBuilder
+from .wan import PATCH_ORDER, _identity
+
+__all__ = ["program", "whole", "finish", "scale_factor", "temporal_factor", "chunk_frames", "VIDEO"]
+
+VIDEO = True  #: inputs are (B, C, frames, H, W), run as one chunk (run.run_video)
+BORDERS = {"zeros": "zeros", "reflect": "reflect"}  #: Conv3d padding modes -> CausalConvStage.border
+
+
+def program(vae, op: str) -> Program:
+    return _decoder(vae) if op == "decode" else _encoder(vae)
+
+
+def _decoder(vae) -> Program:
+    dec = vae.decoder
+    _require(dec.time_embedder is None, "a timestep-conditioned decoder (timestep_conditioning=True) is not "
+             "streamed yet")
+    _require(dec.patch_size_t == 1, f"temporal patches (patch_size_t={dec.patch_size_t})")
+    b = ProgramBuilder("decode", dec.conv_in.in_channels)
+    pad = "first" if dec.is_causal else "edges"  # decode(z) runs `causal or is_causal`: the config's
+    conv, options = _conv(dec.conv_in, pad)
+    x = b.causal("conv_in", b.input, conv, **options)
+    x = _resnets(b, "mid", x, dec.mid_block.resnets, pad)
+    for i, block in enumerate(dec.up_blocks):
+        _require(block.conv_in is None, f"up_blocks.{i}: an up block that changes its channels")
+        for j, up in enumerate(block.upsamplers or []):
+            x = _upsample(b, f"up.{i}.upsample.{j}", x, up, pad)
+        x = _resnets(b, f"up.{i}", x, block.resnets, pad)
+    conv, options = _conv(dec.conv_out, pad)
+    x = b.causal("conv_out", x, conv, norm=dec.norm_out, act=_act(dec.conv_act), shuffle=dec.patch_size,
+                 order=PATCH_ORDER, **options)  # channels to pixels: image px
+    return b.build(output=x)
+
+
+def _encoder(vae) -> Program:
+    enc = vae.encoder
+    _require(enc.patch_size_t == 1, f"temporal patches (patch_size_t={enc.patch_size_t})")
+    p, pixels = enc.patch_size, enc.conv_in.in_channels // enc.patch_size**2
+    b = ProgramBuilder("encode", pixels)
+    x = b.input
+    if p > 1:  # pixels to channels first, (c, column, row) order
+        x = b.add(ConvStage("patchify", x, b.new_map(enc.conv_in.in_channels), _identity(pixels), unshuffle=p,
+                            order=PATCH_ORDER))
+    pad = "first" if enc.is_causal else "edges"
+    conv, options = _conv(enc.conv_in, pad)
+    x = b.causal("conv_in", x, conv, **options)
+    for i, block in enumerate(enc.down_blocks):
+        x = _resnets(b, f"down.{i}", x, block.resnets, pad)
+        for j, down in enumerate(block.downsamplers or []):
+            x = _downsample(b, f"down.{i}.downsample.{j}", x, down, pad)
+    x = _resnets(b, "mid", x, enc.mid_block.resnets, pad)
+    conv, options = _conv(enc.conv_out, pad)
+    x = b.causal("conv_out", x, conv, norm=enc.norm_out, act=_act(enc.conv_act), repeat_last=conv.out_channels - 2,
+                 **options)  # the moments (mean | log-variance, one channel repeated)
+    return b.build(output=x)
+
+
+def _resnets(b: ProgramBuilder, name: str, x: str, resnets: nn.ModuleList, pad: str) -> str:
+    for j, resnet in enumerate(resnets):
+        x = _resnet(b, f"{name}.resnets.{j}", x, resnet, pad)
+    return x
+
+
+def _resnet(b: ProgramBuilder, name: str, x: str, resnet: nn.Module, pad: str) -> str:
+    """norm1+silu+conv1, norm2+silu+conv2, + x: written over x."""
+    _require(resnet.conv_shortcut is None, f"{name}: a resnet that changes its channels")
+    _require(resnet.per_channel_scale1 is None, f"{name}: decoder noise injection (decoder_inject_noise) is not "
+             "streamed yet")
+    _require(resnet.scale_shift_table is None, f"{name}: timestep conditioning is not streamed yet")
+    act = _act(resnet.nonlinearity)
+    conv, options = _conv(resnet.conv1, pad)
+    h = b.causal(f"{name}.conv1", x, conv, norm=resnet.norm1, act=act, **options)
+    conv, options = _conv(resnet.conv2, pad)
+    return b.causal(f"{name}.conv2", h, conv, dst=x, norm=resnet.norm2, act=act, skip=x, **options)
+
+
+def _upsample(b: ProgramBuilder, name: str, x: str, up: nn.Module, pad: str) -> str:
+    """conv to (c, t, row, column) channels, depth to space, the first frame dropped; + the input the
+    same way with its channels tiled (``residual``)."""
+    st, sh, sw = up.stride
+    _require(sh == sw, f"{name}: an upsampler of stride {up.stride}")
+    shortcut = Shortcut(time_shuffle=st, shuffle=sh, tile=st * sh * sw // up.upscale_factor) if up.residual else None
+    conv, options = _conv(up.conv, pad)
+    return b.causal(name, x, conv, time_shuffle=st, shuffle=sh, skip=x if up.residual else None, shortcut=shortcut,
+                    **options)
+
+
+def _downsample(b: ProgramBuilder, name: str, x: str, down: nn.Module, pad: str) -> str:
+    """[first st-1 frames ; frames] through a 3x3x3 conv, then space and time to depth (c, t, row,
+    column); + the same sequence to depth, groups of ``group_size`` channels averaged."""
+    _require(type(down).__name__ == "LTX2VideoDownsampler3d", f"{name}: downsampling by a strided conv "
+             "(downsample_type 'conv')")
+    st, sh, sw = down.stride
+    _require(sh == sw, f"{name}: a downsampler of stride {down.stride}")
+    shortcut = Shortcut(time_unshuffle=st, time_front="first", unshuffle=sh, mean=down.group_size)
+    conv, options = _conv(down.conv, pad)
+    return b.causal(name, x, conv, time_unshuffle=st, unshuffle=sh, skip=x, shortcut=shortcut, **options)
+
+
+def _conv(causal: nn.Module, pad: str) -> tuple[nn.Conv3d, dict]:
+    """An LTX2VideoCausalConv3d's Conv3d, and the stage options of its padding: ``pad`` in time (the
+    caller's causal flag), its own mode in space."""
+    conv = causal.conv
+    k = conv.kernel_size
+    _require(k[1] == k[2] and k[1] % 2 == 1 and k[0] % 2 == 1 and conv.stride == (1, 1, 1)
+             and conv.dilation == (1, 1, 1) and conv.groups == 1 and conv.padding == (0, k[1] // 2, k[2] // 2)
+             and conv.padding_mode in BORDERS,
+             f"only stride-1 convs with 'same' spatial padding, got kernel {k}, stride {conv.stride}, padding "
+             f"{conv.padding} ({conv.padding_mode})")
+    return conv, {"time_pad": pad, "border": BORDERS[conv.padding_mode]}
+
+
+def _act(module: nn.Module) -> str:
+    _require(isinstance(module, nn.SiLU), f"activation {type(module).__name__}")
+    return "silu"
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UnsupportedModelError(f"AutoencoderKLLTX2Video: {message}")
+
+
+def chunk_frames(vae, op: str, frames: int) -> list[int]:
+    """One chunk: diffusers' default call convolves all frames at once (not causally, in the decoder)."""
+    return [frames]
+
+
+def whole(vae, op: str, x):
+    """The model's own decoder or encoder, untiled (its decode/encode would honour enable_tiling() and
+    framewise decoding); encode gives the moments (mean | logvar)."""
+    return vae.decoder(x) if op == "decode" else vae.encoder(x)
+
+
+finish = kl.finish  # encode: the latent distribution's mode, or a sample as diffusers draws it
+
+
+def scale_factor(vae) -> int:
+    """Image px per latent px, from the decoder's structure: the config's spatial_compression_ratio
+    counts temporal-only downsamplers too when it is not given (LTX-2's says 32 itself)."""
+    return vae.decoder.patch_size * math.prod(up.stride[1] for up in _upsamplers(vae))
+
+
+def temporal_factor(vae) -> int:
+    return math.prod(up.stride[0] for up in _upsamplers(vae))
+
+
+def _upsamplers(vae) -> list[nn.Module]:
+    return [up for block in vae.decoder.up_blocks for up in (block.upsamplers or [])]
+

@@ -1,0 +1,170 @@
+"""LTX-2's video VAE (AutoencoderKLLTX2Video): the whole video in one chunk, streamed in rows, equal to
+diffusers' own untiled decode and encode; time padded with copies of the first (and last) frame,
+borders reflected, frames and pixels folded into channels and back."""
+
+import pytest
+import torch
+from diffusers import AutoencoderKLLTX2Video
+
+import vaekit
+from conftest import REL_TOL, relative_error
+from vaekit.arch import program_for
+from vaekit.errors import InputError
+from vaekit.plan import smallest_budget
+
+#: LTX-2's structure (spatial, temporal, then two spatiotemporal downsamplers; three residual 2x2x2
+#: upsamplers; a reflect-padded decoder that is not causal), narrow, with 2x2 patches
+LTX2 = dict(in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 16, 16, 16),
+            decoder_block_out_channels=(16, 32, 64), layers_per_block=(1, 1, 1, 1, 1),
+            decoder_layers_per_block=(1, 1, 1, 1), spatio_temporal_scaling=(True, True, True, True),
+            decoder_spatio_temporal_scaling=(True, True, True), decoder_inject_noise=(False,) * 4,
+            downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
+            upsample_residual=(True, True, True), upsample_factor=(2, 2, 2), timestep_conditioning=False,
+            patch_size=2, patch_size_t=1, encoder_causal=True, decoder_causal=False,
+            encoder_spatial_padding_mode="zeros", decoder_spatial_padding_mode="reflect",
+            spatial_compression_ratio=16, temporal_compression_ratio=8)  # as LTX-2's config says them
+#: LTX-2.3's decoder: four up blocks, a temporal-only and a spatial-only one, no residuals, zero padding
+LTX23 = {**LTX2, "decoder_block_out_channels": (16, 32, 32, 64), "decoder_layers_per_block": (1, 1, 1, 1, 1),
+         "decoder_spatio_temporal_scaling": (True, True, True, True), "decoder_inject_noise": (False,) * 5,
+         "upsample_type": ("spatiotemporal", "spatiotemporal", "temporal", "spatial"),
+         "upsample_residual": (False,) * 4, "upsample_factor": (2, 2, 1, 2), "decoder_spatial_padding_mode": "zeros"}
+
+
+def make(config=LTX2, seed: int = 0, **changes):
+    torch.manual_seed(seed)
+    return AutoencoderKLLTX2Video(**{**config, **changes}).eval()
+
+
+def budgets(vae, shape, op: str = "decode") -> dict[str, int]:
+    """Smallest (every map on disk, one row per chunk), mixed, and whole."""
+    low = smallest_budget(program_for(vae, op), shape, 4, first=True)
+    whole = vaekit.plan(vae, shape, budget=None, op=op).whole_peak_bytes
+    return {"smallest": low, "mixed": (low + whole) // 2, "whole": whole}
+
+
+@pytest.fixture(scope="module")
+def ltx2():
+    return make()
+
+
+Z = torch.randn(1, 8, 3, 5, 7, generator=torch.Generator().manual_seed(0))  # 3 latent frames, odd latent px
+X = torch.rand(1, 3, 17, 48, 80, generator=torch.Generator().manual_seed(1)) * 2 - 1  # 1 + 2 * 8 frames
+
+
+def test_decode_is_exact_at_every_budget(ltx2):
+    with torch.no_grad():
+        ref = ltx2.decode(Z).sample  # (1, 3, 17, 80, 112): 1 + 8 * 2 frames
+        for name, budget in budgets(ltx2, tuple(Z.shape)).items():
+            report = vaekit.RunReport()
+            out = vaekit.decode(ltx2, Z, budget, report=report)
+            assert report.mode == ("whole" if name == "whole" else "stream"), name
+            assert out.shape == ref.shape == (1, 3, 17, 80, 112) and relative_error(out, ref) <= REL_TOL, name
+
+
+def test_encode_is_exact_at_every_budget(ltx2):
+    with torch.no_grad():
+        ref = ltx2.encode(X).latent_dist
+        for name, budget in budgets(ltx2, tuple(X.shape), "encode").items():
+            report = vaekit.RunReport()
+            out = vaekit.encode(ltx2, X, budget, report=report)
+            assert report.mode == ("whole" if name == "whole" else "stream"), name
+            assert out.shape == ref.mode().shape == (1, 8, 3, 3, 5) and relative_error(out, ref.mode()) <= REL_TOL, name
+        low = budgets(ltx2, tuple(X.shape), "encode")["smallest"]
+        sample = vaekit.encode(ltx2, X, low, sample=True, generator=torch.Generator().manual_seed(6))
+        assert relative_error(sample, ref.sample(torch.Generator().manual_seed(6))) <= REL_TOL  # one log-variance
+
+
+@pytest.mark.parametrize("config, changes", [(LTX2, {"decoder_causal": True}), (LTX23, {})],
+                         ids=["causal-decoder", "ltx-2.3"])
+def test_other_decoders_are_exact_at_the_smallest_budget(config, changes):
+    vae = make(config, **changes)
+    z = torch.randn(2, 8, 2, 3, 5, generator=torch.Generator().manual_seed(3))  # two videos, 2 latent frames
+    with torch.no_grad():
+        ref = vae.decode(z).sample
+        out = vaekit.decode(vae, z, budgets(vae, tuple(z.shape))["smallest"])
+    assert out.shape == ref.shape and relative_error(out, ref) <= REL_TOL
+
+
+def test_a_non_causal_encoder_is_exact():
+    vae = make(encoder_causal=False)
+    x = X[:, :, :9, :32, :48]
+    with torch.no_grad():
+        ref = vae.encode(x).latent_dist.mode()
+        out = vaekit.encode(vae, x, budgets(vae, tuple(x.shape), "encode")["smallest"])
+    assert relative_error(out, ref) <= REL_TOL
+
+
+@pytest.mark.parametrize("mutation", ["time padding", "reflect border"])
+def test_the_time_padding_and_the_border_matter(ltx2, monkeypatch, mutation):
+    """Zero frames in time, or zero rows at the border instead of mirrored ones, are far off: the
+    exactness tests above would catch either."""
+    from vaekit.ops import causal
+
+    if mutation == "time padding":
+        monkeypatch.setattr(causal, "_time_pad", lambda stage, inner, front, back, frames: (
+            inner[:, :, :front].zero_(), inner[:, :, front + frames :].zero_()))
+    else:
+        border = causal._border
+        monkeypatch.setattr(causal, "_border", lambda x5, halo, top, bottom, mode: border(x5, halo, top, bottom, "zeros"))
+    with torch.no_grad():
+        ref = ltx2.decode(Z).sample
+        out = vaekit.decode(ltx2, Z, budgets(ltx2, tuple(Z.shape))["smallest"])
+    assert relative_error(out, ref) > 100 * REL_TOL
+
+
+def test_frames_the_encoder_cannot_fold_are_refused(ltx2):
+    with pytest.raises(InputError, match=r"1 \+ 8k frames"):
+        vaekit.encode(ltx2, X[:, :, :12])
+
+
+def test_apply_streams_the_decode_and_encode(ltx2):
+    with torch.no_grad():
+        ref_z, ref_x = ltx2.decode(Z).sample, ltx2.encode(X).latent_dist.mode()
+        report = vaekit.RunReport()
+        try:
+            vaekit.apply(ltx2, budget=budgets(ltx2, tuple(Z.shape))["mixed"], report=report)
+            out = ltx2.decode(Z, None, return_dict=False)[0]  # as LTX2Pipeline calls it (no timestep)
+            assert report.mode == "stream" and relative_error(out, ref_z) <= REL_TOL
+            latents = ltx2.encode(X).latent_dist.mode()
+            assert relative_error(latents, ref_x) <= REL_TOL
+        finally:
+            vaekit.unapply(ltx2)
+
+
+def test_plan_from_shapes_shows_the_frames(ltx2):
+    plan = vaekit.plan(ltx2, (1, 8, 16, 22, 40), budget="400MiB")  # the video it returns is 327 MiB
+    assert plan.out_shape == (1, 3, 121, 352, 640) and plan.mode == "stream"  # 1 + 8 * 15 frames
+    assert plan.peak_bytes <= 400 << 20 and "121" in str(plan)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".mp4"])
+def test_decode_to_a_file(ltx2, tmp_path, suffix):
+    import numpy as np
+
+    path = tmp_path / f"clip{suffix}"
+    budget = budgets(ltx2, tuple(Z.shape))["smallest"] + vaekit.plan(ltx2, tuple(Z.shape), None, out=path).writer_bytes
+    assert vaekit.decode(ltx2, Z, budget, out=path) == path
+    with torch.no_grad():
+        ref = ltx2.decode(Z).sample
+    if suffix == ".npy":
+        assert relative_error(torch.from_numpy(np.load(path)), ref) <= REL_TOL
+    else:
+        import av
+
+        with av.open(str(path)) as container:
+            assert sum(1 for _ in container.decode(video=0)) == 17
+
+
+def test_cli_decodes_and_plans_ltx2(ltx2, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from vaekit.cli import main as cli
+
+    ltx2.save_pretrained(tmp_path / "ltx2-vae")
+    save_file({"latents": Z.contiguous()}, tmp_path / "z.safetensors")
+    budget = str(budgets(ltx2, tuple(Z.shape))["mixed"])
+    assert cli(["decode", str(tmp_path / "z.safetensors"), str(tmp_path / "clip.npy"), "--model",
+                str(tmp_path / "ltx2-vae"), "--budget", budget, "--quiet", "--dtype", "float32"]) == 0
+    assert cli(["plan", "--model", str(tmp_path / "ltx2-vae"), "--size", "112x80", "--frames", "17",
+                "--budget", budget]) == 0
+    assert "decode 1x8x3x5x7 -> 1x3x17x80x112" in capsys.readouterr().out  # 1 + 8k frames: 3 latent frames
