@@ -78,7 +78,8 @@ def folder(tmp_path_factory):
     where = tmp_path_factory.mktemp("docs")
     make_vae("sd").save_pretrained(where / "sd-vae")
     make_wan().save_pretrained(where / "wan-vae")
-    make_ltx2(patch_size=4, latent_channels=128, spatial_compression_ratio=32).save_pretrained(where / "ltx2-vae")  # LTX-2's 32x, 8x compression
+    ltx2 = make_ltx2(patch_size=4, latent_channels=128, spatial_compression_ratio=32)  # LTX-2's 32x, 8x compression
+    ltx2.save_pretrained(where / "ltx2-vae")
     _sd_pipeline(where / "sd-pipeline")
     torch.save(torch.randn(1, 4, 24, 20, generator=torch.Generator().manual_seed(0)), where / "latents.pt")
     Image.fromarray(data.astronaut()).resize((96, 96)).save(where / "photo.png")

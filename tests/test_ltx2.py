@@ -168,3 +168,18 @@ def test_cli_decodes_and_plans_ltx2(ltx2, tmp_path, capsys):
     assert cli(["plan", "--model", str(tmp_path / "ltx2-vae"), "--size", "112x80", "--frames", "17",
                 "--budget", budget]) == 0
     assert "decode 1x8x3x5x7 -> 1x3x17x80x112" in capsys.readouterr().out  # 1 + 8k frames: 3 latent frames
+
+
+def test_large_weights_go_in_slices_of_output_channels(ltx2, monkeypatch):
+    """A conv whose weights pass WEIGHT_SLICE_BYTES runs in slices of output channels (the backend's
+    copies of the weights stay small): the same pixels, and the plan counts a slice."""
+    from vaekit.ops import causal
+
+    with torch.no_grad():
+        ref = ltx2.decode(Z).sample
+        budget = budgets(ltx2, tuple(Z.shape))["smallest"]
+        monkeypatch.setattr(causal, "WEIGHT_SLICE_BYTES", 16 * 64 * 27 * 4)  # 16 output channels of 64 at a time
+        assert causal.slice_channels(ltx2.decoder.mid_block.resnets[0].conv1.conv.weight) == 16
+        assert budgets(ltx2, tuple(Z.shape))["smallest"] < budget
+        out = vaekit.decode(ltx2, Z, budgets(ltx2, tuple(Z.shape))["smallest"])
+    assert relative_error(out, ref) <= REL_TOL

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 from .errors import BudgetError
+from .ops.causal import slice_channels
 from .program import (
     AttentionStage,
     CausalConvStage,
@@ -203,7 +204,10 @@ def _chunk_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str],
         total += 3 * n_out * rows * dst_w * c_out * itemsize  # conv output, unfolded frames, sum
         rearranged = stage.shuffle != 1 or stage.unshuffle != 1 or stage.repeat_last
         total += n_out * rows * dst_w * c_out * itemsize if rearranged else 0  # pixel (un)shuffled
-        total += 2 * stage.conv.weight.numel() * itemsize
+        weight = stage.conv.weight
+        step = min(slice_channels(weight, itemsize), weight.shape[0])
+        total += 2 * weight[0].numel() * step * itemsize  # the backend's copies of the weights (a slice of them)
+        total += n_out * rows * dst_w * c_out * itemsize * step // weight.shape[0] if step < weight.shape[0] else 0
         if stage.skip is not None:
             total += read_buffer(stage.skip, rows) + (n_out * rows * dst_w * c_out * itemsize if stage.shortcut else 0)
         return total

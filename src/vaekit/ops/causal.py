@@ -16,7 +16,7 @@ from .act import activate
 from .conv import apply_shortcut, pixel_shuffle, pixel_unshuffle
 from .norm import normalize
 
-__all__ = ["causal_conv_band"]
+__all__ = ["causal_conv_band", "slice_channels", "WEIGHT_SLICE_BYTES"]
 
 
 def causal_conv_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int, r1: int, src_h: int,
@@ -100,13 +100,45 @@ def cache_tail(stage: CausalConvStage, x5: torch.Tensor, lo: int, hi: int) -> to
     return band.permute(0, 2, 3, 4, 1).flatten(0, 1)  # (B*T, rows, W, C)
 
 
+#: most bytes of a conv's weights one oneDNN call takes: larger ones go in slices of output channels, so
+#: the backend's reordered copies (two: to the input's layout, then its blocked format) stay this small.
+#: LTX-2's upsampler conv has 432 MiB of float32 weights; its untiled decode holds one copy of them.
+WEIGHT_SLICE_BYTES = 16 << 20
+
+
 def conv3d(stage: CausalConvStage, w: dict, x5: torch.Tensor) -> torch.Tensor:
     """The stage's conv on its (B, C, T+F, rows', W') channels_last_3d input: (B, split*C_out, F', rows, W).
 
     On the CPU, oneDNN directly: PyTorch's heuristic takes it for conv3d only when the product of the first
     four sizes is large, and with a band's few rows there it fell back to im2col (5x the memory, 2x the
-    time). Elsewhere (cuDNN) the plain call."""
+    time). Elsewhere (cuDNN) the plain call. Weights over WEIGHT_SLICE_BYTES go in slices of output
+    channels (each output channel is its own sum: the same values), written into one output."""
     weight, bias = w["conv"]["weight"], w["conv"].get("bias")
+    step = slice_channels(weight)
+    if step >= weight.shape[0]:
+        return _conv3d(stage, x5, weight, bias)
+    out = None
+    for c0 in range(0, weight.shape[0], step):
+        part = _conv3d(stage, x5, weight[c0 : c0 + step], None if bias is None else bias[c0 : c0 + step])
+        if out is None:
+            out = torch.empty((part.shape[0], weight.shape[0], *part.shape[2:]), dtype=part.dtype, device=part.device,
+                              memory_format=torch.channels_last_3d)
+        out[:, c0 : c0 + step] = part
+        del part
+    return out
+
+
+def slice_channels(weight: torch.Tensor, itemsize: int | None = None) -> int:
+    """Output channels per oneDNN call for ``weight`` (all of them when it is small): a multiple of 16.
+    ``itemsize``: of the compute dtype, if not the weight's (a plan of a model on the meta device)."""
+    itemsize = itemsize or weight.element_size()
+    per_channel = weight[0].numel() * itemsize
+    if weight.shape[0] * per_channel <= WEIGHT_SLICE_BYTES:
+        return weight.shape[0]
+    return max(16, WEIGHT_SLICE_BYTES // per_channel // 16 * 16)
+
+
+def _conv3d(stage: CausalConvStage, x5: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
     if x5.device.type == "cpu" and x5.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available():
         return torch.mkldnn_convolution(x5, weight, bias, [0, 0, 0], [stage.time_stride, 1, 1], [1, 1, 1], 1)
     return F.conv3d(x5, weight, bias, stride=(stage.time_stride, 1, 1))

@@ -30,7 +30,7 @@ MODELS = {
     "sd": ((512, 1024), ("diffusers-untiled", "diffusers-tiling", "vaekit:768MiB", "vaekit:1.5GiB", "vaekit:none")),
     "sana": ((2048,), ("diffusers-untiled", "diffusers-tiling", "vaekit:1GiB", "vaekit:3GiB")),
     "wan": (("9x240x416",), ("diffusers-untiled", "diffusers-tiling", "vaekit:256MiB", "vaekit:512MiB")),
-    "ltx2": (("17x256x384",), ("diffusers-untiled", "diffusers-tiling", "vaekit:96MiB", "vaekit:192MiB")),
+    "ltx2": (("17x256x384",), ("diffusers-untiled", "diffusers-tiling", "vaekit:64MiB", "vaekit:96MiB", "vaekit:128MiB")),
 }
 #: LTX-2's tiles for diffusers-tiling: its defaults (512 px) would not tile 256x384 at all
 LTX2_TILES = dict(tile_sample_min_height=160, tile_sample_min_width=160, tile_sample_stride_height=128,
@@ -69,12 +69,15 @@ def _worker(model: str, method: str, size: int, ref_path: Path) -> dict:
     budget = None if budget == "none" else budget
     if method == "diffusers-tiling":
         vae.enable_tiling(**(LTX2_TILES if model == "ltx2" else {}))
+    if method.startswith("vaekit-stream"):  # streams even where the whole model would fit the budget
+        vaekit.apply(vae, budget)
+        vae.enable_tiling()  # under apply: exact streaming, never tiles
 
     def run(latents):
         with torch.inference_mode():
-            if method.startswith("vaekit"):
+            if method.startswith("vaekit:"):
                 return vaekit.decode(vae, latents, budget)
-            return vae.decode(latents).sample
+            return vae.decode(latents).sample  # diffusers, or vaekit-stream through apply
 
     run(warm)  # load kernels and thread pools first
     with PeakMemory() as mem:
@@ -82,8 +85,10 @@ def _worker(model: str, method: str, size: int, ref_path: Path) -> dict:
         out = run(z)
         seconds = time.perf_counter() - start
     row = {"model": model, "method": method, "size": size, "seconds": seconds, "peak_rss_growth": mem.growth}
-    if method.startswith("vaekit"):
+    if method.startswith("vaekit:"):
         row["plan_mode"] = vaekit.plan(vae, tuple(z.shape), budget).mode
+    elif method.startswith("vaekit-stream"):
+        row["plan_mode"] = "stream"
     if method == "diffusers-untiled":
         np.save(ref_path, out.numpy())
     else:
@@ -336,7 +341,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", choices=sorted(MODELS), default="sd")
     parser.add_argument("--sizes", nargs="+", help="image sizes (default: sd 512 1024, sana 2048), wan and ltx2 "
                         "FRAMESxHxW (default 9x240x416, 17x256x384)")
-    parser.add_argument("--methods", nargs="+", help="diffusers-untiled, diffusers-tiling, vaekit:BUDGET ...")
+    parser.add_argument("--methods", nargs="+", help="diffusers-untiled, diffusers-tiling, vaekit:BUDGET (whole where "
+                        "it fits), vaekit-stream:BUDGET (always streamed) ...")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile across resolutions: vaekit compile=True against diffusers' decoder compiled")
     parser.add_argument("--gigapixel", action="store_true",
