@@ -183,3 +183,123 @@ def test_large_weights_go_in_slices_of_output_channels(ltx2, monkeypatch):
         assert budgets(ltx2, tuple(Z.shape))["smallest"] < budget
         out = vaekit.decode(ltx2, Z, budgets(ltx2, tuple(Z.shape))["smallest"])
     assert relative_error(out, ref) <= REL_TOL
+
+
+@pytest.fixture(scope="module")
+def conditioned():
+    """LTX-2 with timestep conditioning and decode noise in three of its four blocks (the per-channel
+    noise scales start at zero: perturbed so the noise matters)."""
+    vae = make(timestep_conditioning=True, decoder_inject_noise=(True, False, True, True))
+    with torch.no_grad():
+        for module in vae.modules():
+            for name in ("per_channel_scale1", "per_channel_scale2"):
+                if getattr(module, name, None) is not None:
+                    getattr(module, name).normal_(0, 0.5)
+    return vae
+
+
+def _decode(vae, z, t, seed, budget=None, **kw):
+    torch.manual_seed(seed)  # the decode noise comes from the global generator, as in diffusers
+    with torch.no_grad():
+        return vae.decode(z, t).sample if budget is None else vaekit.decode(vae, z, budget, timestep=t, **kw)
+
+
+def test_timestep_conditioning_and_decode_noise_are_diffusers_own(conditioned):
+    z, t = torch.cat([Z, Z.flip(-1)]), torch.tensor([0.05, 0.5])  # two videos, a timestep each
+    ref = _decode(conditioned, z, t, seed=3)
+    for name, budget in budgets(conditioned, tuple(z.shape)).items():
+        report = vaekit.RunReport()
+        out = _decode(conditioned, z, t, 3, budget, report=report)
+        assert report.mode == ("whole" if name == "whole" else "stream"), name
+        assert relative_error(out, ref) <= REL_TOL, name
+    low = budgets(conditioned, tuple(z.shape))["smallest"]
+    assert relative_error(_decode(conditioned, z, t, 4, low), ref) > 100 * REL_TOL  # another draw of the noise
+    assert relative_error(_decode(conditioned, z, torch.tensor([0.05, 0.05]), 3, low), ref) > 100 * REL_TOL
+
+
+def test_a_conditioned_decoder_needs_its_timestep(conditioned, ltx2):
+    with pytest.raises(InputError, match="timestep-conditioned"):
+        vaekit.decode(conditioned, Z, budgets(conditioned, tuple(Z.shape))["smallest"])
+    from diffusers import AutoencoderKL
+
+    with pytest.raises(InputError, match="takes no timestep"):
+        vaekit.decode(AutoencoderKL(latent_channels=4, block_out_channels=(8,), norm_num_groups=8),
+                      torch.randn(1, 4, 4, 4), timestep=0.5)
+
+
+def test_apply_takes_the_pipelines_timestep(conditioned):
+    t = torch.tensor([0.05])
+    ref = _decode(conditioned, Z, t, seed=5)
+    report = vaekit.RunReport()
+    vaekit.apply(conditioned, budget=budgets(conditioned, tuple(Z.shape))["smallest"], report=report)
+    try:
+        torch.manual_seed(5)
+        with torch.no_grad():
+            out = conditioned.decode(Z, t, return_dict=False)[0]  # as LTX2Pipeline calls it
+        assert report.mode == "stream" and relative_error(out, ref) <= REL_TOL
+    finally:
+        vaekit.unapply(conditioned)
+
+
+def ltx2_pipeline(cls, vae):
+    """An LTX-2 pipeline around ``vae``: a tiny transformer, text connectors, audio VAE and vocoder
+    (diffusers' own test sizes), no text encoder: the tests pass prompt embeddings as it would make them."""
+    from diffusers import AutoencoderKLLTX2Audio, FlowMatchEulerDiscreteScheduler, LTX2VideoTransformer3DModel
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+
+    torch.manual_seed(0)
+    transformer = LTX2VideoTransformer3DModel(
+        in_channels=vae.config.latent_channels, out_channels=vae.config.latent_channels, patch_size=1, patch_size_t=1,
+        num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4,
+        audio_num_attention_heads=2, audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=1,
+        qk_norm="rms_norm_across_heads", caption_channels=PROMPT[0], rope_double_precision=False, rope_type="split")
+    connectors = LTX2TextConnectors(
+        caption_channels=PROMPT[0], text_proj_in_factor=PROMPT[1], video_connector_num_attention_heads=4,
+        video_connector_attention_head_dim=8, video_connector_num_layers=1, video_connector_num_learnable_registers=None,
+        audio_connector_num_attention_heads=4, audio_connector_attention_head_dim=8, audio_connector_num_layers=1,
+        audio_connector_num_learnable_registers=None, connector_rope_base_seq_len=32, rope_theta=10000.0,
+        rope_double_precision=False, causal_temporal_positioning=False, rope_type="split")
+    audio_vae = AutoencoderKLLTX2Audio(
+        base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1, attn_resolutions=None, in_channels=2,
+        resolution=32, latent_channels=2, norm_type="pixel", causality_axis="height", dropout=0.0,
+        mid_block_add_attention=False, sample_rate=16000, mel_hop_length=160, is_causal=True, mel_bins=8)
+    vocoder = LTX2Vocoder(in_channels=16, hidden_channels=32, out_channels=2, upsample_kernel_sizes=[4, 4],
+                          upsample_factors=[2, 2], resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]],
+                          leaky_relu_negative_slope=0.1, output_sampling_rate=16000)
+    return cls(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, audio_vae=audio_vae, text_encoder=None,
+               tokenizer=None, connectors=connectors, transformer=transformer, vocoder=vocoder)
+
+
+PROMPT = (32, 3)  # the text encoder's hidden size, and its layers + 1 (the embeddings stack every hidden state)
+
+
+@pytest.mark.parametrize("name, conditioned_vae", [("LTX2Pipeline", False), ("LTX2ImageToVideoPipeline", False),
+                                                   ("LTX2Pipeline", True)])
+def test_ltx2_pipelines_are_the_same_under_apply(name, conditioned_vae, conditioned):
+    import diffusers
+
+    vae = conditioned if conditioned_vae else make()
+    pipe = ltx2_pipeline(getattr(diffusers, name), vae)
+    embeds = torch.randn(1, 8, PROMPT[0] * PROMPT[1], generator=torch.Generator().manual_seed(0))
+    kw = dict(prompt_embeds=embeds, prompt_attention_mask=torch.ones(1, 8, dtype=torch.long), num_inference_steps=2,
+              guidance_scale=1.0, audio_guidance_scale=1.0, height=96, width=160, num_frames=17, frame_rate=25.0,
+              output_type="pt", decode_timestep=0.05)
+    if name == "LTX2ImageToVideoPipeline":
+        kw.update(image=torch.rand(1, 3, 96, 160, generator=torch.Generator().manual_seed(1)), image_crf=0)
+
+    def run():
+        torch.manual_seed(9)  # the decode noise: the global generator, as in diffusers
+        return pipe(**kw, generator=torch.Generator().manual_seed(0)).frames
+
+    ref = run()
+    shape = (1, 8, 3, 6, 10)  # the pipeline's latents: 3 latent frames of 6x10
+    report = vaekit.RunReport()
+    budget = max(budgets(vae, shape)["smallest"], budgets(vae, (1, 3, 1, 96, 160), "encode")["smallest"])
+    vaekit.apply(pipe, budget, report=report)
+    try:
+        out = run()
+    finally:
+        vaekit.unapply(pipe)
+    assert report.mode == "stream" and out.shape == ref.shape == (1, 17, 3, 96, 160)
+    assert relative_error(out, ref) <= REL_TOL

@@ -48,7 +48,7 @@ def plan(vae, shape, budget=None, op: str = "decode", *, device=None, dtype=None
 def decode(vae, latents: torch.Tensor, budget=None, *, device=None, progress=None, compile: bool = False,
            scratch_dir: str | os.PathLike | None = None, report: RunReport | None = None,
            out: str | os.PathLike | None = None, host_budget=None, dist: bool = False, fps: int | None = None,
-           crf: int | None = None):
+           crf: int | None = None, timestep=None):
     """``vae.decode(latents).sample``, exactly, while holding at most ``budget`` bytes of activations.
 
     latents: NCHW, already divided by the scaling factor, as for ``vae.decode``.
@@ -73,11 +73,14 @@ def decode(vae, latents: torch.Tensor, budget=None, *, device=None, progress=Non
         ``out`` from rank 0 (any video suffix). Without ``out`` every rank gets the whole image.
         Every rank must call it with the same arguments. One process (no torchrun) runs as usual.
         ``budget`` is per rank.
+    timestep: a timestep-conditioned decoder's timestep (LTX-2 with ``timestep_conditioning``), one per
+        video or one for all, as ``vae.decode(latents, timestep)`` takes it; its decode noise (where the
+        config injects it) is drawn from the global generator as diffusers draws it.
     Returns the image (in [-1, 1] for a trained model) on the latents' device, in the model's dtype.
     """
     return run(vae, "decode", latents, budget, device=device, progress=progress, compile=compile,
                scratch_dir=scratch_dir, report=report, out=out, host_budget=host_budget, dist=dist,
-               video={"fps": fps, "crf": crf})
+               video={"fps": fps, "crf": crf, "timestep": timestep})
 
 
 def encode(vae, images: torch.Tensor, budget=None, *, sample: bool = False, generator: torch.Generator | None = None,
@@ -122,6 +125,8 @@ def _run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=No
                           stream=stream, strict=strict, out=out, progress=progress, dist=dist, compile=compile,
                           **(video or {}))
     what = "latents" if op == "decode" else "images"
+    if (video or {}).get("timestep") is not None:
+        raise InputError(f"a {type(vae).__name__} takes no timestep: leave timestep=None")
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
     check_shape(program, vae, tuple(x.shape), op)

@@ -308,6 +308,10 @@ class CausalConvStage(_SameSize):
     video's first f - 1 (LTX's upsamplers). ``shuffle``/``unshuffle``: a pixel (un)shuffle after that,
     channels in ``order``. ``repeat_last``: the last channel repeated that many more times (LTX's
     encoder: one log-variance for every latent channel).
+    A timestep-conditioned decoder (LTX) gives a stage ``modulated``: its norm's output is scaled and
+    shifted per video and channel, by values made once per call from the timestep (the run's state
+    ``("modulation", name)``); ``noise_scale``: a map of noise (rows, W), drawn once per call as
+    diffusers draws it (``("noise", name)``), times these per-channel scales is added to the conv output.
     ``first``: what the stage does on a video's first chunk instead, as Wan's resamplers do:
     "pass" (dst = src, the cache untouched) or "pass_keep" (dst = src, and the cache takes the tail).
     """
@@ -336,6 +340,8 @@ class CausalConvStage(_SameSize):
     unshuffle: int = 1
     order: str = "channel"
     repeat_last: int = 0
+    modulated: bool = False  # x * (1 + scale) + shift after the norm, per video and channel (LTX's timestep)
+    noise_scale: nn.Parameter | None = None  # + noise (rows, W) * this (C,) on the conv output (LTX's decode noise)
 
     @property
     def time_kernel(self) -> int:

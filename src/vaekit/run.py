@@ -45,17 +45,21 @@ FP16_MAX = torch.finfo(torch.float16).max
 
 def execute(program: Program, plan: Plan, x: torch.Tensor, *, scratch_dir: str | os.PathLike | None = None,
             progress=None, report: RunReport | None = None, compiled: bool = False, sink=None,
-            peers=None, store: Store | None = None, first: bool = False) -> torch.Tensor | None:
+            peers=None, store: Store | None = None, first: bool = False, conditions: dict | None = None
+            ) -> torch.Tensor | None:
     """Run ``program`` on NCHW ``x`` (already on the compute device, in the compute dtype) by ``plan``.
     ``compiled``: conv stages run through torch.compile graphs shared by every image size (plan with
     ``compiled=True`` too: their chunks must be even where they upsample). ``sink``: the output's bands
     go there (sinks.py) as they are made, and nothing is returned. ``peers``: this rank's
     ``dist.Peers`` in a distributed run: it computes and holds only its rows (dist.py), and ``x`` is
     its slab of the input's rows. A video program runs one chunk of frames, ``x`` (B, C, F, H, W), in
-    ``store``, which holds the time caches across chunks (run_video); ``first``: the video's first."""
+    ``store``, which holds the time caches across chunks (run_video); ``first``: the video's first.
+    ``conditions``: what the model's call adds from outside the input, made once per call by its family
+    (``conditioning``: LTX's timestep modulation and decode noise), keyed as the stages read them."""
     report = report if report is not None else RunReport()
     with contextlib.nullcontext(store) if store is not None else Store(x.device, scratch_dir) as store:
         run = _Run(program, plan, x, store, report, compiled, sink, peers, first)
+        run.stats.update(conditions or {})
         for i, (stage, sp) in enumerate(zip(program.stages, plan.stages, strict=True)):
             run.alloc(stage)
             weights = stage_weights(stage, x.device, run.dtype)  # load
@@ -86,7 +90,7 @@ class _Run:
         self.shapes = {m.name: m.shape for m in plan.maps}
         self.tiers = dict(plan.tiers)  # the recovery ladder may move maps down
         self.last_use = program.last_use()
-        self.stats: dict[str, object] = {}  # GroupNorm statistics by map, attention states by name
+        self.stats: dict = {}  # GroupNorm statistics by map, attention states by name, the call's conditions
         self.dtype, self.device, self.output = x.dtype, x.device, None  # dtype turns float32 after an overflow
         self.out_dtype = x.dtype  # the result stays in the model's dtype
         self.ladder = Ladder(store, self.tiers, "host" if x.device.type == "cuda" else "disk", report,
@@ -251,7 +255,8 @@ def stage_weights(stage, device, dtype) -> dict[str, dict[str, torch.Tensor]]:
     if isinstance(stage, ConvStage | CausalConvStage):
         shortcut = _as_2d(params(stage.shortcut.conv if stage.shortcut else None))
         if isinstance(stage, CausalConvStage):
-            return {"conv": params(stage.conv), "norm": params(stage.norm), "shortcut": shortcut}
+            noise = {} if stage.noise_scale is None else {"scale": stage.noise_scale.detach().to(device, dtype)}
+            return {"conv": params(stage.conv), "norm": params(stage.norm), "shortcut": shortcut, "noise_scale": noise}
         return {"conv": _as_2d(params(stage.conv)), "norm": params(stage.norm), "out_norm": params(stage.out_norm),
                 "shortcut": shortcut}
     if isinstance(stage, GLUStage):
@@ -297,13 +302,13 @@ def _bias(linear: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def run_video(program: Program, plans: tuple[Plan, Plan], x: torch.Tensor, chunks: list[int], emit, *,
               scratch_dir=None, report: RunReport | None = None, progress=None, peers=None,
-              compiled: bool = False) -> None:
+              compiled: bool = False, conditions: dict | None = None) -> None:
     """Run a video program chunk by chunk along time: ``x`` (B, C, F, H, W) in chunks of ``chunks``
     frames, the first by ``plans[0]``, the rest by ``plans[1]``; ``emit(f0, frames)`` takes each chunk's
     output frames (B, C_out, F', H', W') as they are made. The causal convs' time caches are maps of one
     store for the whole video, zeros before the first chunk, on the tiers the plan gave them: memory is
     bounded by the chunk, not by the number of frames. ``progress(stage, rows_done, rows_total)`` counts
-    the stages of every chunk in turn. ``compiled``: as for execute, every chunk through the same graphs."""
+    the stages of every chunk in turn. ``compiled``, ``conditions``: as for execute, for every chunk."""
     report = report if report is not None else RunReport()
     with Store(x.device, scratch_dir) as store:
         shapes, tiers = {m.name: m.shape for m in plans[1].maps}, plans[1].tiers
@@ -320,7 +325,7 @@ def run_video(program: Program, plans: tuple[Plan, Plan], x: torch.Tensor, chunk
 
             y = execute(program, plans[0] if first else plans[1], x[:, :, t0 : t0 + frames], store=store, first=first,
                         scratch_dir=scratch_dir, report=report, peers=peers, compiled=compiled,
-                        progress=None if progress is None else told)  # (B*F', C_out, H', W')
+                        progress=None if progress is None else told, conditions=conditions)  # (B*F', C_out, H', W')
             y = y.unflatten(0, (x.shape[0], -1)).transpose(1, 2)  # (B, C_out, F', H', W')
             emit(o0, y)
             for stage in program.stages:  # the tails written this chunk become the caches of the next
@@ -329,11 +334,12 @@ def run_video(program: Program, plans: tuple[Plan, Plan], x: torch.Tensor, chunk
             t0, o0 = t0 + frames, o0 + y.shape[2]
 
 
-def run_whole(vae, op: str, x: torch.Tensor, report: RunReport) -> torch.Tensor | None:
-    """The model's own modules, untiled; None when they run out of memory (the caller streams)."""
+def run_whole(vae, op: str, x: torch.Tensor, report: RunReport, **call) -> torch.Tensor | None:
+    """The model's own modules, untiled; None when they run out of memory (the caller streams). ``call``:
+    the call's own arguments the model takes beside the input (LTX's timestep)."""
     error = None
     try:
-        out = family(vae).whole(vae, op, x)
+        out = family(vae).whole(vae, op, x, **call)
     except Exception as e:  # only out-of-memory is handled; anything else goes up as it is
         if not is_oom(e):
             raise

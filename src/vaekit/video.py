@@ -26,11 +26,12 @@ __all__ = ["run_video_call"]
 
 def run_video_call(vae, program: Program, op: str, x, budget, *, device, report, scratch_dir, stream, strict,
                    out=None, progress=None, dist: bool = False, compile: bool = False, fps: int | None = None,
-                   crf: int | None = None):
+                   crf: int | None = None, timestep=None):
     """A video model: (B, C, F, H, W) in chunks of frames along time (run.run_video), each chunk streamed
     in rows; or the model's own call when the plan of a chunk fits whole. ``out``: a .npy/.zarr/.mp4
     file the frames go to as they are made (the video is never held). ``progress`` counts the stages of
-    every chunk in turn: a callable gets (chunk * stages + stage, rows_done, rows_total)."""
+    every chunk in turn: a callable gets (chunk * stages + stage, rows_done, rows_total). ``timestep``: a
+    timestep-conditioned decoder's (LTX), as its own decode takes it."""
 
     what = "latents" if op == "decode" else "videos"
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -61,14 +62,21 @@ def run_video_call(vae, program: Program, op: str, x, budget, *, device, report,
         check_video_sink(out, out_shape)  # on every rank, before any rank opens it
     sink = None if out is None or rank > 0 else open_video_sink(out, out_shape, fps or MP4_FPS, crf or MP4_CRF)
     inp = x.to(device=compute, dtype=model_dtype(vae))
+    call = {} if timestep is None else {"timestep": timestep}
+    conditioning = getattr(family(vae), "conditioning", None)
+    if call and conditioning is None:
+        raise InputError(f"a {type(vae).__name__} takes no timestep: leave timestep=None")
     try:
         with torch.no_grad():
-            result = run_whole(vae, op, inp, report) if rest.mode == "whole" else None
+            rng = _rng_state(compute)  # the model's own call draws its decode noise from the global generator
+            result = run_whole(vae, op, inp, report, **call) if rest.mode == "whole" else None
             if result is None:
-                if rest.mode == "whole":  # it ran out of memory: stream
+                if rest.mode == "whole":  # it ran out of memory: stream, drawing the noise it would have drawn
+                    _set_rng_state(compute, rng)
                     first, rest = plans(stream=True)
                     planning.hold(first, rest)
                 planning.check_disk(rest, scratch_dir, None)
+                conditions = {} if conditioning is None else conditioning(vae, program, op, inp, **call)
                 if out is None:
                     result = torch.empty(out_shape, dtype=inp.dtype, device=compute)
 
@@ -82,7 +90,7 @@ def run_video_call(vae, program: Program, op: str, x, budget, *, device, report,
                 with progress_callback(progress, every) as callback:
                     run_video(program, (first, rest), inp, chunks, emit, scratch_dir=scratch_dir, report=report,
                               progress=callback if rank == 0 or callable(progress) else None, peers=peers,
-                              compiled=compile)
+                              compiled=compile, conditions=conditions)
         if sink is not None:
             result = sink.close()
         if peers is not None and out is not None:  # rank 0 wrote the file: it is in place on every rank's return
@@ -99,3 +107,15 @@ def run_video_call(vae, program: Program, op: str, x, budget, *, device, report,
         raise PrecisionError(f"the {op} produced NaN or Inf from finite {what} in {result.dtype}")
     return result.to(x.device)
 
+
+
+def _rng_state(device: torch.device):
+    """The global generator's state on ``device`` (where the model's own call draws its noise)."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.random.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.random.set_rng_state(state)

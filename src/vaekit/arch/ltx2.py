@@ -28,15 +28,16 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
-from ..errors import UnsupportedModelError
+from ..errors import InputError, UnsupportedModelError
 from ..program import ConvStage, Program, Shortcut
 from . import kl
 from .builder import ProgramBuilder
 from .wan import PATCH_ORDER, _identity
 
-__all__ = ["program", "whole", "finish", "scale_factor", "temporal_factor", "chunk_frames", "VIDEO"]
+__all__ = ["program", "whole", "conditioning", "finish", "scale_factor", "temporal_factor", "chunk_frames", "VIDEO"]
 
 VIDEO = True  #: inputs are (B, C, frames, H, W), run as one chunk (run.run_video)
 BORDERS = {"zeros": "zeros", "reflect": "reflect"}  #: Conv3d padding modes -> CausalConvStage.border
@@ -48,8 +49,6 @@ def program(vae, op: str) -> Program:
 
 def _decoder(vae) -> Program:
     dec = vae.decoder
-    _require(dec.time_embedder is None, "a timestep-conditioned decoder (timestep_conditioning=True) is not "
-             "streamed yet")
     _require(dec.patch_size_t == 1, f"temporal patches (patch_size_t={dec.patch_size_t})")
     b = ProgramBuilder("decode", dec.conv_in.in_channels)
     pad = "first" if dec.is_causal else "edges"  # decode(z) runs `causal or is_causal`: the config's
@@ -63,7 +62,7 @@ def _decoder(vae) -> Program:
         x = _resnets(b, f"up.{i}", x, block.resnets, pad)
     conv, options = _conv(dec.conv_out, pad)
     x = b.causal("conv_out", x, conv, norm=dec.norm_out, act=_act(dec.conv_act), shuffle=dec.patch_size,
-                 order=PATCH_ORDER, **options)  # channels to pixels: image px
+                 order=PATCH_ORDER, modulated=dec.time_embedder is not None, **options)  # channels to pixels: image px
     return b.build(output=x)
 
 
@@ -97,16 +96,16 @@ def _resnets(b: ProgramBuilder, name: str, x: str, resnets: nn.ModuleList, pad: 
 
 
 def _resnet(b: ProgramBuilder, name: str, x: str, resnet: nn.Module, pad: str) -> str:
-    """norm1+silu+conv1, norm2+silu+conv2, + x: written over x."""
+    """norm1+silu+conv1, norm2+silu+conv2, + x: written over x. A timestep-conditioned decoder's norms are
+    modulated (conditioning), and with decode noise each conv's output gets its noise."""
     _require(resnet.conv_shortcut is None, f"{name}: a resnet that changes its channels")
-    _require(resnet.per_channel_scale1 is None, f"{name}: decoder noise injection (decoder_inject_noise) is not "
-             "streamed yet")
-    _require(resnet.scale_shift_table is None, f"{name}: timestep conditioning is not streamed yet")
-    act = _act(resnet.nonlinearity)
+    act, modulated = _act(resnet.nonlinearity), resnet.scale_shift_table is not None
     conv, options = _conv(resnet.conv1, pad)
-    h = b.causal(f"{name}.conv1", x, conv, norm=resnet.norm1, act=act, **options)
+    h = b.causal(f"{name}.conv1", x, conv, norm=resnet.norm1, act=act, modulated=modulated,
+                 noise_scale=resnet.per_channel_scale1, **options)
     conv, options = _conv(resnet.conv2, pad)
-    return b.causal(f"{name}.conv2", h, conv, dst=x, norm=resnet.norm2, act=act, skip=x, **options)
+    return b.causal(f"{name}.conv2", h, conv, dst=x, norm=resnet.norm2, act=act, skip=x, modulated=modulated,
+                    noise_scale=resnet.per_channel_scale2, **options)
 
 
 def _upsample(b: ProgramBuilder, name: str, x: str, up: nn.Module, pad: str) -> str:
@@ -160,10 +159,46 @@ def chunk_frames(vae, op: str, frames: int) -> list[int]:
     return [frames]
 
 
-def whole(vae, op: str, x):
+def whole(vae, op: str, x, timestep=None):
     """The model's own decoder or encoder, untiled (its decode/encode would honour enable_tiling() and
     framewise decoding); encode gives the moments (mean | logvar)."""
-    return vae.decoder(x) if op == "decode" else vae.encoder(x)
+    return vae.decoder(x, timestep) if op == "decode" else vae.encoder(x)
+
+
+def conditioning(vae, program: Program, op: str, x: torch.Tensor, timestep=None) -> dict:
+    """What a decode takes beside the latents ``x``, made once per call, as diffusers makes it: each
+    modulated norm's (scale, shift) per video and channel, from ``timestep`` through the blocks' time
+    embedders (timestep_conditioning); each noisy conv's (rows, W) noise, drawn from the global generator
+    in the order diffusers draws it (decoder_inject_noise)."""
+    out: dict = {}
+    if op != "decode":
+        return out
+    dec, b = vae.decoder, x.shape[0]
+    if dec.time_embedder is not None:
+        if timestep is None:
+            raise InputError("this AutoencoderKLLTX2Video decoder is timestep-conditioned: pass timestep= (the "
+                             "pipeline's decode_timestep, e.g. 0.05), as vae.decode(latents, timestep) takes it")
+        temb = torch.as_tensor(timestep, dtype=x.dtype, device=x.device).flatten()
+        temb = (temb.expand(b) if temb.numel() == 1 else temb) * dec.timestep_scale_multiplier
+        for name, block in [("mid", dec.mid_block)] + [(f"up.{i}", blk) for i, blk in enumerate(dec.up_blocks)]:
+            if block.time_embedder is not None:
+                emb = _embed(block.time_embedder, temb, b, x.dtype).unflatten(1, (4, -1))  # (B, 4, C)
+                for j, resnet in enumerate(block.resnets):
+                    shift1, scale1, shift2, scale2 = (emb + resnet.scale_shift_table[None]).unbind(1)
+                    out["modulation", f"{name}.resnets.{j}.conv1"] = scale1, shift1
+                    out["modulation", f"{name}.resnets.{j}.conv2"] = scale2, shift2
+        shift, scale = (_embed(dec.time_embedder, temb, b, x.dtype).unflatten(1, (2, -1))
+                        + dec.scale_shift_table[None]).unbind(1)
+        out["modulation", "conv_out"] = scale, shift
+    sizes = program.sizes(*x.shape[-2:])
+    for stage in program.stages:
+        if getattr(stage, "noise_scale", None) is not None:
+            out["noise", stage.name] = torch.randn(sizes[stage.dst], device=x.device, dtype=x.dtype)  # (H, W)
+    return out
+
+
+def _embed(embedder: nn.Module, temb: torch.Tensor, b: int, dtype) -> torch.Tensor:
+    return embedder(timestep=temb, resolution=None, aspect_ratio=None, batch_size=b, hidden_dtype=dtype).view(b, -1)
 
 
 finish = kl.finish  # encode: the latent distribution's mode, or a sample as diffusers draws it

@@ -116,12 +116,13 @@ def _run(vae, op: str, x, args: tuple, kwargs: dict):
     the model's own method's return value when vaekit should not take the call."""
     state = vars(vae)[_MARK]
     why = _why_not(vae, x)
+    timestep, why = _timestep(vae, op, args, kwargs, why)
     if why is None:
         _pre_forward(vae)
         options = dict(state["options"])
         try:
             return api.run(vae, op, x, options.pop("budget"), stream=_tiling_requested(vae, state), strict=False,
-                           **options)
+                           video={"timestep": timestep} if timestep is not None else None, **options)
         except InputError as e:  # raised before any work: a size, a dtype, NaN/Inf or a model state it cannot take
             why = f"vaekit does not take this input ({e})"
         except UnsupportedModelError as e:  # before any work too: an op vaekit does not stream for this model
@@ -141,6 +142,19 @@ def _why_not(vae, x) -> str | None:
     if any(p.is_meta for p in vae.parameters()):
         return "the weights are on the meta device (accelerate offload hooks place them)"
     return None
+
+
+def _timestep(vae, op: str, args: tuple, kwargs: dict, why: str | None):
+    """A timestep-conditioned decoder's timestep (LTX's ``decode(z, temb, causal)``), and why the call
+    must go to the model's own method, if it must: ``causal=True`` for a decoder its config makes not
+    causal (the model runs ``causal or is_causal``)."""
+    if op != "decode" or type(vae).__name__ != "AutoencoderKLLTX2Video":
+        return None, why
+    timestep = args[0] if args else kwargs.get("temb")
+    causal = args[1] if len(args) > 1 else kwargs.get("causal")
+    if causal and not vae.decoder.is_causal and why is None:
+        why = "vaekit streams the decoder as its config has it (not causal), and this call asks for causal=True"
+    return timestep, why
 
 
 def _own_method(vae, op: str, x, args: tuple, kwargs: dict):

@@ -28,9 +28,10 @@ def causal_conv_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int
     halo = stage.halo
     c0, c1 = stage.conv_out_rows(r0, r1)  # the conv's output rows, before a pixel (un)shuffle
     a, b = max(c0 - halo, 0), min(c1 + halo, src_h)
-    x = normalize(read(stage.src, a, b), None, stage.norm, stage.act, w["norm"])  # (B*F, b-a, W, C)  src px
     cache = None if stage.cache is None else read(stage.cache, a, b)  # (B*T, b-a, W, C): the frames before
+    x = read(stage.src, a, b)  # (B*F, b-a, W, C)  src px
     n = cache.shape[0] // stage.cache_frames if cache is not None else samples or x.shape[0]  # videos
+    x = _prologue(stage, w, stats, x, n)
     past = stage.cache_frames if cache is not None else 0
     front, back = stage.pad_frames  # copies of the first and the last frame (no cache)
     frames, width, channels = x.shape[0] // n, x.shape[2], x.shape[3]
@@ -48,8 +49,22 @@ def causal_conv_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int
     _border(x5, halo, top, bottom, stage.border)
     tail = cache_tail(stage, x5, c0 - a + top, c1 - a + top)
     out = conv3d(stage, w, x5)  # (B, split*C_out, F', rows, W)
+    if stage.noise_scale is not None:  # LTX's decode noise: one (rows, W) map for every video, frame, channel
+        noise = stats[("noise", stage.name)][c0:c1]  # (rows, W)
+        out += (noise[None] * w["noise_scale"]["scale"].view(-1, 1, 1))[None, :, None]  # (1, C, 1, rows, W)
     out = _rearrange(stage, out, first)  # (B*F_out, rows, W, C_out)
     return activate(_residuals(stage, w, read, r0, r1, out, n), stage.post, inplace=True), tail
+
+
+def _prologue(stage: CausalConvStage, w: dict, stats: dict, x: torch.Tensor, n: int) -> torch.Tensor:
+    """act(norm(x)), or for a ``modulated`` stage act(norm(x) * (1 + scale) + shift) with the run's
+    per-video, per-channel (scale, shift) (LTX's timestep conditioning)."""
+    if not stage.modulated:
+        return normalize(x, None, stage.norm, stage.act, w["norm"])
+    scale, shift = stats[("modulation", stage.name)]  # (B, C) each
+    x = normalize(x, None, stage.norm, None, w["norm"]).unflatten(0, (n, -1))  # (B, F, rows, W, C)
+    x = x * (1 + scale[:, None, None, None]) + shift[:, None, None, None]
+    return activate(x.flatten(0, 1), stage.act, inplace=True)
 
 
 def _time_pad(stage: CausalConvStage, inner: torch.Tensor, front: int, back: int, frames: int) -> None:
