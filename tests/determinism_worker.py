@@ -19,12 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import vaekit  # noqa: E402
 from conftest import make_vae  # noqa: E402
+from test_ltx2 import make as make_ltx2  # noqa: E402
 from test_wan import make as make_wan  # noqa: E402
 
 #: latent sizes: the long profile's TAEF2 latents are big enough that its first tanh is split across
 #: threads (ATen's grain is 32768 values), where MKL's first-call race was (vector_math.py)
-SIZES = {"short": dict(taef2=(20, 28), sd=(11, 13), wan=(3, 7, 9)), "long": dict(taef2=(64, 64), sd=(24, 19),
-                                                                                   wan=(5, 12, 10))}
+SIZES = {"short": dict(taef2=(20, 28), sd=(11, 13), wan=(3, 7, 9), ltx2=(3, 5, 7)),
+         "long": dict(taef2=(64, 64), sd=(24, 19), wan=(5, 12, 10), ltx2=(3, 6, 7))}
 
 
 def jobs(profile: str) -> dict:
@@ -36,6 +37,8 @@ def jobs(profile: str) -> dict:
     z_sd = torch.randn(1, 4, *s["sd"], generator=g)
     img_sd = torch.rand(1, 3, 4 * s["sd"][0], 4 * s["sd"][1], generator=g) * 2 - 1
     z_wan = torch.randn(1, 4, *s["wan"], generator=g)
+    z_ltx2 = torch.randn(1, 8, *s["ltx2"], generator=g)
+    ltx2 = make_ltx2()
     return {
         "taef2-decode-8MiB": lambda r: vaekit.decode(taef2, z_taef2, "8MiB", report=r),
         "taef2-decode-whole": lambda r: vaekit.decode(taef2, z_taef2, report=r),
@@ -44,6 +47,7 @@ def jobs(profile: str) -> dict:
         "sd-decode-whole": lambda r: vaekit.decode(sd, z_sd, report=r),
         "sd-encode-1MiB": lambda r: vaekit.encode(sd, img_sd, "1MiB", report=r),
         "wan-decode-1MiB": lambda r: vaekit.decode(wan, z_wan, "1MiB", report=r),
+        "ltx2-decode-5MiB": lambda r: vaekit.decode(ltx2, z_ltx2, "5MiB", report=r),  # every frame, reflected rows
     }
 
 

@@ -393,6 +393,8 @@ class CausalConvStage(_SameSize):
         u, s = self.unshuffle, self.shuffle
         if h % u or w % u:
             raise ValueError(f"{self.name}: a {w}x{h} map cannot be pixel-unshuffled by {u}")
+        if self.border == "reflect" and min(h, w) <= self.halo:  # as torch's reflect padding refuses it
+            raise ValueError(f"{self.name}: a {w}x{h} map is too small to mirror {self.halo} rows and columns")
         return h * s // u, w * s // u
 
     def conv_out_rows(self, r0: int, r1: int) -> tuple[int, int]:
