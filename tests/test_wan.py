@@ -453,3 +453,45 @@ def test_cli_plans_a_video_from_its_config(wan, tmp_path, capsys):
     assert main(["plan", "--model", str(tmp_path / "vae"), "--size", "416x240", "--frames", "9", "--op", "encode",
                  "--budget", "64MiB"]) == 0
     assert "encode 1x3x9x240x416 -> 1x8x3x30x52" in capsys.readouterr().out
+
+
+def make_qwen21(seed: int = 0, **changes):
+    """Qwen-Image 2.1's VAE (AutoencoderKLQwenImage21): Wan 2.2's residual network on one frame, its convs
+    2-D, four channels in and out (its config's), a wider decoder than encoder."""
+    from diffusers import AutoencoderKLQwenImage21
+
+    torch.manual_seed(seed)
+    config = dict(base_dim=8, decoder_base_dim=12, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                  temperal_downsample=[False, True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+                  scale_factor_spatial=8)
+    vae = AutoencoderKLQwenImage21(**{**config, **changes}).eval()
+    with torch.no_grad():
+        for module in vae.modules():
+            if hasattr(module, "gamma"):
+                module.gamma.normal_(1.0, 0.2)
+    return vae
+
+
+@pytest.mark.parametrize("changes", [{}, {"patch_size": 2, "in_channels": 12, "out_channels": 12}],
+                         ids=["rgba", "patches"])
+def test_qwen_image_21_is_exact_at_every_budget(changes):
+    vae = make_qwen21(**changes)
+    f = 8 * changes.get("patch_size", 1)
+    z = torch.randn(2, 4, 1, 5, 7, generator=torch.Generator().manual_seed(3))  # two images, odd latent px
+    x = torch.rand(2, vae.config.in_channels // changes.get("patch_size", 1) ** 2, 1, 5 * f, 7 * f,
+                   generator=torch.Generator().manual_seed(4)) * 2 - 1
+    with torch.no_grad():
+        for op, inp, ref in (("decode", z, vae.decode(z).sample), ("encode", x, vae.encode(x).latent_dist.mode())):
+            program = program_for(vae, op)
+            low = smallest_budget(program, tuple(inp.shape), 4, first=True)
+            whole = vaekit.plan(vae, tuple(inp.shape), None, op=op).whole_peak_bytes
+            for name, budget in {"smallest": low, "mixed": (low + whole) // 2, "whole": whole}.items():
+                report = vaekit.RunReport()
+                out = (vaekit.decode if op == "decode" else vaekit.encode)(vae, inp, budget, report=report)
+                assert report.mode == ("whole" if name == "whole" else "stream"), (op, name)
+                assert out.shape == ref.shape and relative_error(out, ref) <= REL_TOL, (op, name)
+
+
+def test_qwen_image_21_takes_single_frames():
+    with pytest.raises(vaekit.errors.InputError, match="single frames"):
+        vaekit.decode(make_qwen21(), torch.randn(1, 4, 2, 5, 7))

@@ -21,7 +21,8 @@ OPS = ("decode", "encode")
 #: AutoencoderKLFlux2 is AutoencoderKL's encoder and decoder (its BatchNorm belongs to the pipeline)
 _FAMILIES: dict[str, ModuleType] = {"AutoencoderKL": kl, "AutoencoderKLFlux2": kl, "AutoencoderDC": dc,
                                      "AutoencoderKLHunyuanImage": hunyuan, "AutoencoderKLWan": wan,
-                                     "AutoencoderKLQwenImage": wan, "AutoencoderKLLTX2Video": ltx2,
+                                     "AutoencoderKLQwenImage": wan, "AutoencoderKLQwenImage21": wan,
+                                     "AutoencoderKLLTX2Video": ltx2,
                                      "AutoencoderTiny": tiny,
                                      "TinyAutoencoder": tiny}
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..errors import UnsupportedModelError
+from ..errors import InputError, UnsupportedModelError
 from ..program import AttentionStage, ConvAttention, ConvStage, KeyValueStage, Program, Shortcut
 from . import kl
 from .builder import ProgramBuilder
@@ -60,7 +60,7 @@ def _encoder(vae) -> Program:
     x = b.causal("conv_in", x, _causal(enc.conv_in))
     for i, block in enumerate(enc.down_blocks):
         kind = type(block).__name__
-        if kind == "WanResidualDownBlock":
+        if kind.endswith("ResidualDownBlock"):
             x = _residual_down(b, f"down.{i}", x, block)
         elif kind.endswith("ResidualBlock"):
             x = _resnet(b, f"down.{i}", x, block)
@@ -83,9 +83,10 @@ def _downsample(b: ProgramBuilder, name: str, x: str, resample: nn.Module, skip:
     pad, conv = resample.resample
     _require(tuple(pad.padding) == DOWNSAMPLE_PAD and conv.kernel_size == (3, 3) and conv.stride == (2, 2)
              and conv.padding == (0, 0), f"{name}: only zero pad + 3x3 stride-2 downsampling")
-    spatial = dict(skip=skip, shortcut=shortcut) if resample.mode == "downsample2d" else {}
+    time = resample.mode == "downsample3d" and not _single_frame(resample.time_conv)
+    spatial = {} if time else dict(skip=skip, shortcut=shortcut)
     x = b.add(ConvStage(f"{name}.resample", x, b.new_map(conv.out_channels), conv, pad=DOWNSAMPLE_PAD, **spatial))
-    if resample.mode == "downsample3d":
+    if time:
         x = b.causal(f"{name}.time_conv", x, _causal(resample.time_conv), time_stride=2, first="pass_keep",
                      skip=skip, shortcut=shortcut)
     return x
@@ -151,7 +152,7 @@ def _resnet(b: ProgramBuilder, name: str, x: str, resnet: nn.Module, keep_input:
             skip2: str | None = None) -> str:
     """``keep_input``: write a new map, not over x (a block shortcut reads x later); ``skip2``: add it too."""
     h = b.causal(f"{name}.conv1", x, _causal(resnet.conv1), norm=resnet.norm1, act="silu")
-    has_conv = isinstance(resnet.conv_shortcut, nn.Conv3d)
+    has_conv = not isinstance(resnet.conv_shortcut, nn.Identity)
     out = b.new_map(resnet.conv2.out_channels) if has_conv or keep_input else x  # else written over x
     shortcut = Shortcut(conv=_causal(resnet.conv_shortcut)) if has_conv else None
     return b.causal(f"{name}.conv2", h, _causal(resnet.conv2), dst=out, norm=resnet.norm2, act="silu", skip=x,
@@ -161,7 +162,8 @@ def _resnet(b: ProgramBuilder, name: str, x: str, resnet: nn.Module, keep_input:
 def _upsample(b: ProgramBuilder, name: str, x: str, resample: nn.Module, skip: str | None = None,
               shortcut: Shortcut | None = None) -> str:
     _require(resample.mode in ("upsample2d", "upsample3d"), f"{name}: resampling mode {resample.mode}")
-    if resample.mode == "upsample3d":  # two frames from each: a time conv to 2C, not on the first chunk
+    if resample.mode == "upsample3d" and not _single_frame(resample.time_conv):  # two frames from each: a time
+        # conv to 2C, not on the first chunk
         x = b.causal(f"{name}.time_conv", x, _causal(resample.time_conv), time_split=2, first="pass")
     conv = resample.resample[1]
     _require(isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.padding == (1, 1),
@@ -182,7 +184,13 @@ def _identity(channels: int) -> nn.Conv2d:
 
 def _causal(conv: nn.Module) -> nn.Module:
     """A WanCausalConv3d: time padding all before (causal), 'same' zero padding in space; or the
-    encoder's stride-2 time conv, unpadded (its chunks bring the frame before)."""
+    encoder's stride-2 time conv, unpadded (its chunks bring the frame before). Qwen-Image 2.1's convs
+    are its 2-D specialization (one frame): a 3-D conv of one time tap over the same weights."""
+    if _single_frame(conv):
+        kh, kw = conv.kernel_size
+        _require(kh == kw and kh % 2 == 1 and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+                 and tuple(conv._padding) == (kh // 2,) * 4, f"only 'same' padded 2-D convs, got {conv.kernel_size}")
+        return _OneTap(conv)
     kt, kh, kw = conv.kernel_size
     pad, st = getattr(conv, "_padding", None), conv.stride[0]
     time_pad = kt - 1 if st == 1 else 0
@@ -192,6 +200,23 @@ def _causal(conv: nn.Module) -> nn.Module:
     return conv
 
 
+def _single_frame(conv: nn.Module) -> bool:
+    """Qwen-Image 2.1's convs: 2-D, on a video of one frame."""
+    return isinstance(conv, nn.Conv2d)
+
+
+class _OneTap(nn.Module):
+    """A 2-D conv seen as the 3-D conv of one time tap that program.CausalConvStage runs: its weights
+    with a time axis of 1 (a view, no copy)."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride, self.dilation, self.groups = (1, *conv.kernel_size), (1, 1, 1), (1, 1, 1), 1
+        self.weight = nn.Parameter(conv.weight.detach().unsqueeze(2), requires_grad=False)  # (C_out, C_in, 1, k, k)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach(), requires_grad=False)
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise UnsupportedModelError(f"AutoencoderKLWan: {message}")
@@ -199,7 +224,10 @@ def _require(condition: bool, message: str) -> None:
 
 def chunk_frames(vae, op: str, frames: int) -> list[int]:
     """Frames per chunk, as diffusers runs them: one latent frame at a time; encoding, the first frame
-    alone, then four at a time (frames past the last whole four are not encoded, as in diffusers)."""
+    alone, then four at a time (frames past the last whole four are not encoded, as in diffusers).
+    Qwen-Image 2.1's VAE takes one frame (its convs are 2-D)."""
+    if frames != 1 and _single_frame(vae.decoder.conv_in):
+        raise InputError(f"a {type(vae).__name__} takes single frames, (B, C, 1, H, W): got {frames} frames")
     return [1] * frames if op == "decode" else [1] + [4] * ((frames - 1) // 4)
 
 

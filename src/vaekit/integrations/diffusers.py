@@ -190,7 +190,8 @@ def _encoder_output(vae, out: torch.Tensor):
     """What the model's own encode returns, with ``out`` (the program's output) inside."""
     name = type(vae).__name__
     if name in ("AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderKLHunyuanImage", "AutoencoderKLWan",
-                "AutoencoderKLQwenImage", "AutoencoderKLLTX2Video"):
+                "AutoencoderKLQwenImage", "AutoencoderKLQwenImage21",
+                "AutoencoderKLLTX2Video"):
         from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 

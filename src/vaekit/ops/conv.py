@@ -61,7 +61,7 @@ def apply_shortcut(skip: torch.Tensor, shortcut: Shortcut | None, weights: dict 
         return skip
     if shortcut.time_unshuffle != 1:  # (B*T, C, ...) -> (B*T/f, C*f, ...), frames in front to whole groups
         f = shortcut.time_unshuffle
-        video = skip.unflatten(0, (samples, -1))  # (B, T, C, rows, W)
+        video = skip.unflatten(0, (samples or skip.shape[0], -1))  # (B, T, C, rows, W); unsaid: one frame each
         if shortcut.time_front == "first":  # LTX: the video's first f - 1 frames again
             video = torch.cat([video[:, : f - 1], video], dim=1)
         else:  # Wan 2.2: zero frames
