@@ -234,10 +234,15 @@ def _chunk_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str],
         inner = shapes[stage.kv][3] // 2
         kv_rows = kv_rows or src_h
         tokens_q, tokens_k = rows * src_w, kv_rows * src_w
+        masked = stage.frames is not None  # across frames: per video, every frame's queries and keys, and a mask
+        if masked:
+            f = b // (samples or 1)
+            b, tokens_q, tokens_k = b // f, tokens_q * f, tokens_k * f
         total = read_buffer(stage.src, rows) + b * tokens_q * c_in * temp  # residual, normalized
+        total += tokens_q * tokens_k if masked else 0  # the boolean mask
         total += b * tokens_q * inner * (itemsize * 3 + 4 * 2)  # q, attention out, projection; fp32 q, acc
         total += read_buffer(stage.kv, kv_rows) + b * tokens_k * 2 * inner * 4  # K, V (and fp32 copies)
-        if kv_rows >= src_h:  # one scaled_dot_product_attention: a fused kernel, scores a key block at a time
+        if kv_rows >= src_h and not masked:  # one scaled_dot_product_attention: fused, scores a key block at a time
             total += b * tokens_q * min(tokens_k, SDPA_KEY_BLOCK) * 4
         else:  # the online softmax holds scores and their exp for a block of keys, fp32
             total += 2 * b * tokens_q * tokens_k * 4

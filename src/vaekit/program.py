@@ -221,7 +221,9 @@ class KeyValueStage(_SameSize):
 @dataclass(frozen=True, eq=False)
 class AttentionStage(_SameSize):
     """Pass two of exact attention: queries of a band of rows against all keys (in key blocks with
-    an online softmax when they do not fit), output projection, residual add over ``src``."""
+    an online softmax when they do not fit), output projection, residual add over ``src``. In a video,
+    each frame's tokens attend within the frame, or (``frames`` "causal", HunyuanVideo 1.5) to the
+    tokens of their frame and of every frame before it."""
 
     name: str
     src: str
@@ -229,6 +231,7 @@ class AttentionStage(_SameSize):
     dst: str
     attn: nn.Module | ConvAttention  # diffusers Attention
     stats_groups: int | None = None
+    frames: str | None = None  # "causal": over every frame's tokens, each frame seeing itself and those before
 
     @property
     def reads(self) -> tuple[str, ...]:
@@ -308,6 +311,9 @@ class CausalConvStage(_SameSize):
     video's first f - 1 (LTX's upsamplers). ``shuffle``/``unshuffle``: a pixel (un)shuffle after that,
     channels in ``order``. ``repeat_last``: the last channel repeated that many more times (LTX's
     encoder: one log-variance for every latent channel).
+    ``packing`` "up"/"down" rearranges instead as HunyuanVideo 1.5's resamplers do (DC-AE's, over frames:
+    channels (t, row, column, c), a video's first frame by space alone) and adds the source rearranged
+    the same way as the residual (ops/packing.py); the (un)shuffle fields still give the output's shape.
     A timestep-conditioned decoder (LTX) gives a stage ``modulated``: its norm's output is scaled and
     shifted per video and channel, by values made once per call from the timestep (the run's state
     ``("modulation", name)``); ``noise_scale``: a map of noise (rows, W), drawn once per call as
@@ -340,6 +346,7 @@ class CausalConvStage(_SameSize):
     unshuffle: int = 1
     order: str = "channel"
     repeat_last: int = 0
+    packing: str | None = None  # "up"/"down": HunyuanVideo 1.5's resamplers (ops/packing.py), skip = src
     modulated: bool = False  # x * (1 + scale) + shift after the norm, per video and channel (LTX's timestep)
     noise_scale: nn.Parameter | None = None  # + noise (rows, W) * this (C,) on the conv output (LTX's decode noise)
 
@@ -355,7 +362,7 @@ class CausalConvStage(_SameSize):
     def pad_frames(self) -> tuple[int, int]:
         """Copies of the first and of the last frame the conv's input gets (time_pad "first"/"edges"),
         the frames that a time unshuffle puts in front included."""
-        front = self.time_unshuffle - 1
+        front = 0 if self.packing else self.time_unshuffle - 1  # LTX's downsamplers' frames in front
         if self.time_pad == "first":
             return front + self.time_kernel - 1, 0
         if self.time_pad == "edges":
@@ -408,7 +415,9 @@ class CausalConvStage(_SameSize):
         if name in (self.src, self.cache):
             c0, c1 = self.conv_out_rows(r0, r1)
             spans.append((max(c0 - self.halo, 0), min(c1 + self.halo, src_hw[0])))
-        if name == self.skip:
+        if name == self.skip and self.packing:  # the residual is the source, rearranged as the conv's output
+            spans.append(self.conv_out_rows(r0, r1))
+        elif name == self.skip:
             spans.append(self.shortcut.skip_rows(r0, r1) if self.shortcut else (r0, r1))
         if name == self.skip2:
             spans.append((r0, r1))

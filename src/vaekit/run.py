@@ -83,6 +83,7 @@ class _Run:
         self.kernels = {**_KERNELS, **compiled_kernels} if compiled else dict(_KERNELS)
         self.eager = dict(_KERNELS)  # a band recomputed in float32 (upcast)
         self.first = first
+        self.samples = x.shape[0] if x.dim() == 5 else None  # the videos of a chunk of frames
         if x.dim() == 5:  # a chunk of frames: the causal convs are told the videos in it, and if it is the first
             for kernels in (self.kernels, self.eager):
                 kernels[CausalConvStage] = functools.partial(_video_chunk, kernels[CausalConvStage], x.shape[0], first)
@@ -157,7 +158,8 @@ class _Run:
             try:
                 if BEFORE_CHUNK is not None:
                     BEFORE_CHUNK()
-                band = _compute(stage, weights, self.read, self.stats, r0, r1, src_h, dst_h, kv_rows, self.kernels)
+                band = _compute(stage, weights, self.read, self.stats, r0, r1, src_h, dst_h, kv_rows, self.kernels,
+                                self.samples)
                 band, tail = band if isinstance(band, tuple) else (band, None)  # a causal conv's new cache rows
             except Exception as e:  # only out-of-memory is handled; anything else goes up as it is
                 if not is_oom(e):
@@ -195,7 +197,7 @@ class _Run:
         and the weights to go on with."""
         dtype, self.dtype = self.dtype, torch.float32
         band = _compute(stage, stage_weights(stage, self.device, torch.float32), self.read, self.stats, r0, r1,
-                        src_h, dst_h, kv_rows, self.eager)
+                        src_h, dst_h, kv_rows, self.eager, self.samples)
         band = band[0] if isinstance(band, tuple) else band
         if not bool(torch.isfinite(band).all()):
             raise PrecisionError(f"stage {stage.name} overflows even in float32 (rows {r0}-{r1}): the input "
@@ -229,9 +231,9 @@ def _video_chunk(kernel, samples: int, first: bool, stage: CausalConvStage, *arg
     return kernel(stage, *args, samples=samples, first=first)
 
 
-def _compute(stage, weights, read, stats, r0, r1, src_h, dst_h, kv_rows, kernels=None):
+def _compute(stage, weights, read, stats, r0, r1, src_h, dst_h, kv_rows, kernels=None, samples=None):
     if isinstance(stage, AttentionStage):
-        return attention_band(stage, weights, read, stats, r0, r1, src_h, dst_h, kv_rows)
+        return attention_band(stage, weights, read, stats, r0, r1, src_h, dst_h, kv_rows, samples)
     return (kernels or _KERNELS)[type(stage)](stage, weights, read, stats, r0, r1, src_h, dst_h)
 
 

@@ -12,7 +12,7 @@ from types import ModuleType
 
 from ..errors import UnsupportedModelError
 from ..program import Program
-from . import dc, hunyuan, kl, ltx2, tiny, wan
+from . import dc, hunyuan, hunyuan15, kl, ltx2, tiny, wan
 
 __all__ = ["family", "program_for", "check_state", "scale_factor", "temporal_factor", "latent_channels", "OPS"]
 
@@ -22,7 +22,7 @@ OPS = ("decode", "encode")
 _FAMILIES: dict[str, ModuleType] = {"AutoencoderKL": kl, "AutoencoderKLFlux2": kl, "AutoencoderDC": dc,
                                      "AutoencoderKLHunyuanImage": hunyuan, "AutoencoderKLWan": wan,
                                      "AutoencoderKLQwenImage": wan, "AutoencoderKLQwenImage21": wan,
-                                     "AutoencoderKLLTX2Video": ltx2,
+                                     "AutoencoderKLLTX2Video": ltx2, "AutoencoderKLHunyuanVideo15": hunyuan15,
                                      "AutoencoderTiny": tiny,
                                      "TinyAutoencoder": tiny}
 

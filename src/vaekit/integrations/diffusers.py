@@ -191,7 +191,7 @@ def _encoder_output(vae, out: torch.Tensor):
     name = type(vae).__name__
     if name in ("AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderKLHunyuanImage", "AutoencoderKLWan",
                 "AutoencoderKLQwenImage", "AutoencoderKLQwenImage21",
-                "AutoencoderKLLTX2Video"):
+                "AutoencoderKLLTX2Video", "AutoencoderKLHunyuanVideo15"):
         from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 

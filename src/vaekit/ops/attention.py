@@ -1,4 +1,4 @@
-"""Exact single-image self-attention (the VAE mid-block), streamed.
+"""Exact self-attention (the VAE mid-block; in a video, per frame or across frames), streamed.
 
 Pass one writes K and V of every token into one map. Pass two takes queries a band of rows at a
 time; when all keys fit, it is one ``scaled_dot_product_attention`` call; otherwise keys come in
@@ -24,19 +24,24 @@ def kv_band(stage: KeyValueStage, w: dict, read, stats: dict, r0: int, r1: int, 
 
 
 def attention_band(stage: AttentionStage, w: dict, read, stats: dict, r0: int, r1: int, src_h: int, dst_h: int,
-                   kv_rows: int | None = None) -> torch.Tensor:
-    """Attention output plus residual for query rows [r0, r1): (B, rows, W, C)."""
+                   kv_rows: int | None = None, samples: int | None = None) -> torch.Tensor:
+    """Attention output plus residual for query rows [r0, r1): (B, rows, W, C). ``samples``: the videos
+    of a band of frames (B * F in the batch), for attention across frames."""
     attn = stage.attn
     residual = read(stage.src, r0, r1)  # (B, rows, W, C)  latent px
     b, rows, width, c = residual.shape
     x = normalize(residual, stats.get(stage.src), attn.group_norm, None, w["norm"])
     q = _heads(F.linear(x, w["to_q"]["weight"], w["to_q"].get("bias")), attn.heads)  # (B, heads, rows*W, d)
+    frames = None if stage.frames is None else _Frames(b // samples, rows * width)
+    q = q if frames is None else frames.join(q)  # (B, heads, F*rows*W, d): every frame's tokens
     kv_rows = kv_rows or src_h
     if kv_rows >= src_h:
-        k, v = _split_kv(read(stage.kv, 0, src_h), attn.heads)
-        out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+        k, v = _split_kv(read(stage.kv, 0, src_h), attn.heads, frames)
+        mask = None if frames is None else frames.mask(src_h * width, q.device)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale)
     else:
-        out = _online_softmax(q, stage.kv, read, src_h, kv_rows, attn.heads, attn.scale)
+        out = _online_softmax(q, stage.kv, read, src_h, kv_rows, attn.heads, attn.scale, frames, width)
+    out = out if frames is None else frames.split(out)  # (B*F, heads, rows*W, d)
     out = out.transpose(1, 2).reshape(b, rows, width, -1)  # (B, rows, W, inner)
     out = F.linear(out.to(residual.dtype), w["to_out"]["weight"], w["to_out"].get("bias"))
     out = out + residual
@@ -50,20 +55,48 @@ def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     return t.reshape(b, rows * width, heads, inner // heads).transpose(1, 2)  # (B, heads, tokens, d)
 
 
-def _split_kv(kv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _split_kv(kv: torch.Tensor, heads: int, frames=None) -> tuple[torch.Tensor, torch.Tensor]:
     inner = kv.shape[-1] // 2
-    return _heads(kv[..., :inner], heads), _heads(kv[..., inner:], heads)
+    k, v = _heads(kv[..., :inner], heads), _heads(kv[..., inner:], heads)
+    return (k, v) if frames is None else (frames.join(k), frames.join(v))
 
 
-def _online_softmax(q, kv_map: str, read, src_h: int, kv_rows: int, heads: int, scale: float) -> torch.Tensor:
-    """softmax(q K^T * scale) V over key blocks, in fp32, with a running max and sum per query."""
+class _Frames:
+    """Tokens of a band of ``f`` frames per video, ``per_frame`` query tokens each, joined into one
+    sequence per video (frame-major), with the causal mask across frames."""
+
+    def __init__(self, f: int, per_frame: int):
+        self.f, self.per_frame = f, per_frame
+
+    def join(self, t: torch.Tensor) -> torch.Tensor:
+        """(B*F, heads, T, d) -> (B, heads, F*T, d)."""
+        return t.unflatten(0, (-1, self.f)).transpose(1, 2).flatten(2, 3)
+
+    def split(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, heads, F*T, d) -> (B*F, heads, T, d)."""
+        return t.unflatten(2, (self.f, -1)).transpose(1, 2).flatten(0, 1)
+
+    def mask(self, keys_per_frame: int, device) -> torch.Tensor:
+        """(F*T_q, F*T_k) booleans: a query sees the keys of its frame and of the frames before."""
+        q = torch.arange(self.f, device=device).repeat_interleave(self.per_frame)
+        k = torch.arange(self.f, device=device).repeat_interleave(keys_per_frame)
+        return k[None, :] <= q[:, None]
+
+
+def _online_softmax(q, kv_map: str, read, src_h: int, kv_rows: int, heads: int, scale: float, frames=None,
+                    width: int = 0) -> torch.Tensor:
+    """softmax(q K^T * scale) V over key blocks, in fp32, with a running max and sum per query. Across
+    frames, a query's first frame's keys are in every block: no row of a block is wholly masked."""
     q = q.float() * scale
     running_max = torch.full(q.shape[:-1], float("-inf"), device=q.device)  # (B, heads, Nq)
     running_sum = torch.zeros_like(running_max)
     acc = torch.zeros(*q.shape[:-1], q.shape[-1], device=q.device)  # (B, heads, Nq, d)
     for k0 in range(0, src_h, kv_rows):
-        k, v = _split_kv(read(kv_map, k0, min(k0 + kv_rows, src_h)), heads)
+        k1 = min(k0 + kv_rows, src_h)
+        k, v = _split_kv(read(kv_map, k0, k1), heads, frames)
         scores = q @ k.float().transpose(-1, -2)  # (B, heads, Nq, Nk)
+        if frames is not None:
+            scores.masked_fill_(~frames.mask((k1 - k0) * width, q.device), float("-inf"))
         new_max = torch.maximum(running_max, scores.amax(dim=-1))
         correction = torch.exp(running_max - new_max)
         scores.sub_(new_max.unsqueeze(-1)).exp_()

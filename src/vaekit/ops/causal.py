@@ -15,6 +15,7 @@ from ..program import CausalConvStage
 from .act import activate
 from .conv import apply_shortcut, pixel_shuffle, pixel_unshuffle
 from .norm import normalize
+from .packing import pack_output, pack_residual
 
 __all__ = ["causal_conv_band", "slice_channels", "WEIGHT_SLICE_BYTES"]
 
@@ -71,7 +72,7 @@ def _time_pad(stage: CausalConvStage, inner: torch.Tensor, front: int, back: int
     """Copies of the first frame in the ``front`` frames of the conv's input (B, C, T, rows, W), and of
     the last in the ``back`` ones. A time unshuffle's frames in front are the video's own first f - 1,
     the frames before them copies of its first (LTX's causal padding of that sequence)."""
-    lead = stage.time_unshuffle - 1  # the video's first frames, before the copies
+    lead = 0 if stage.packing else stage.time_unshuffle - 1  # the video's first frames, before the copies (LTX)
     if lead:
         inner[:, :, front - lead : front] = inner[:, :, front : front + lead]
     if front - lead:
@@ -83,6 +84,8 @@ def _time_pad(stage: CausalConvStage, inner: torch.Tensor, front: int, back: int
 def _rearrange(stage: CausalConvStage, out: torch.Tensor, first: bool) -> torch.Tensor:
     """The conv's output (B, C, F', rows, W) as the stage's NHWC frames (B*F_out, rows, W, C_out):
     frames split from or folded into channels, pixels (un)shuffled, the last channel repeated."""
+    if stage.packing:  # HunyuanVideo 1.5's resamplers
+        return pack_output(stage, out)
     if stage.time_split != 1:  # (split, c): frames side by side in the channels (Wan's temporal upsampler)
         out = out.unflatten(1, (stage.time_split, -1)).permute(0, 3, 1, 4, 5, 2)  # (B, F', split, rows, W, C)
     elif stage.time_unshuffle != 1:  # (c, t): groups of f frames into channels
@@ -165,6 +168,8 @@ def shortcut_band(stage: CausalConvStage, w: dict, read, r0: int, r1: int, out_n
     without a skip."""
     if stage.skip is None:
         return None
+    if stage.packing:  # the source's rows behind the output's, rearranged as the conv's output
+        return pack_residual(stage, read(stage.skip, *stage.conv_out_rows(r0, r1)), samples)
     s0, s1 = stage.shortcut.skip_rows(r0, r1) if stage.shortcut else (r0, r1)
     skip = read(stage.skip, s0, s1).permute(0, 3, 1, 2)  # (B*F, C_skip, skip rows, W_skip)
     return apply_shortcut(skip, stage.shortcut, w.get("shortcut"), out_n, samples).permute(0, 2, 3, 1)
@@ -184,6 +189,16 @@ def _border(x5: torch.Tensor, halo: int, top: int, bottom: int, mode: str) -> No
     """Fill the spatial padding of the conv input (B, C, T, rows', W'): ``halo`` columns each side,
     ``top``/``bottom`` rows, with zeros or (``mode`` "reflect") the rows and columns mirrored about the
     border, as F.pad's reflect mode (rows first, then columns over every row: corners as it makes them)."""
+    if mode == "replicate":  # the edge row and column repeated
+        rows, width = x5.shape[3], x5.shape[4]
+        if top:
+            x5[:, :, :, :top] = x5[:, :, :, top : top + 1]
+        if bottom:
+            x5[:, :, :, rows - bottom :] = x5[:, :, :, rows - bottom - 1 : rows - bottom]
+        if halo:
+            x5[..., :halo] = x5[..., halo : halo + 1]
+            x5[..., width - halo :] = x5[..., width - halo - 1 : width - halo]
+        return
     if mode == "zeros":
         if halo:
             x5[..., :halo].zero_()
