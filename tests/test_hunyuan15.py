@@ -127,3 +127,32 @@ def test_attention_across_frames_in_key_blocks(hv15, kv_rows):
         bands = [attention_band(query, w, read, {}, r0, min(r0 + 2, 5), 5, 5, kv_rows, samples=1) for r0 in (0, 2, 4)]
     out = torch.cat(bands, dim=1).unflatten(0, (1, 3)).permute(0, 4, 1, 2, 3)
     assert relative_error(out, ref) <= REL_TOL
+
+
+def test_hunyuan_video15_pipeline_is_the_same_under_apply(hv15):
+    """HunyuanVideo15Pipeline around the small VAE, a tiny transformer (diffusers' own test sizes) and
+    no text encoders: the test passes both prompt embeddings as they would make them."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideo15Pipeline, HunyuanVideo15Transformer3DModel
+    from diffusers.guiders import ClassifierFreeGuidance
+
+    torch.manual_seed(0)
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=2 * 8 + 1, out_channels=8, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+        num_refiner_layers=1, mlp_ratio=2.0, patch_size=1, patch_size_t=1, text_embed_dim=16, text_embed_2_dim=32,
+        image_embed_dim=12, rope_axes_dim=(2, 2, 4), target_size=16, task_type="t2v")
+    pipe = HunyuanVideo15Pipeline(text_encoder=None, tokenizer=None, transformer=transformer, vae=hv15,
+                                  scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=None,
+                                  tokenizer_2=None, guider=ClassifierFreeGuidance(guidance_scale=1.0))
+    g = torch.Generator().manual_seed(0)
+    kw = dict(prompt_embeds=torch.randn(1, 6, 16, generator=g), prompt_embeds_mask=torch.ones(1, 6),
+              prompt_embeds_2=torch.randn(1, 4, 32, generator=g), prompt_embeds_mask_2=torch.ones(1, 4),
+              num_inference_steps=2, height=40, width=56, num_frames=9, output_type="pt")
+    ref = pipe(**kw, generator=torch.Generator().manual_seed(1)).frames
+    report = vaekit.RunReport()
+    vaekit.apply(pipe, budgets(hv15, (1, 8, 3, 5, 7))["smallest"], report=report)
+    try:
+        out = pipe(**kw, generator=torch.Generator().manual_seed(1)).frames
+    finally:
+        vaekit.unapply(pipe)
+    assert report.mode == "stream" and out.shape == ref.shape == (1, 9, 3, 40, 56)
+    assert relative_error(out, ref) <= REL_TOL
