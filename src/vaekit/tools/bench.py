@@ -2,11 +2,12 @@
 
 Models: ``sd`` (the SD-architecture AutoencoderKL, 512² and 1024²), ``sana`` (Sana's DC-AE
 f32c32 AutoencoderDC, 2048²), ``wan`` (the Wan 2.1 video VAE, its real config: 9 frames of
-240x416, sizes written FRAMESxHEIGHTxWIDTH) and ``ltx2`` (LTX-2's video VAE, its real config: 17
-frames of 256x384). For every size: diffusers untiled (the reference), diffusers ``enable_tiling()``
-(its default tiles: 512 px for DC-AE; for LTX-2 160 px at a stride of 128, or it would not tile
-256x384 at all), and vaekit at several budgets. Reports seconds, peak RSS growth over the RSS after
-loading, max abs error and PSNR against untiled; writes ``bench[-MODEL].json``, ``.md`` and ``.png``.
+240x416, sizes written FRAMESxHEIGHTxWIDTH), ``ltx2`` (LTX-2's video VAE, its real config: 17
+frames of 256x384) and ``hunyuan15`` (HunyuanVideo 1.5's, its real config, the same size). For every
+size: diffusers untiled (the reference), diffusers ``enable_tiling()`` (its default tiles: 512 px
+for DC-AE; for LTX-2 160 px at a stride of 128, or it would not tile 256x384 at all), and vaekit at
+several budgets. Reports seconds, peak RSS growth over the RSS after loading, max abs error and PSNR
+against untiled; writes ``bench[-MODEL].json``, ``.md`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ MODELS = {
     "sana": ((2048,), ("diffusers-untiled", "diffusers-tiling", "vaekit:1GiB", "vaekit:3GiB")),
     "wan": (("9x240x416",), ("diffusers-untiled", "diffusers-tiling", "vaekit:256MiB", "vaekit:512MiB")),
     "ltx2": (("17x256x384",), ("diffusers-untiled", "diffusers-tiling", "vaekit:64MiB", "vaekit:96MiB", "vaekit:128MiB")),
+    "hunyuan15": (("17x256x384",), ("diffusers-untiled", "diffusers-tiling", "vaekit:128MiB", "vaekit:256MiB")),
 }
 #: LTX-2's tiles for diffusers-tiling: its defaults (512 px) would not tile 256x384 at all
 LTX2_TILES = dict(tile_sample_min_height=160, tile_sample_min_width=160, tile_sample_stride_height=128,
@@ -58,8 +60,8 @@ def _worker(model: str, method: str, size: int, ref_path: Path) -> dict:
     from vaekit.models import sana_dc, sd_vae
 
     torch.set_num_threads(THREADS)
-    if model in ("wan", "ltx2"):
-        vae, z, warm = _wan(size) if model == "wan" else _ltx2(size)
+    if model in VIDEO_MODELS:
+        vae, z, warm = VIDEO_MODELS[model](size)
     else:
         vae = sd_vae(seed=0) if model == "sd" else sana_dc(seed=0)
         n = size // scale_factor(vae)
@@ -125,6 +127,23 @@ def _ltx2(size: str):
     warm = torch.randn(1, vae.config.latent_channels, 1, 2, 2)
     return vae, torch.randn(*shape, generator=torch.Generator().manual_seed(1)), warm
 
+
+def _hunyuan15(size: str):
+    """The HunyuanVideo 1.5 VAE (diffusers' defaults are its config; seeded weights) and latents for
+    FRAMESxHEIGHTxWIDTH."""
+    import torch
+    from diffusers import AutoencoderKLHunyuanVideo15
+
+    frames, height, width = (int(v) for v in size.split("x"))
+    torch.manual_seed(0)
+    vae = AutoencoderKLHunyuanVideo15().eval()
+    ratio, t_ratio = vae.spatial_compression_ratio, vae.temporal_compression_ratio
+    shape = (1, vae.config.latent_channels, 1 + (frames - 1) // t_ratio, height // ratio, width // ratio)
+    warm = torch.randn(1, vae.config.latent_channels, 1, 2, 2)
+    return vae, torch.randn(*shape, generator=torch.Generator().manual_seed(1)), warm
+
+
+VIDEO_MODELS = {"wan": _wan, "ltx2": _ltx2, "hunyuan15": _hunyuan15}
 
 COMPILE_SIZES = (256, 384, 320, 448)
 COMPILE_BUDGET = "256MiB"
@@ -275,7 +294,8 @@ def run_benchmark(model: str, sizes, methods, out_dir: Path) -> list[dict]:
 
 
 MODEL_NAMES = {"sd": "SD VAE (AutoencoderKL)", "sana": "Sana DC-AE f32c32 (AutoencoderDC)",
-               "wan": "Wan 2.1 VAE (AutoencoderKLWan)", "ltx2": "LTX-2 video VAE (AutoencoderKLLTX2Video)"}
+               "wan": "Wan 2.1 VAE (AutoencoderKLWan)", "ltx2": "LTX-2 video VAE (AutoencoderKLLTX2Video)",
+               "hunyuan15": "HunyuanVideo 1.5 VAE (AutoencoderKLHunyuanVideo15)"}
 
 
 def _add_ratios(rows: list[dict]) -> None:
