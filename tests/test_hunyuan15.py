@@ -156,3 +156,12 @@ def test_hunyuan_video15_pipeline_is_the_same_under_apply(hv15):
         vaekit.unapply(pipe)
     assert report.mode == "stream" and out.shape == ref.shape == (1, 9, 3, 40, 56)
     assert relative_error(out, ref) <= REL_TOL
+
+
+def test_compile_runs_these_stages_eagerly_and_exactly(hv15):
+    """compile=True: the compiled graphs are Wan's kinds; HunyuanVideo 1.5's and LTX-2's stages run
+    eagerly under it, with the same pixels."""
+    with torch.no_grad():
+        ref = hv15.decode(Z).sample
+        out = vaekit.decode(hv15, Z, budgets(hv15, tuple(Z.shape))["mixed"], compile=True)
+    assert relative_error(out, ref) <= REL_TOL
