@@ -1,9 +1,11 @@
-"""One band of a CausalConvStage: a causal 3-D conv over a chunk of frames, with the frames before it
-taken from the stage's time cache.
+"""One band of a CausalConvStage: a 3-D conv over a chunk of frames, with the frames before it taken
+from the stage's time cache (Wan) or made by copying the first (and last) frame (LTX-2, HunyuanVideo
+1.5, whose one chunk is the whole video); then its output rearranged as the model's resamplers do.
 
 Maps hold frames in the batch dimension: a band is (B * F, rows, W, C), each sample's F frames
 consecutive; the cache band is (B * T, rows, W, C) with T = cache_frames. The sequence the conv sees
-is [cache ; band] along time, as diffusers' feat_cache concatenation makes it.
+is [cache ; band] along time, as diffusers' feat_cache concatenation makes it, or [copies ; band ;
+copies], as the whole-video models pad it.
 """
 
 from __future__ import annotations
