@@ -3,10 +3,11 @@
 Python blocks run in order, one namespace per page (as a doctest session would), in a folder holding
 what the examples name: small seeded models of the real classes saved with ``save_pretrained``
 (``./sd-vae``, ``./wan-vae``, ``./ltx2-vae``, ``./hunyuan15-vae``, ``./sd-pipeline`` with a tokenizer and
-text encoder), ``latents.pt`` and a photograph. A block titled like a file (```` ```python title="decode.py" ````) is written to that file,
-and a ``torchrun ... decode.py`` line of the page runs it with 2 gloo ranks. Shell lines are checked
-against what they call: ``vaekit ...`` (and ``torchrun ... -m vaekit ...``) must parse with the CLI's
-parsers, ``make X`` must be a Makefile target.
+text encoder), ``latents.pt`` and a photograph. A block titled like a file
+(```` ```python title="decode.py" ````) is written to that file, and a ``torchrun ... decode.py`` line
+of the page runs it with 2 gloo ranks. Shell lines are checked against what they call: ``vaekit ...``
+(and ``torchrun ... -m vaekit ...``) must parse with the CLI's parsers, ``make X`` must be a Makefile
+target.
 """
 
 from __future__ import annotations
