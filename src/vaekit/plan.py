@@ -209,7 +209,8 @@ def _chunk_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str],
         total += 2 * weight[0].numel() * step * itemsize  # the backend's copies of the weights (a slice of them)
         total += n_out * rows * dst_w * c_out * itemsize * step // weight.shape[0] if step < weight.shape[0] else 0
         if stage.skip is not None:
-            total += read_buffer(stage.skip, rows) + (n_out * rows * dst_w * c_out * itemsize if stage.shortcut else 0)
+            made = stage.shortcut is not None or stage.packing is not None  # a residual computed from the skip
+            total += read_buffer(stage.skip, rows) + (n_out * rows * dst_w * c_out * itemsize if made else 0)
         return total
 
     if isinstance(stage, ConvStage):
