@@ -210,7 +210,8 @@ def _chunk_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str],
         total += n_out * rows * dst_w * c_out * itemsize * step // weight.shape[0] if step < weight.shape[0] else 0
         if stage.skip is not None:
             made = stage.shortcut is not None or stage.packing is not None  # a residual computed from the skip
-            total += read_buffer(stage.skip, rows) + (n_out * rows * dst_w * c_out * itemsize if made else 0)
+            skip_rows = c1 - c0 if stage.packing else rows  # the packing residual reads the source's rows
+            total += read_buffer(stage.skip, skip_rows) + (n_out * rows * dst_w * c_out * itemsize if made else 0)
         return total
 
     if isinstance(stage, ConvStage):
