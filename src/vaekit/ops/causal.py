@@ -42,8 +42,8 @@ def causal_conv_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int
     # The conv's input: [cache ; frames] in time, padded in space, (B, C, T+F, rows', W') channels_last_3d:
     # in memory (B, T+F, rows', W', C), the frames' own NHWC order, so filling it and reading the output
     # (B, C, F', rows, W), NHWC frames too, are block copies and views, not transposes.
-    x5 = torch.empty(n, channels, past + front + frames + back, b - a + top + bottom, width + 2 * halo,
-                     dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
+    shape5 = (n, channels, past + front + frames + back, b - a + top + bottom, width + 2 * halo)
+    x5 = torch.empty(shape5, dtype=x.dtype, device=x.device, memory_format=conv_layout(shape5, w["conv"]["weight"]))
     inner = x5[:, :, :, top : top + b - a, halo : halo + width]
     inner[:, :, past + front : past + front + frames] = x.unflatten(0, (n, frames)).permute(0, 4, 1, 2, 3)
     if cache is not None:
@@ -57,6 +57,15 @@ def causal_conv_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int
         out += (noise[None] * w["noise_scale"]["scale"].view(-1, 1, 1))[None, :, None]  # (1, C, 1, rows, W)
     out = _rearrange(stage, out, first)  # (B*F_out, rows, W, C_out)
     return activate(_residuals(stage, w, read, r0, r1, out, n), stage.post, inplace=True), tail
+
+
+def conv_layout(shape5, weight: torch.Tensor) -> torch.memory_format:
+    """The memory format of a band's conv input: channels-last-3d (the frames' own NHWC order: filling it
+    and reading the output are block copies), unless the weights outweigh the band. oneDNN then copies
+    the weights into the input's layout on every call; with a plain (NCDHW) input it reorders them only
+    as the untiled model's call does (LTX-2's latent-resolution convs: 1.0 s of 12.4 s in copies at 96 MiB)."""
+    band = shape5[0] * shape5[1] * shape5[2] * shape5[3] * shape5[4]
+    return torch.channels_last_3d if band >= weight.numel() else torch.contiguous_format
 
 
 def _prologue(stage: CausalConvStage, w: dict, stats: dict, x: torch.Tensor, n: int) -> torch.Tensor:
@@ -142,7 +151,7 @@ def conv3d(stage: CausalConvStage, w: dict, x5: torch.Tensor) -> torch.Tensor:
         part = _conv3d(stage, x5, weight[c0 : c0 + step], None if bias is None else bias[c0 : c0 + step])
         if out is None:
             out = torch.empty((part.shape[0], weight.shape[0], *part.shape[2:]), dtype=part.dtype, device=part.device,
-                              memory_format=torch.channels_last_3d)
+                              memory_format=conv_layout(x5.shape, weight))
         out[:, c0 : c0 + step] = part
         del part
     return out
