@@ -22,7 +22,8 @@ import vaekit
 from vaekit import api
 
 CLASSES = ("AutoencoderKL", "AutoencoderDC", "AutoencoderTiny", "AutoencoderKLFlux2", "AutoencoderKLHunyuanImage",
-           "AutoencoderKLWan", "AutoencoderKLQwenImage")
+           "AutoencoderKLWan", "AutoencoderKLQwenImage", "AutoencoderKLQwenImage21", "AutoencoderKLLTX2Video",
+           "AutoencoderKLHunyuanVideo15")
 counts = {"streamed": 0, "own": 0}
 
 
