@@ -1,7 +1,6 @@
 """diffusers' own model tests for AutoencoderKL, AutoencoderDC, AutoencoderTiny, AutoencoderKLWan and
-AutoencoderKLLTX2Video, run twice in
-fresh processes: as they are, and with every VAE under ``vaekit.apply`` streaming (the
-``apply_everywhere`` plugin). The same tests must pass both ways.
+AutoencoderKLLTX2Video, run twice in fresh processes: as they are, and with every VAE under
+``vaekit.apply`` streaming (the ``apply_everywhere`` plugin). The same tests must pass both ways.
 
 diffusers' tests are not in its wheel: set VAEKIT_DIFFUSERS to a diffusers checkout (its ``tests/``
 needs ``accelerate`` and ``parameterized`` installed besides). Without it the test is skipped.
