@@ -120,13 +120,13 @@ def _run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=No
          dist: bool = False, strict: bool = True, video: dict | None = None):
     program = program_for(vae, op)
     check_state(vae)
+    if (video or {}).get("timestep") is not None and getattr(family(vae), "conditioning", None) is None:
+        raise InputError(f"a {type(vae).__name__} takes no timestep: leave timestep=None")
     if is_video(vae):
         return run_video_call(vae, program, op, x, budget, device=device, report=report, scratch_dir=scratch_dir,
                           stream=stream, strict=strict, out=out, progress=progress, dist=dist, compile=compile,
                           **(video or {}))
     what = "latents" if op == "decode" else "images"
-    if (video or {}).get("timestep") is not None:
-        raise InputError(f"a {type(vae).__name__} takes no timestep: leave timestep=None")
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
     check_shape(program, vae, tuple(x.shape), op)

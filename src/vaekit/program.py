@@ -359,10 +359,16 @@ class CausalConvStage(_SameSize):
         return self.time_kernel - self.time_stride
 
     @property
+    def lead_frames(self) -> int:
+        """The video's own first frames a time unshuffle puts in front of the conv's input (LTX's
+        downsamplers: f - 1); HunyuanVideo 1.5's packing puts none."""
+        return 0 if self.packing else self.time_unshuffle - 1
+
+    @property
     def pad_frames(self) -> tuple[int, int]:
-        """Copies of the first and of the last frame the conv's input gets (time_pad "first"/"edges"),
-        the frames that a time unshuffle puts in front included."""
-        front = 0 if self.packing else self.time_unshuffle - 1  # LTX's downsamplers' frames in front
+        """Frames the conv's input gets before and after the video's own: the lead frames, then copies
+        of the first and of the last frame (time_pad "first"/"edges")."""
+        front = self.lead_frames
         if self.time_pad == "first":
             return front + self.time_kernel - 1, 0
         if self.time_pad == "edges":

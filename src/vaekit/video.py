@@ -62,17 +62,17 @@ def run_video_call(vae, program: Program, op: str, x, budget, *, device, report,
         check_video_sink(out, out_shape)  # on every rank, before any rank opens it
     sink = None if out is None or rank > 0 else open_video_sink(out, out_shape, fps or MP4_FPS, crf or MP4_CRF)
     inp = x.to(device=compute, dtype=model_dtype(vae))
-    call = {} if timestep is None else {"timestep": timestep}
+    call = {} if timestep is None else {"timestep": timestep}  # api.run refused it for a model that takes none
     conditioning = getattr(family(vae), "conditioning", None)
-    if call and conditioning is None:
-        raise InputError(f"a {type(vae).__name__} takes no timestep: leave timestep=None")
     try:
         with torch.no_grad():
-            rng = _rng_state(compute)  # the model's own call draws its decode noise from the global generator
+            # the model's own call draws its decode noise (LTX-2) from the global generator
+            rng = None if conditioning is None else _rng_state(compute)
             result = run_whole(vae, op, inp, report, **call) if rest.mode == "whole" else None
             if result is None:
                 if rest.mode == "whole":  # it ran out of memory: stream, drawing the noise it would have drawn
-                    _set_rng_state(compute, rng)
+                    if rng is not None:
+                        _set_rng_state(compute, rng)
                     first, rest = plans(stream=True)
                     planning.hold(first, rest)
                 planning.check_disk(rest, scratch_dir, None)

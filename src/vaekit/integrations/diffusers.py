@@ -28,6 +28,7 @@ import weakref
 import torch
 
 from .. import api
+from ..arch import family, kl
 from ..errors import InputError, UnsupportedModelError
 
 __all__ = ["apply", "unapply", "is_applied"]
@@ -189,9 +190,7 @@ def _say_once(state: dict, key: str, message: str, level: int = logging.INFO) ->
 def _encoder_output(vae, out: torch.Tensor):
     """What the model's own encode returns, with ``out`` (the program's output) inside."""
     name = type(vae).__name__
-    if name in ("AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderKLHunyuanImage", "AutoencoderKLWan",
-                "AutoencoderKLQwenImage", "AutoencoderKLQwenImage21",
-                "AutoencoderKLLTX2Video", "AutoencoderKLHunyuanVideo15"):
+    if family(vae).finish is kl.finish:  # the program's output is the moments (mean | logvar)
         from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 

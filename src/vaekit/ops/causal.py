@@ -10,6 +10,8 @@ copies], as the whole-video models pad it.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -64,8 +66,7 @@ def conv_layout(shape5, weight: torch.Tensor) -> torch.memory_format:
     and reading the output are block copies), unless the weights outweigh the band. oneDNN then copies
     the weights into the input's layout on every call; with a plain (NCDHW) input it reorders them only
     as the untiled model's call does (LTX-2's latent-resolution convs: 1.0 s of 12.4 s in copies at 96 MiB)."""
-    band = shape5[0] * shape5[1] * shape5[2] * shape5[3] * shape5[4]
-    return torch.channels_last_3d if band >= weight.numel() else torch.contiguous_format
+    return torch.channels_last_3d if math.prod(shape5) >= weight.numel() else torch.contiguous_format
 
 
 def _prologue(stage: CausalConvStage, w: dict, stats: dict, x: torch.Tensor, n: int) -> torch.Tensor:
@@ -83,7 +84,7 @@ def _time_pad(stage: CausalConvStage, inner: torch.Tensor, front: int, back: int
     """Copies of the first frame in the ``front`` frames of the conv's input (B, C, T, rows, W), and of
     the last in the ``back`` ones. A time unshuffle's frames in front are the video's own first f - 1,
     the frames before them copies of its first (LTX's causal padding of that sequence)."""
-    lead = 0 if stage.packing else stage.time_unshuffle - 1  # the video's first frames, before the copies (LTX)
+    lead = stage.lead_frames  # the video's first frames, just before its own (LTX)
     if lead:
         inner[:, :, front - lead : front] = inner[:, :, front : front + lead]
     if front - lead:
@@ -198,8 +199,9 @@ def _residuals(stage: CausalConvStage, w: dict, read, r0: int, r1: int, out: tor
 
 def _border(x5: torch.Tensor, halo: int, top: int, bottom: int, mode: str) -> None:
     """Fill the spatial padding of the conv input (B, C, T, rows', W'): ``halo`` columns each side,
-    ``top``/``bottom`` rows, with zeros or (``mode`` "reflect") the rows and columns mirrored about the
-    border, as F.pad's reflect mode (rows first, then columns over every row: corners as it makes them)."""
+    ``top``/``bottom`` rows, as F.pad's ``mode`` fills them: zeros, the edge row and column repeated
+    ("replicate"), or the rows and columns mirrored about the border ("reflect"; rows first, then columns
+    over every row: corners as F.pad makes them)."""
     if mode == "replicate":  # the edge row and column repeated
         rows, width = x5.shape[3], x5.shape[4]
         if top:
