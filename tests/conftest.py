@@ -61,6 +61,25 @@ def budgets_for(vae, shape, op: str = "decode", compiled: bool = False) -> dict[
     return {"smallest": low, "mixed": (low + plan.whole_peak_bytes) // 2, "whole": plan.whole_peak_bytes}
 
 
+def whole_video_budgets(vae, shape, op: str = "decode") -> dict[str, int]:
+    """budgets_for of a model whose one chunk is the whole video (LTX-2, HunyuanVideo 1.5): smallest (every
+    map on disk, one row and one key row per chunk), mixed, and whole (never below the smallest)."""
+    import vaekit
+    from vaekit.plan import smallest_budget
+
+    low = smallest_budget(vaekit.arch.program_for(vae, op), shape, 4, first=True)
+    whole = max(vaekit.plan(vae, shape, budget=None, op=op).whole_peak_bytes, low)
+    return {"smallest": low, "mixed": (low + whole) // 2, "whole": whole}
+
+
+def zero_borders(monkeypatch) -> None:
+    """A mutation: every causal conv band padded with zeros at the border, whatever its mode says."""
+    from vaekit.ops import causal
+
+    border = causal._border
+    monkeypatch.setattr(causal, "_border", lambda x5, halo, top, bottom, mode: border(x5, halo, top, bottom, "zeros"))
+
+
 def assert_exact_at_every_budget(vae, x: torch.Tensor, ref: torch.Tensor, op: str = "decode", label=None) -> None:
     """decode/encode ``x`` at each of ``budgets_for``'s budgets: each plans the mode its name says,
     and gives ``ref`` (the untiled result) within REL_TOL, in its shape and dtype."""

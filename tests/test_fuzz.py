@@ -16,12 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vaekit
-from conftest import REL_TOL, budgets_for, make_vae, relative_error
+from conftest import REL_TOL, budgets_for, make_vae, relative_error, whole_video_budgets
 from test_dc import make_dc
 from test_flux2 import make_flux2
 from test_hunyuan import make_hunyuan
 from test_hunyuan15 import make as make_hunyuan15
-from test_ltx2 import budgets as ltx2_budgets
 from test_ltx2 import make as make_ltx2
 from test_tiny import TINY_CONFIG
 from test_wan import budgets as video_budgets
@@ -88,7 +87,7 @@ def test_streamed_equals_untiled_and_float64(name, op, batch, h, w, frames, wher
     x = _input(vae, op, batch, h, w, frames, seed)
     shape = tuple(x.shape)
     if name in ("ltx2", "hunyuan15"):  # the whole video is one chunk
-        low_high = ltx2_budgets(vae, shape, op)
+        low_high = whole_video_budgets(vae, shape, op)
     else:
         low_high = video_budgets(vae, shape, op) if x.dim() == 5 else budgets_for(vae, shape, op, compiled=compile)
     low = low_high["smallest"]

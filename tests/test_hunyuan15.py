@@ -8,10 +8,10 @@ import torch
 from diffusers import AutoencoderKLHunyuanVideo15
 
 import vaekit
-from conftest import REL_TOL, relative_error
+from conftest import REL_TOL, relative_error, zero_borders
+from conftest import whole_video_budgets as budgets
 from vaekit.arch import program_for
 from vaekit.errors import InputError
-from vaekit.plan import smallest_budget
 
 #: HunyuanVideo 1.5's structure (two temporal and three spatial resamplings, an attention in the mid
 #: block), narrow
@@ -27,13 +27,6 @@ def make(seed: int = 0, **changes):
             if hasattr(module, "gamma"):
                 module.gamma.normal_(1.0, 0.2)
     return vae
-
-
-def budgets(vae, shape, op: str = "decode") -> dict[str, int]:
-    """Smallest (every map on disk, one row and one key row per chunk), mixed, and whole."""
-    low = smallest_budget(program_for(vae, op), shape, 4, first=True)
-    whole = vaekit.plan(vae, shape, budget=None, op=op).whole_peak_bytes
-    return {"smallest": low, "mixed": (low + max(whole, low)) // 2, "whole": max(whole, low)}
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +54,14 @@ def test_exact_at_every_budget(hv15, op):
 def test_the_causal_attention_and_the_border_matter(hv15, monkeypatch, mutation):
     """Attention within each frame only, or zero rows at the border instead of repeated ones, are far
     off: the exactness test above would catch either."""
-    from vaekit.ops import attention, causal
+    from vaekit.ops import attention
 
     if mutation == "attention within each frame":
         monkeypatch.setattr(attention._Frames, "mask", lambda self, keys, device: (
             torch.arange(self.f, device=device).repeat_interleave(keys)[None, :]
             == torch.arange(self.f, device=device).repeat_interleave(self.per_frame)[:, None]))
     else:
-        border = causal._border
-        monkeypatch.setattr(causal, "_border", lambda x5, halo, top, bottom, mode: border(x5, halo, top, bottom, "zeros"))
+        zero_borders(monkeypatch)
     with torch.no_grad():
         ref = hv15.decode(Z).sample
         out = vaekit.decode(hv15, Z, budgets(hv15, tuple(Z.shape))["smallest"])

@@ -7,10 +7,9 @@ import torch
 from diffusers import AutoencoderKLLTX2Video
 
 import vaekit
-from conftest import REL_TOL, relative_error
-from vaekit.arch import program_for
+from conftest import REL_TOL, relative_error, zero_borders
+from conftest import whole_video_budgets as budgets
 from vaekit.errors import InputError
-from vaekit.plan import smallest_budget
 
 #: LTX-2's structure (spatial, temporal, then two spatiotemporal downsamplers; three residual 2x2x2
 #: upsamplers; a reflect-padded decoder that is not causal), narrow, with 2x2 patches
@@ -33,13 +32,6 @@ LTX23 = {**LTX2, "decoder_block_out_channels": (16, 32, 32, 64), "decoder_layers
 def make(config=LTX2, seed: int = 0, **changes):
     torch.manual_seed(seed)
     return AutoencoderKLLTX2Video(**{**config, **changes}).eval()
-
-
-def budgets(vae, shape, op: str = "decode") -> dict[str, int]:
-    """Smallest (every map on disk, one row per chunk), mixed, and whole."""
-    low = smallest_budget(program_for(vae, op), shape, 4, first=True)
-    whole = vaekit.plan(vae, shape, budget=None, op=op).whole_peak_bytes
-    return {"smallest": low, "mixed": (low + whole) // 2, "whole": whole}
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +96,7 @@ def test_the_time_padding_and_the_border_matter(ltx2, monkeypatch, mutation):
         monkeypatch.setattr(causal, "_time_pad", lambda stage, inner, front, back, frames: (
             inner[:, :, :front].zero_(), inner[:, :, front + frames :].zero_()))
     else:
-        border = causal._border
-        monkeypatch.setattr(causal, "_border", lambda x5, halo, top, bottom, mode: border(x5, halo, top, bottom, "zeros"))
+        zero_borders(monkeypatch)
     with torch.no_grad():
         ref = ltx2.decode(Z).sample
         out = vaekit.decode(ltx2, Z, budgets(ltx2, tuple(Z.shape))["smallest"])
