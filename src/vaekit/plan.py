@@ -26,6 +26,8 @@ from .program import (
     LinearKVStage,
     LinearQueryStage,
     Program,
+    TokenBlockStage,
+    TokenKVStage,
 )
 from .units import format_bytes
 
@@ -249,6 +251,11 @@ def _chunk_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str],
         else:  # the online softmax holds scores and their exp for a block of keys, fp32
             total += 2 * b * tokens_q * tokens_k * 4
         return total
+    if isinstance(stage, TokenKVStage):  # normed (fp32 and back), K normed in fp32 and rotated, V, both joined
+        tokens, inner = b * rows * src_w, c_out // 2
+        return read_buffer(stage.src, rows) + tokens * (c_in * (8 + itemsize) + inner * (8 + 6 * itemsize))
+    if isinstance(stage, TokenBlockStage):
+        return _token_block_bytes(stage, shapes, itemsize, rows, read_buffer, kv_rows, samples)
     if isinstance(stage, GLUStage):
         hidden = stage.block.conv_point.in_channels
         halo_rows = min(rows + 2 * stage.halo, src_h)
@@ -272,6 +279,27 @@ def _chunk_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str],
     raise TypeError(f"unknown stage {stage!r}")
 
 
+def _token_block_bytes(stage: TokenBlockStage, shapes, itemsize: int, rows: int, read_buffer, kv_rows: int | None,
+                       samples: int | None) -> int:
+    """A band of a ViT block: its queries against a block of keys, then the FFN on the band's tokens."""
+    b, src_h, src_w, c = shapes[stage.src]
+    inner, heads = shapes[stage.kv][3] // 2, stage.block.attn.heads
+    hidden = stage.block.ff.net[2].in_features
+    kv_rows = kv_rows or src_h
+    videos = samples or 1
+    tokens_q, tokens_k = b * rows * src_w, b * kv_rows * src_w  # over all videos
+    total = read_buffer(stage.src, rows) + tokens_q * c * (8 + itemsize)  # x, normed in fp32 and back
+    total += tokens_q * inner * (8 + 6 * itemsize)  # q: projected, normed in fp32, rotated
+    total += read_buffer(stage.kv, kv_rows)
+    if kv_rows >= src_h:  # one call: the keys and values joined with the registers', scores a key block at a time
+        total += 2 * tokens_k * inner * itemsize + tokens_q * heads * min(tokens_k // videos, SDPA_KEY_BLOCK) * 4
+    else:  # the online softmax: fp32 q, accumulator, keys and values; scores and their exp for a block
+        total += tokens_q * inner * 8 + 2 * tokens_k * inner * 4 + 2 * tokens_q * heads * (tokens_k // videos) * 4
+    total += tokens_q * inner * itemsize * 2  # attention out, heads merged
+    total += tokens_q * c * (8 + 4 * itemsize)  # projection, residual, normed (fp32 and back)
+    return total + tokens_q * hidden * 4 * itemsize  # FFN: projected (2 hidden), gate's silu, product
+
+
 def whole_bytes(program: Program, shapes, itemsize: int) -> int:
     """Peak of the untiled forward (the model's own modules): a few full maps alive per layer."""
     peak = 0
@@ -285,7 +313,10 @@ def whole_bytes(program: Program, shapes, itemsize: int) -> int:
         elif isinstance(stage, AttentionStage):
             peak = max(peak, 6 * src)  # residual, normalized, q, k, v, out (flash-style SDPA keeps no scores)
         elif isinstance(stage, GLUStage):
-            peak = max(peak, 14 * src)  # x, the 8x expansion and its depthwise output, the gated half, out
+            peak = max(peak, 14 * src)
+        elif isinstance(stage, TokenBlockStage):  # x, q, k, v, rotated copies; the FFN's 4x expansion, twice, gated
+            hidden = stage.block.ff.net[2].in_features // shapes[stage.src][3]
+            peak = max(peak, (8 + 5 * hidden) * src)  # x, the 8x expansion and its depthwise output, the gated half, out
         elif isinstance(stage, LinearKVStage | LinearQueryStage):
             peak = max(peak, 2 * src + 6 * src * (1 + len(stage.attn.to_qkv_multiscale)))  # qkv, scales, fp32
         elif isinstance(stage, CausalConvStage):  # input, normalized, [cache; input] padded; output, unfolded
@@ -381,7 +412,7 @@ def plan_stage(stage, shapes, itemsize: int, tiers, resident: int, budget: int,
     if height == 0:  # a rank with no rows of this stage
         return StagePlan(stage.name, 0, step, None, 0, resident)
     kv_options = [None]
-    if isinstance(stage, AttentionStage):
+    if isinstance(stage, AttentionStage | TokenBlockStage):
         kv_options = [height]
         while kv_options[-1] > 1:
             kv_options.append(math.ceil(kv_options[-1] / 2))
@@ -472,7 +503,7 @@ def smallest_budget(program: Program, in_shape, itemsize: int, lower: str = "dis
     need = 0
     resident = _resident_bytes(program, shapes, itemsize, tiers)
     for i, stage in enumerate(program.stages):
-        kv = 1 if isinstance(stage, AttentionStage) else None
+        kv = 1 if isinstance(stage, AttentionStage | TokenBlockStage) else None
         work = working_bytes(stage, shapes, itemsize, row_step(stage, compiled), tiers, kv, in_shape[0])
         need = max(need, resident[i] + work)
     return need

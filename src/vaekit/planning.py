@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from . import inflight
-from .arch import family
+from .arch import clips_of, family
 from .checks import check_shape, model_dtype
 from .errors import BudgetError
 from .plan import HOST_SHARE, Plan, make_plan
@@ -54,7 +54,8 @@ def plan_video(program: Program, vae, shape, budget, op: str, device: torch.devi
     from .sinks import video_writer_bytes
 
     shape = check_shape(program, vae, shape, op)
-    chunks = family(vae).chunk_frames(vae, op, shape[2])
+    clips = clips_of(vae, op, shape[2])  # a model's own clips (MiniMax H3): each is planned as the video
+    chunks = family(vae).chunk_frames(vae, op, shape[2] if clips is None else clips.length)
     limit = limit_of(budget)
     limit = limit if limit is not None else (free_share(device) if device.type != "meta" else None)
     kw = dict(host_budget=host_budget, share=share, force_stream=limit is not None or compiled,  # no limit: whole
@@ -66,7 +67,7 @@ def plan_video(program: Program, vae, shape, budget, op: str, device: torch.devi
     first = plan_image(program, vae, (*shape[:2], chunks[0], *shape[3:]), budget, op, device, dtype, first=True, **kw)
     rest = first if len(chunks) == 1 else plan_image(program, vae, (*shape[:2], max(chunks), *shape[3:]), budget, op,
                                                      device, dtype, **kw)  # one chunk (LTX): the first is all
-    frames = first.out_shape[2] + (len(chunks) - 1) * rest.out_shape[2]
+    frames = first.out_shape[2] + (len(chunks) - 1) * rest.out_shape[2] if clips is None else clips.frames
     out_shape = (*rest.out_shape[:2], frames, *rest.out_shape[3:])  # (B, C, F, H, W)
     itemsize = torch.empty((), dtype=dtype or model_dtype(vae)).element_size()
     whole = rest.whole_peak_bytes + 2 * math.prod(out_shape) * itemsize

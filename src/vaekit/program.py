@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 __all__ = ["MapSpec", "Shortcut", "ConvAttention", "SHUFFLE_ORDERS", "ConvStage", "KeyValueStage", "AttentionStage",
-           "GLUStage", "LinearKVStage", "LinearQueryStage", "CausalConvStage", "Program", "Stage", "ACTIVATIONS",
-           "TIME_PADS"]
+           "GLUStage", "LinearKVStage", "LinearQueryStage", "CausalConvStage", "TokenKVStage", "TokenBlockStage",
+           "Registers", "Program", "Stage", "ACTIVATIONS", "TIME_PADS"]
 
 #: element-wise functions a stage may apply before its conv (``act``) or after its skip add (``post``)
 ACTIVATIONS = (
@@ -243,6 +243,57 @@ class AttentionStage(_SameSize):
 
 
 @dataclass(frozen=True, eq=False)
+class TokenKVStage(_SameSize):
+    """Pass one of a ViT decoder's block (MiniMax H3): every token (a latent voxel) RMS-normed,
+    projected to keys and values, the keys normed per head and rotated by the token's (frame, row,
+    column) position (``rope``); K and V side by side in ``dst``."""
+
+    name: str
+    src: str
+    dst: str
+    block: nn.Module  # the transformer block: norm1, attn (to_q/to_k/to_v, norm_q/norm_k, to_out)
+    rope: nn.Module  # the 3-axis rotary embedding (its inv_freq)
+    stats_groups: None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Registers:
+    """Tokens a ViT appends after the image's (MiniMax H3: learned registers and one zero token), all
+    at position 0: they attend and are attended to in every block. They are the run's state, not a
+    map: a block stage reads them from ``("registers", state_in)`` (the initial ones when None) and
+    leaves the block's output at ``("registers", name)``."""
+
+    tokens: nn.Parameter  # (1, R, dim)
+    zeros: int = 1  # zero tokens after them
+
+
+@dataclass(frozen=True, eq=False)
+class TokenBlockStage(_SameSize):
+    """Pass two of a ViT block, for a band of query tokens: attention over the keys of every token of
+    the video (all its frames, in key blocks with an online softmax when they do not fit) and of the
+    registers, x + attn * scale1, then x + FFN(norm2(x)) * scale2; written over ``src``. At the stage's
+    end the registers go through the same block (run._Run.stage)."""
+
+    name: str
+    src: str
+    kv: str
+    dst: str
+    block: nn.Module
+    rope: nn.Module
+    registers: Registers
+    state_in: str | None = None  # the stage whose registers this one reads (None: the initial ones)
+    stats_groups: None = None
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return (self.src, self.kv)
+
+    def rows_read(self, name: str, r0: int, r1: int, src_hw: tuple[int, int]) -> tuple[int, int]:
+        """Queries read their own rows; every band of queries reads all keys and values."""
+        return (0, src_hw[0]) if name == self.kv else (r0, r1)
+
+
+@dataclass(frozen=True, eq=False)
 class GLUStage(_SameSize):
     """DC-AE's GLUMBConv, one band: 1x1 expand + SiLU, depthwise 3x3, gate, 1x1, RMSNorm, + src."""
 
@@ -435,7 +486,8 @@ class CausalConvStage(_SameSize):
 TIME_PADS = ("cache", "first", "edges")
 
 
-Stage = ConvStage | KeyValueStage | AttentionStage | GLUStage | LinearKVStage | LinearQueryStage | CausalConvStage
+Stage = (ConvStage | KeyValueStage | AttentionStage | GLUStage | LinearKVStage | LinearQueryStage | CausalConvStage
+         | TokenKVStage | TokenBlockStage)
 
 
 @dataclass(frozen=True)

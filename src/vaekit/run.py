@@ -20,6 +20,7 @@ from .ops.conv import conv_band
 from .ops.glu import glu_band
 from .ops.linear_attention import linear_kv_band, linear_query_band
 from .ops.norm import GroupStats
+from .ops.vit import token_block_band, token_kv_band, token_registers, vit_weights
 from .plan import Plan
 from .program import (
     AttentionStage,
@@ -30,6 +31,8 @@ from .program import (
     LinearKVStage,
     LinearQueryStage,
     Program,
+    TokenBlockStage,
+    TokenKVStage,
 )
 from .recovery import Event, Ladder, RunReport, free_caches, is_oom
 from .store import Store
@@ -183,6 +186,9 @@ class _Run:
             if on_rows is not None:
                 on_rows((r1 - first) * dst_h // (end - first), dst_h)  # this rank's share, scaled to the stage
             r0 = r1
+        if isinstance(stage, TokenBlockStage):  # the registers through the block, once every band has read them
+            registers = token_registers(stage, weights, self.read, self.stats, src_h, kv_rows, self.samples)
+            return {("registers", stage.name): registers}
         if self.peers is not None:
             if stage.dst is None:
                 return {stage.state: self.peers.sum_state(total)}
@@ -234,6 +240,10 @@ def _video_chunk(kernel, samples: int, first: bool, stage: CausalConvStage, *arg
 def _compute(stage, weights, read, stats, r0, r1, src_h, dst_h, kv_rows, kernels=None, samples=None):
     if isinstance(stage, AttentionStage):
         return attention_band(stage, weights, read, stats, r0, r1, src_h, dst_h, kv_rows, samples)
+    if isinstance(stage, TokenBlockStage):
+        return token_block_band(stage, weights, read, stats, r0, r1, src_h, dst_h, kv_rows, samples)
+    if isinstance(stage, TokenKVStage):
+        return token_kv_band(stage, weights, read, stats, r0, r1, src_h, dst_h, samples)
     return (kernels or _KERNELS)[type(stage)](stage, weights, read, stats, r0, r1, src_h, dst_h)
 
 
@@ -261,6 +271,8 @@ def stage_weights(stage, device, dtype) -> dict[str, dict[str, torch.Tensor]]:
             return {"conv": params(stage.conv), "norm": params(stage.norm), "shortcut": shortcut, "noise_scale": noise}
         return {"conv": _as_2d(params(stage.conv)), "norm": params(stage.norm), "out_norm": params(stage.out_norm),
                 "shortcut": shortcut}
+    if isinstance(stage, TokenKVStage | TokenBlockStage):
+        return vit_weights(stage, device, dtype)
     if isinstance(stage, GLUStage):
         block = stage.block
         return {"inverted": _as_linear(params(block.conv_inverted)), "depth": params(block.conv_depth),

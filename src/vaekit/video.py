@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from . import planning
-from .arch import family
+from .arch import clips_of, family
 from .checks import check_shape, check_values, compute_device, model_dtype, rank_device, same_device
+from .clips import Assembler
 from .dist import peers_for, world
 from .errors import InputError, PrecisionError
 from .precision import check_dtype
@@ -44,7 +45,8 @@ def run_video_call(vae, program: Program, op: str, x, budget, *, device, report,
     compute = compute_device(vae, rank_device(device) if ranks > 1 else device)
     check_dtype(model_dtype(vae), compute)
     report = report if report is not None else RunReport()
-    chunks = family(vae).chunk_frames(vae, op, shape[2])
+    clips = clips_of(vae, op, shape[2])  # a model's own clips (MiniMax H3), else the video as one run
+    chunks = family(vae).chunk_frames(vae, op, shape[2] if clips is None else clips.length)
     elsewhere = not same_device(next(vae.parameters()).device, compute)
     plans = functools.partial(planning.plan_video, program, vae, shape, budget, op, compute, out=out, compiled=compile)
     first, rest = plans(stream=stream or elsewhere or ranks > 1)
@@ -64,33 +66,60 @@ def run_video_call(vae, program: Program, op: str, x, budget, *, device, report,
     inp = x.to(device=compute, dtype=model_dtype(vae))
     call = {} if timestep is None else {"timestep": timestep}  # api.run refused it for a model that takes none
     conditioning = getattr(family(vae), "conditioning", None)
+    runs = 1 if clips is None else len(clips.starts)  # videos run: the video, or the model's own clips of it
+    result = None
     try:
         with torch.no_grad():
             # the model's own call draws its decode noise (LTX-2) from the global generator
             rng = None if conditioning is None else _rng_state(compute)
-            result = run_whole(vae, op, inp, report, **call) if rest.mode == "whole" else None
-            if result is None:
-                if rest.mode == "whole":  # it ran out of memory: stream, drawing the noise it would have drawn
-                    if rng is not None:
+            conditions = None
+
+            def emit(f0: int, y: torch.Tensor) -> None:
+                nonlocal result
+                if out is None:
+                    if result is None:
+                        result = torch.empty(out_shape, dtype=inp.dtype, device=compute)
+                    result[:, :, f0 : f0 + y.shape[2]] = y
+                elif sink is not None:  # rank 0's: every rank has the chunk's frames (dist.share_output)
+                    sink.write_frames(f0, y.permute(0, 2, 3, 4, 1))  # (B, F', H, W, C)
+
+            def run_one(video: torch.Tensor, give, k: int, callback) -> torch.Tensor | None:
+                """The model's own call while the plan says it fits (its output returned; None if it ran
+                out of memory), else streamed chunk by chunk into ``give``."""
+                nonlocal first, rest, conditions
+                if rest.mode == "whole":
+                    got = run_whole(vae, op, video, report, **call)
+                    if got is not None:
+                        return got
+                    if rng is not None:  # it ran out of memory: stream, drawing the noise it would have drawn
                         _set_rng_state(compute, rng)
                     first, rest = plans(stream=True)
                     planning.hold(first, rest)
-                planning.check_disk(rest, scratch_dir, None)
-                conditions = {} if conditioning is None else conditioning(vae, program, op, inp, **call)
-                if out is None:
-                    result = torch.empty(out_shape, dtype=inp.dtype, device=compute)
+                if conditions is None:
+                    planning.check_disk(rest, scratch_dir, None)
+                    conditions = {} if conditioning is None else conditioning(vae, program, op, inp, **call)
+                stages = len(program.stages) * len(chunks)
 
-                def emit(f0: int, y: torch.Tensor) -> None:
-                    if out is None:
-                        result[:, :, f0 : f0 + y.shape[2]] = y
-                    elif sink is not None:  # rank 0's: every rank has the chunk's frames (dist.share_output)
-                        sink.write_frames(f0, y.permute(0, 2, 3, 4, 1))  # (B, F', H, W, C)
+                def told(i: int, done: int, total: int) -> None:  # counted over every run's chunks
+                    callback(k * stages + i, done, total)
 
-                every = types.SimpleNamespace(op=op, stages=first.stages + rest.stages * (len(chunks) - 1))
-                with progress_callback(progress, every) as callback:
-                    run_video(program, (first, rest), inp, chunks, emit, scratch_dir=scratch_dir, report=report,
-                              progress=callback if rank == 0 or callable(progress) else None, peers=peers,
-                              compiled=compile, conditions=conditions)
+                run_video(program, (first, rest), video, chunks, give, scratch_dir=scratch_dir, report=report,
+                          progress=told if callback is not None and (rank == 0 or callable(progress)) else None,
+                          peers=peers, compiled=compile, conditions=conditions)
+                return None
+
+            every = types.SimpleNamespace(op=op, stages=(first.stages + rest.stages * (len(chunks) - 1)) * runs)
+            with progress_callback(progress, every) as callback:
+                if clips is None:
+                    got = run_one(inp, emit, 0, callback)
+                    result = got if got is not None else result
+                else:  # each clip a video of its own, its frames where the model puts them
+                    assembler = Assembler(clips, emit)
+                    for k, video in enumerate(clips.windows(inp)):
+                        frames = []
+                        got = run_one(video, lambda f0, y, frames=frames: frames.append(y), k, callback)
+                        assembler.add(got if got is not None else torch.cat(frames, dim=2))
+                    assembler.close()
         if sink is not None:
             result = sink.close()
         if peers is not None and out is not None:  # rank 0 wrote the file: it is in place on every rank's return
@@ -106,7 +135,6 @@ def run_video_call(vae, program: Program, op: str, x, budget, *, device, report,
     if strict and not bool(torch.isfinite(result).all()):
         raise PrecisionError(f"the {op} produced NaN or Inf from finite {what} in {result.dtype}")
     return result.to(x.device)
-
 
 
 def _rng_state(device: torch.device):

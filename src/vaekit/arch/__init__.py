@@ -12,9 +12,10 @@ from types import ModuleType
 
 from ..errors import UnsupportedModelError
 from ..program import Program
-from . import dc, hunyuan, hunyuan15, kl, ltx2, tiny, wan
+from . import dc, hunyuan, hunyuan15, kl, ltx2, minimax, tiny, wan
 
-__all__ = ["family", "program_for", "check_state", "scale_factor", "temporal_factor", "latent_channels", "OPS"]
+__all__ = ["family", "program_for", "check_state", "scale_factor", "temporal_factor", "latent_channels", "clips_of",
+           "OPS"]
 
 OPS = ("decode", "encode")
 
@@ -23,6 +24,7 @@ _FAMILIES: dict[str, ModuleType] = {"AutoencoderKL": kl, "AutoencoderKLFlux2": k
                                      "AutoencoderKLHunyuanImage": hunyuan, "AutoencoderKLWan": wan,
                                      "AutoencoderKLQwenImage": wan, "AutoencoderKLQwenImage21": wan,
                                      "AutoencoderKLLTX2Video": ltx2, "AutoencoderKLHunyuanVideo15": hunyuan15,
+                                     "AutoencoderKLMiniMaxH3": minimax,
                                      "AutoencoderTiny": tiny,
                                      "TinyAutoencoder": tiny}
 
@@ -58,6 +60,13 @@ def temporal_factor(vae) -> int:
     """Video frames per latent frame, after the first (a video is 1 + factor * k frames); 1 for images."""
     of = getattr(family(vae), "temporal_factor", None)
     return 1 if of is None else of(vae)
+
+
+def clips_of(vae, op: str, frames: int):
+    """The model's own clips of a video of ``frames`` (clips.Clips), or None: it runs the video whole
+    (in chunks along time that carry caches, chunk_frames)."""
+    of = getattr(family(vae), "clips", None)
+    return None if of is None else of(vae, op, frames)
 
 
 def latent_channels(vae) -> int:

@@ -142,6 +142,9 @@ def _why_not(vae, x) -> str | None:
                 "without gradients: call under torch.no_grad() or torch.inference_mode() to stream)")
     if any(p.is_meta for p in vae.parameters()):
         return "the weights are on the meta device (accelerate offload hooks place them)"
+    if getattr(vae, "use_tiling", False) and getattr(family(vae), "OWN_TILING", False):
+        return (f"a {type(vae).__name__} ships with tiling on and its tiles are its output, so its own call is "
+                "used (vae.disable_tiling() to stream its untiled call exactly)")
     return None
 
 

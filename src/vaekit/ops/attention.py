@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..program import AttentionStage, KeyValueStage
 from .norm import normalize
 
-__all__ = ["kv_band", "attention_band"]
+__all__ = ["kv_band", "attention_band", "online_softmax"]
 
 
 def kv_band(stage: KeyValueStage, w: dict, read, stats: dict, r0: int, r1: int, src_h: int, dst_h: int):
@@ -85,18 +85,28 @@ class _Frames:
 
 def _online_softmax(q, kv_map: str, read, src_h: int, kv_rows: int, heads: int, scale: float, frames=None,
                     width: int = 0) -> torch.Tensor:
-    """softmax(q K^T * scale) V over key blocks, in fp32, with a running max and sum per query. Across
-    frames, a query's first frame's keys are in every block: no row of a block is wholly masked."""
+    """softmax(q K^T * scale) V over key blocks of ``kv_rows`` rows. Across frames, a query's first
+    frame's keys are in every block: no row of a block is wholly masked."""
+    def blocks():
+        for k0 in range(0, src_h, kv_rows):
+            k1 = min(k0 + kv_rows, src_h)
+            k, v = _split_kv(read(kv_map, k0, k1), heads, frames)
+            yield k, v, None if frames is None else frames.mask((k1 - k0) * width, q.device)
+
+    return online_softmax(q, blocks(), scale)
+
+
+def online_softmax(q: torch.Tensor, blocks, scale: float) -> torch.Tensor:
+    """softmax(q K^T * scale) V, K and V given as ``blocks`` of (k, v, mask or None), in fp32, with a
+    running max and sum per query (as flash attention does): exact whatever the blocks."""
     q = q.float() * scale
     running_max = torch.full(q.shape[:-1], float("-inf"), device=q.device)  # (B, heads, Nq)
     running_sum = torch.zeros_like(running_max)
     acc = torch.zeros(*q.shape[:-1], q.shape[-1], device=q.device)  # (B, heads, Nq, d)
-    for k0 in range(0, src_h, kv_rows):
-        k1 = min(k0 + kv_rows, src_h)
-        k, v = _split_kv(read(kv_map, k0, k1), heads, frames)
+    for k, v, mask in blocks:
         scores = q @ k.float().transpose(-1, -2)  # (B, heads, Nq, Nk)
-        if frames is not None:
-            scores.masked_fill_(~frames.mask((k1 - k0) * width, q.device), float("-inf"))
+        if mask is not None:
+            scores.masked_fill_(~mask, float("-inf"))
         new_max = torch.maximum(running_max, scores.amax(dim=-1))
         correction = torch.exp(running_max - new_max)
         scores.sub_(new_max.unsqueeze(-1)).exp_()

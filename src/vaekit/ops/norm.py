@@ -105,10 +105,13 @@ def normalize(band: torch.Tensor, stats, norm, act: str | None, weights: dict, i
 def local_norm(band: torch.Tensor, norm, weights: dict) -> torch.Tensor:
     """A per-pixel norm of an NHWC band: diffusers' RMSNorm over channels, an eval-mode BatchNorm2d
     (a per-channel affine map with the running statistics), Wan's RMS norm (an L2 normalization
-    scaled by sqrt(C), with ``gamma``) or LTX's pixel norm (x / sqrt(mean(x^2) + eps), no affine). All
-    are local: no statistics to gather."""
+    scaled by sqrt(C), with ``gamma``), LTX's pixel norm (x / sqrt(mean(x^2) + eps), no affine) or a
+    LayerNorm over channels. All are local: no statistics to gather."""
     if hasattr(norm, "gamma"):
         return l2_norm(band, weights)
+    if isinstance(norm, torch.nn.LayerNorm):  # MiniMax H3's last norm, over each token's channels
+        return torch.nn.functional.layer_norm(band, norm.normalized_shape, weights.get("weight"), weights.get("bias"),
+                                              norm.eps)
     if hasattr(norm, "channel_dim"):  # LTX's PerChannelRMSNorm: no affine, in the band's dtype
         return band / torch.sqrt(band.square().mean(-1, keepdim=True) + norm.eps)
     return pixel_norm(band, isinstance(norm, torch.nn.BatchNorm2d), norm.eps, weights)

@@ -1,0 +1,77 @@
+"""A model's own frame batching: independent calls on windows ("clips") of a video, their outputs laid
+end to end, the overlap of consecutive clips cross-faded (MiniMax H3). vaekit reproduces what the
+model's default call computes, no more and no less: each clip is a video of its own (streamed in rows,
+or whole when it fits), and Assembler puts the clips' frames where the model puts them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Clips", "Assembler"]
+
+
+@dataclass(frozen=True)
+class Clips:
+    """Which windows of the input a model runs alone, and which of each one's output frames it keeps.
+
+    The input gets ``pad`` copies of its last frame; clip k is its frames [starts[k], starts[k] +
+    length). Of a clip's output, frames [keep[0], keep[1]) go to the result, the first ``fade`` of them
+    cross-faded with the previous clip's frames [tail[0], tail[1]); the last clip's tail follows as it
+    is. The result is cut to ``frames``."""
+
+    length: int
+    starts: tuple[int, ...]
+    keep: tuple[int, int]
+    frames: int
+    pad: int = 0
+    tail: tuple[int, int] | None = None
+    fade: int = 0
+
+    def windows(self, x: torch.Tensor):
+        """Each clip of ``x`` (B, C, F, H, W), padded with copies of its last frame."""
+        if self.pad:
+            x = torch.cat([x, x[:, :, -1:].expand(-1, -1, self.pad, -1, -1)], dim=2)  # (B, C, F + pad, H, W)
+        for start in self.starts:
+            yield x[:, :, start : start + self.length]
+
+
+class Assembler:
+    """Takes each clip's output in turn (``add``) and gives ``emit(f0, frames)`` the result's frames."""
+
+    def __init__(self, clips: Clips, emit: Callable[[int, torch.Tensor], None]):
+        self.clips, self.emit = clips, emit
+        self.done = 0  # frames of the result given
+        self.tail: torch.Tensor | None = None
+
+    def add(self, y: torch.Tensor) -> None:
+        """One clip's output (B, C, F', H, W)."""
+        c = self.clips
+        body = y[:, :, c.keep[0] : c.keep[1]]
+        if self.tail is not None:
+            body = _blend(self.tail, body, c.fade)
+        self._give(body)
+        self.tail = None if c.tail is None else y[:, :, c.tail[0] : c.tail[1]]
+
+    def close(self) -> None:
+        if self.tail is not None:
+            self._give(self.tail)
+        self.tail = None
+
+    def _give(self, frames: torch.Tensor) -> None:
+        frames = frames[:, :, : self.clips.frames - self.done]  # past the result's end: cut
+        if frames.shape[2]:
+            self.emit(self.done, frames)
+            self.done += frames.shape[2]
+
+
+def _blend(a: torch.Tensor, b: torch.Tensor, extent: int) -> torch.Tensor:
+    """a's last frames fading into b's first, linearly over ``extent`` frames, as MiniMax H3 blends:
+    a * (1 - i / n) + b * (i / n), the weights in b's dtype."""
+    extent = min(a.shape[2], b.shape[2], extent)
+    positions = torch.arange(extent, device=b.device, dtype=b.dtype).view(1, 1, extent, 1, 1)
+    blended = a[:, :, a.shape[2] - extent :] * (1 - positions / extent) + b[:, :, :extent] * (positions / extent)
+    return blended if extent == b.shape[2] else torch.cat([blended, b[:, :, extent:]], dim=2)

@@ -1,0 +1,130 @@
+"""MiniMax H3's VAE (AutoencoderKLMiniMaxH3): its ViT decoder, streamed in rows within each of the
+model's own clips (7 latent frames, 5 apart, the overlap cross-faded), equal to diffusers' own untiled
+decode; every token's keys in a map, queries by bands of rows, the registers carried as run state."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKLMiniMaxH3
+
+import vaekit
+from conftest import REL_TOL, relative_error, with_and_without_apply
+from vaekit.arch import program_for
+from vaekit.errors import InputError, UnsupportedModelError
+from vaekit.plan import smallest_budget
+
+#: MiniMax H3's structure (temporal factor 4 over 17-frame clips, 4 registers, a ViT decoder), narrow
+SMALL = dict(latent_channels=8, block_out_channels=(8, 16), layers_per_block=1, spatial_downsample_factors=(2, 2),
+             temporal_downsample_factors=(2, 2), norm_num_groups=4, decoder_num_layers=2,
+             decoder_num_attention_heads=2, decoder_attention_head_dim=16, decoder_ffn_mult=2)
+
+
+def make(seed: int = 0):
+    torch.manual_seed(seed)
+    vae = AutoencoderKLMiniMaxH3(**SMALL).eval()
+    with torch.no_grad():  # the layer scales and registers start at zero: every term must matter
+        for p in vae.decoder.parameters():
+            p.normal_(0.0, 0.2)
+    vae.disable_tiling()  # the reference: its untiled call
+    return vae
+
+
+@pytest.fixture(scope="module")
+def mm():
+    return make()
+
+
+#: 12 latent frames: two clips and their cross-fade; odd latent px (5 x 7)
+Z = torch.randn(2, 8, 12, 5, 7, generator=torch.Generator().manual_seed(0))
+
+
+def budgets(vae, shape) -> dict[str, int]:
+    """The smallest (every map on disk, one row per chunk), a mixed and the whole budget of one clip."""
+    clip = (*shape[:2], vae.tokens_chunk_size + vae.token_overlap, *shape[3:])
+    low = smallest_budget(program_for(vae, "decode"), clip, 4, first=True)
+    whole = max(vaekit.plan(vae, shape, budget=None).whole_peak_bytes, low)
+    return {"smallest": low, "mixed": (low + whole) // 2, "whole": whole}
+
+
+@pytest.fixture(scope="module")
+def ref(mm):
+    with torch.no_grad():
+        return mm.decode(Z).sample
+
+
+def test_exact_at_every_budget(mm, ref):
+    for name, budget in budgets(mm, tuple(Z.shape)).items():
+        report = vaekit.RunReport()
+        out = vaekit.decode(mm, Z, budget, report=report)
+        assert report.mode == ("whole" if name == "whole" else "stream"), name
+        assert out.shape == ref.shape and relative_error(out, ref) <= REL_TOL, name
+        if name == "smallest":  # queries against key blocks (the online softmax), not all keys at once
+            assert any(s.kv_rows is not None and s.kv_rows < 5 for s in report.plan.stages)
+
+
+@pytest.mark.parametrize("frames", [3, 5, 7])
+def test_every_clip_layout(mm, frames):
+    """One clip (7 frames), a clip padded with copies (3, 5: frames cut at the end): as the model does."""
+    z = Z[:1, :, :frames]
+    with torch.no_grad():
+        ref = mm.decode(z).sample
+    out = vaekit.decode(mm, z, budgets(mm, tuple(z.shape))["smallest"])
+    assert out.shape == ref.shape and relative_error(out, ref) <= REL_TOL
+
+
+@pytest.mark.parametrize("mutation", ["registers", "rotation", "cross-fade", "key blocks"])
+def test_each_part_matters(mm, ref, monkeypatch, mutation):
+    """Registers never updated, rows rotated as if every band were the first, clips laid end to end
+    without their cross-fade, or the registers' keys left out of key blocks: each is off by more than
+    the tolerance (the registers, 5 keys of 250, by about 10x it; the others by far more)."""
+    from vaekit import clips
+    from vaekit.ops import vit
+
+    if mutation == "registers":
+        monkeypatch.setattr("vaekit.run.token_registers", lambda stage, w, read, stats, src_h, kv_rows, samples:
+                            vit._registers_in(stage, w, stats, samples))  # as they came in
+    elif mutation == "rotation":
+        rotation = vit._rotation
+        monkeypatch.setattr(vit, "_rotation", lambda w, f, h, width, r0, r1: rotation(w, f, h, width, 0, r1 - r0))
+    elif mutation == "cross-fade":
+        monkeypatch.setattr(clips, "_blend", lambda a, b, extent: b)
+    else:
+        softmax = vit.online_softmax
+        monkeypatch.setattr(vit, "online_softmax", lambda q, blocks, scale: softmax(q, list(blocks)[:-1], scale))
+    with torch.no_grad():
+        out = vaekit.decode(mm, Z, budgets(mm, tuple(Z.shape))["smallest"])
+    assert relative_error(out, ref) > 5 * REL_TOL
+
+
+def test_too_few_frames_and_encode_are_refused(mm):
+    with pytest.raises(InputError, match="at least 3 latent frames"):
+        vaekit.decode(mm, Z[:, :, :2])
+    with pytest.raises(UnsupportedModelError, match="encoder"):
+        vaekit.encode(mm, torch.zeros(1, 3, 17, 16, 16))
+
+
+def test_out_file_and_plan(mm, ref, tmp_path):
+    path = vaekit.decode(mm, Z, budgets(mm, tuple(Z.shape))["mixed"], out=tmp_path / "video.npy")
+    assert relative_error(torch.from_numpy(np.load(path)), ref) <= REL_TOL
+    plan = vaekit.plan(mm, tuple(Z.shape), "1GiB", device="meta")
+    assert plan.out_shape == tuple(ref.shape)
+
+
+def test_apply_leaves_its_own_tiles_and_streams_the_untiled_call():
+    """With tiling on (the model's default) its own tiled call is its output: apply leaves it. With
+    tiling off, apply streams, and the pixels are the model's."""
+    vae = make()
+    z = Z[:1, :, :7]
+    vae.enable_tiling(tile_sample_min_height=16, tile_sample_min_width=16, tile_sample_min_overlap_height=4,
+                      tile_sample_min_overlap_width=4)
+    budget = budgets(vae, tuple(z.shape))["smallest"]
+    with torch.no_grad():
+        tiled, applied = with_and_without_apply(vae, lambda: vae.decode(z).sample, budget, streams=False)
+        assert torch.equal(tiled, applied)
+        vae.disable_tiling()
+        ref = vaekit.decode(vae, z)
+        report = vaekit.RunReport()
+        vaekit.apply(vae, budget, report=report)
+        out = vae.decode(z).sample
+    assert report.mode == "stream" and relative_error(out, ref) <= REL_TOL
+    assert not torch.allclose(tiled, ref)  # the tiles are another picture
