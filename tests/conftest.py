@@ -57,19 +57,28 @@ def budgets_for(vae, shape, op: str = "decode", compiled: bool = False) -> dict[
     from vaekit.plan import smallest_budget
 
     plan = vaekit.plan(vae, shape, budget=None, op=op, device="meta", dtype=torch.float32)
-    low = smallest_budget(vaekit.arch.program_for(vae, op), shape, 4, compiled=compiled)
+    low = smallest_budget(vaekit.arch.program_for(vae, op), planned_shape(vae, shape, op), 4, compiled=compiled)
     return {"smallest": low, "mixed": (low + plan.whole_peak_bytes) // 2, "whole": plan.whole_peak_bytes}
 
 
 def whole_video_budgets(vae, shape, op: str = "decode") -> dict[str, int]:
-    """budgets_for of a model whose one chunk is the whole video (LTX-2, HunyuanVideo 1.5): smallest (every
-    map on disk, one row and one key row per chunk), mixed, and whole (never below the smallest)."""
+    """budgets_for of a model whose one chunk is the whole video or clip (LTX-2, HunyuanVideo 1.5, MiniMax
+    H3): smallest (every map on disk, one row and one key row per chunk), mixed, and whole (never below
+    the smallest)."""
     import vaekit
     from vaekit.plan import smallest_budget
 
-    low = smallest_budget(vaekit.arch.program_for(vae, op), shape, 4, first=True)
+    low = smallest_budget(vaekit.arch.program_for(vae, op), planned_shape(vae, shape, op), 4, first=True)
     whole = max(vaekit.plan(vae, shape, budget=None, op=op).whole_peak_bytes, low)
     return {"smallest": low, "mixed": (low + whole) // 2, "whole": whole}
+
+
+def planned_shape(vae, shape, op: str = "decode") -> tuple[int, ...]:
+    """The input shape one run of the program plans: a clip of the model's own (MiniMax H3), or the input."""
+    import vaekit
+
+    clips = vaekit.arch.clips_of(vae, op, shape[2]) if len(shape) == 5 else None
+    return tuple(shape) if clips is None else (*shape[:2], clips.length, *shape[3:])
 
 
 def zero_borders(monkeypatch) -> None:

@@ -20,12 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vaekit  # noqa: E402
 from conftest import make_vae  # noqa: E402
 from test_ltx2 import make as make_ltx2  # noqa: E402
+from test_minimax import make as make_minimax  # noqa: E402
 from test_wan import make as make_wan  # noqa: E402
 
 #: latent sizes: the long profile's TAEF2 latents are big enough that its first tanh is split across
 #: threads (ATen's grain is 32768 values), where MKL's first-call race was (vector_math.py)
-SIZES = {"short": dict(taef2=(20, 28), sd=(11, 13), wan=(3, 7, 9), ltx2=(3, 5, 7)),
-         "long": dict(taef2=(64, 64), sd=(24, 19), wan=(5, 12, 10), ltx2=(3, 6, 7))}
+SIZES = {"short": dict(taef2=(20, 28), sd=(11, 13), wan=(3, 7, 9), ltx2=(3, 5, 7), minimax=(7, 5, 7)),
+         "long": dict(taef2=(64, 64), sd=(24, 19), wan=(5, 12, 10), ltx2=(3, 6, 7), minimax=(12, 6, 9))}
 
 
 def jobs(profile: str) -> dict:
@@ -39,6 +40,7 @@ def jobs(profile: str) -> dict:
     z_wan = torch.randn(1, 4, *s["wan"], generator=g)
     z_ltx2 = torch.randn(1, 8, *s["ltx2"], generator=g)
     ltx2 = make_ltx2()
+    z_minimax, minimax = torch.randn(1, 8, *s["minimax"], generator=g), make_minimax()
     return {
         "taef2-decode-8MiB": lambda r: vaekit.decode(taef2, z_taef2, "8MiB", report=r),
         "taef2-decode-whole": lambda r: vaekit.decode(taef2, z_taef2, report=r),
@@ -48,6 +50,7 @@ def jobs(profile: str) -> dict:
         "sd-encode-1MiB": lambda r: vaekit.encode(sd, img_sd, "1MiB", report=r),
         "wan-decode-1MiB": lambda r: vaekit.decode(wan, z_wan, "1MiB", report=r),
         "ltx2-decode-5MiB": lambda r: vaekit.decode(ltx2, z_ltx2, "5MiB", report=r),  # every frame, reflected rows
+        "minimax-decode-500KiB": lambda r: vaekit.decode(minimax, z_minimax, "500KiB", report=r),  # key blocks, clips
     }
 
 

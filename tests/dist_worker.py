@@ -33,6 +33,8 @@ CASES = {
     "ltx2-encode": ("ltx2", "encode", (1, 3, 9, 48, 32), "smallest", None),
     "hunyuan15-decode": ("hunyuan15", "decode", (1, 8, 3, 9, 5), "smallest", None),  # attention across frames
     "hunyuan15-encode": ("hunyuan15", "encode", (1, 3, 5, 48, 40), "smallest", None),
+    "minimax-decode": ("minimax", "decode", (1, 8, 7, 5, 7), "smallest", None),  # ViT blocks, registers
+    "minimax-encode": ("minimax", "encode", (1, 3, 17, 19, 27), "smallest", None),  # strided convs, frame stats
     "wan-decode-npy": ("wan", "decode", (1, 4, 3, 13, 9), "smallest", ".npy"),  # rank 0 writes the frames
     "wan-decode-mp4": ("wan", "decode", (1, 4, 3, 13, 9), "smallest", ".mp4"),
 }
@@ -60,13 +62,17 @@ def model(name: str):
         from test_hunyuan15 import make as make_hunyuan15
 
         return make_hunyuan15()
+    if name == "minimax":
+        from test_minimax import make as make_minimax
+
+        return make_minimax()
     return make_vae("sd") if name == "sd" else make_dc("sana")
 
 
 def main(out: Path) -> None:
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
-    models = {name: model(name) for name in ("sd", "dc", "wan", "hunyuan", "ltx2", "hunyuan15")}
+    models = {name: model(name) for name in ("sd", "dc", "wan", "hunyuan", "ltx2", "hunyuan15", "minimax")}
     for case, (name, op, shape, budget_name, suffix) in CASES.items():
         vae, x = models[name], inputs(op, shape)
         budget = budgets_for(vae, shape, op)[budget_name]

@@ -1,6 +1,11 @@
-"""MiniMax H3's VAE (AutoencoderKLMiniMaxH3): its ViT decoder, streamed in rows within each of the
-model's own clips (7 latent frames, 5 apart, the overlap cross-faded), equal to diffusers' own untiled
-decode; every token's keys in a map, queries by bands of rows, the registers carried as run state."""
+"""MiniMax H3's VAE (AutoencoderKLMiniMaxH3), both directions in the model's own clips, equal to
+diffusers' own untiled call. Decode: its ViT decoder streamed in rows within each clip (7 latent
+frames, 5 apart, the overlap cross-faded), every token's keys in a map, queries by bands of rows, the
+registers carried as run state. Encode: its causal CNN over clips of 17 frames, zero frames in front,
+mirrored borders, each frame's GroupNorm statistics, downsamplers of stride 2 after a mirrored row
+and column."""
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -8,10 +13,9 @@ import torch
 from diffusers import AutoencoderKLMiniMaxH3
 
 import vaekit
-from conftest import REL_TOL, relative_error, with_and_without_apply
-from vaekit.arch import program_for
-from vaekit.errors import InputError, UnsupportedModelError
-from vaekit.plan import smallest_budget
+from conftest import REL_TOL, relative_error, with_and_without_apply, zero_borders
+from conftest import whole_video_budgets as budgets
+from vaekit.errors import InputError
 
 #: MiniMax H3's structure (temporal factor 4 over 17-frame clips, 4 registers, a ViT decoder), narrow
 SMALL = dict(latent_channels=8, block_out_channels=(8, 16), layers_per_block=1, spatial_downsample_factors=(2, 2),
@@ -22,9 +26,9 @@ SMALL = dict(latent_channels=8, block_out_channels=(8, 16), layers_per_block=1, 
 def make(seed: int = 0):
     torch.manual_seed(seed)
     vae = AutoencoderKLMiniMaxH3(**SMALL).eval()
-    with torch.no_grad():  # the layer scales and registers start at zero: every term must matter
-        for p in vae.decoder.parameters():
-            p.normal_(0.0, 0.2)
+    with torch.no_grad():  # the layer scales and registers start at zero, the norms at one: every term must matter
+        for p in vae.parameters():
+            p.normal_(0.0, 0.2 if p.dim() > 1 else 0.5)
     vae.disable_tiling()  # the reference: its untiled call
     return vae
 
@@ -36,14 +40,8 @@ def mm():
 
 #: 12 latent frames: two clips and their cross-fade; odd latent px (5 x 7)
 Z = torch.randn(2, 8, 12, 5, 7, generator=torch.Generator().manual_seed(0))
-
-
-def budgets(vae, shape) -> dict[str, int]:
-    """The smallest (every map on disk, one row per chunk), a mixed and the whole budget of one clip."""
-    clip = (*shape[:2], vae.tokens_chunk_size + vae.token_overlap, *shape[3:])
-    low = smallest_budget(program_for(vae, "decode"), clip, 4, first=True)
-    whole = max(vaekit.plan(vae, shape, budget=None).whole_peak_bytes, low)
-    return {"smallest": low, "mixed": (low + whole) // 2, "whole": whole}
+#: 22 frames: a clip of 17, then 5 and 12 copies of the last; odd sizes (the downsamplers' mirrored row)
+X = torch.rand(1, 3, 22, 19, 27, generator=torch.Generator().manual_seed(1)) * 2 - 1
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +94,45 @@ def test_each_part_matters(mm, ref, monkeypatch, mutation):
     assert relative_error(out, ref) > 5 * REL_TOL
 
 
-def test_too_few_frames_and_encode_are_refused(mm):
+@pytest.mark.parametrize("frames", [1, 17, 22])
+def test_encode_exact_at_every_budget(mm, frames):
+    """One frame (its own clip), one clip, two clips (the second padded with copies)."""
+    x = X[:, :, :frames]
+    with torch.no_grad():
+        ref = mm.encode(x).latent_dist.mode()
+        for name, budget in budgets(mm, tuple(x.shape), "encode").items():
+            report = vaekit.RunReport()
+            out = vaekit.encode(mm, x, budget, report=report)
+            assert report.mode == ("whole" if name == "whole" else "stream"), name
+            assert out.shape == ref.shape and relative_error(out, ref) <= REL_TOL, name
+
+
+@pytest.mark.parametrize("mutation", ["zero border", "copies in front", "whole-video statistics"])
+def test_encode_border_time_padding_and_statistics_matter(mm, monkeypatch, mutation):
+    """Zero rows and columns instead of mirrored ones, copies of the first frame instead of zero frames,
+    or GroupNorm statistics over all of a clip's frames instead of each frame's: each is far off."""
+    from vaekit.ops import causal, norm
+
+    x = X[:, :, :17]
+    if mutation == "zero border":
+        zero_borders(monkeypatch)
+    elif mutation == "copies in front":
+        pad = causal._time_pad
+        monkeypatch.setattr(causal, "_time_pad", lambda stage, inner, front, back, frames: pad(
+            dataclasses.replace(stage, time_pad="first"), inner, front, back, frames))
+    else:
+        scale_shift = norm.group_scale_shift
+        monkeypatch.setattr(norm, "group_scale_shift", lambda stats, eps, w, b, c: scale_shift(
+            tuple(s.mean(0, keepdim=True).expand_as(s) for s in stats), eps, w, b, c))
+    with torch.no_grad():
+        ref = mm.encode(x).latent_dist.mode()
+        out = vaekit.encode(mm, x, budgets(mm, tuple(x.shape), "encode")["smallest"])
+    assert relative_error(out, ref) > 100 * REL_TOL
+
+
+def test_too_few_frames_are_refused(mm):
     with pytest.raises(InputError, match="at least 3 latent frames"):
         vaekit.decode(mm, Z[:, :, :2])
-    with pytest.raises(UnsupportedModelError, match="encoder"):
-        vaekit.encode(mm, torch.zeros(1, 3, 17, 16, 16))
 
 
 def test_out_file_and_plan(mm, ref, tmp_path):

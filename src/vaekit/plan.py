@@ -196,13 +196,15 @@ def _chunk_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str],
     if isinstance(stage, CausalConvStage):
         n_out = shapes[stage.dst][0]
         c0, c1 = stage.conv_out_rows(0, rows)
-        halo_rows = min(c1 - c0 + 2 * stage.halo, src_h)
+        lo, hi = stage.input_rows(c0, c1)
+        halo_rows = min(hi - lo, src_h)  # the rows read (with their halo); hi - lo with the border's padding
         n_seq = b + (shapes[stage.cache][0] if stage.cache else 0)  # the chunk's frames after the cached ones
         n_seq += sum(stage.pad_frames) * (samples or b)  # and copies of the first and last (LTX)
         normalized = (2 if stage.norm is not None else 1) * b * halo_rows * src_w * c_in * temp  # and a temporary
         total = read_buffer(stage.src, halo_rows) + normalized
         total += read_buffer(stage.cache, halo_rows) if stage.cache else 0
-        total += 3 * n_seq * halo_rows * (src_w + 2 * stage.halo) * c_in * itemsize  # sequence, padded, backend's copy
+        padded_w = src_w + sum(stage.padding[2:])
+        total += 3 * n_seq * (hi - lo) * padded_w * c_in * itemsize  # sequence, padded, backend's copy
         total += 3 * n_out * rows * dst_w * c_out * itemsize  # conv output, unfolded frames, sum
         rearranged = stage.shuffle != 1 or stage.unshuffle != 1 or stage.repeat_last
         total += n_out * rows * dst_w * c_out * itemsize if rearranged else 0  # pixel (un)shuffled

@@ -344,16 +344,19 @@ class CausalConvStage(_SameSize):
 
     Maps of a video hold their frames in the batch dimension: (B * frames, H, W, C), each sample's
     frames consecutive. The conv has ``time_kernel`` taps in time (stride ``time_stride``) and k x k
-    taps in space, 'same' padded with zeros or, ``border`` "reflect", mirrored rows and columns (at the
-    true border only: halo rows from the neighbours elsewhere).
+    taps in space (stride ``stride``), 'same' padded (or by ``pad``) with zeros or, ``border``
+    "reflect"/"replicate", mirrored or repeated rows and columns (at the true border only: halo rows
+    from the neighbours elsewhere). ``norm``: a per-pixel norm, or a GroupNorm with each frame's
+    statistics (MiniMax H3's, collected by the stage that wrote ``src``).
 
     In time, ``time_pad`` says what precedes the frames. "cache" (Wan): ``cache`` holds the last
     ``cache_frames`` frames of the conv's input (after norm and act) from the chunks before, zeros
     before the first (the causal padding); the stage writes the new tail to ``cache_out``, a second
     map, because later bands still read the old tail's halo rows (the runner swaps the two after each
     chunk). "first" (LTX, causal): time_kernel - 1 copies of the first frame; "edges" (LTX, not
-    causal): half as many copies of the first frame in front and of the last behind. These see the
-    whole video in one chunk (arch.ltx2.chunk_frames), so they keep no cache.
+    causal): half as many copies of the first frame in front and of the last behind; "zeros" (MiniMax
+    H3): time_kernel - 1 zero frames in front. These see the whole video (or clip) in one chunk
+    (arch.ltx2.chunk_frames), so they keep no cache.
 
     The conv's output is then rearranged: ``time_split`` > 1: its channels are that many frames side
     by side (Wan's temporal upsampler), unfolded in order. ``time_unshuffle`` f: the first f - 1 frames
@@ -389,8 +392,8 @@ class CausalConvStage(_SameSize):
     post: str | None = None
     skip2: str | None = None  # a second residual, added as it is (Wan 2.2's identity block shortcut)
     stats_groups: None = None
-    time_pad: str = "cache"  # or "first", "edges": see TIME_PADS
-    border: str = "zeros"  # or "reflect"
+    time_pad: str = "cache"  # or "first", "edges", "zeros": see TIME_PADS
+    border: str = "zeros"  # or "reflect", "replicate"
     time_unshuffle: int = 1
     time_shuffle: int = 1
     shuffle: int = 1
@@ -400,6 +403,8 @@ class CausalConvStage(_SameSize):
     packing: str | None = None  # "up"/"down": HunyuanVideo 1.5's resamplers (ops/packing.py), skip = src
     modulated: bool = False  # x * (1 + scale) + shift after the norm, per video and channel (LTX's timestep)
     noise_scale: nn.Parameter | None = None  # + noise (rows, W) * this (C,) on the conv output (LTX's decode noise)
+    stride: int = 1  # in space (MiniMax H3's downsamplers: 2)
+    pad: tuple[int, int, int, int] | None = None  # (top, bottom, left, right) in space; None: "same", halo each side
 
     @property
     def time_kernel(self) -> int:
@@ -420,7 +425,7 @@ class CausalConvStage(_SameSize):
         """Frames the conv's input gets before and after the video's own: the lead frames, then copies
         of the first and of the last frame (time_pad "first"/"edges")."""
         front = self.lead_frames
-        if self.time_pad == "first":
+        if self.time_pad in ("first", "zeros"):
             return front + self.time_kernel - 1, 0
         if self.time_pad == "edges":
             return front + (self.time_kernel - 1) // 2, (self.time_kernel - 1) // 2
@@ -429,6 +434,16 @@ class CausalConvStage(_SameSize):
     @property
     def halo(self) -> int:
         return self.conv.kernel_size[1] // 2
+
+    @property
+    def padding(self) -> tuple[int, int, int, int]:
+        return self.pad if self.pad is not None else (self.halo,) * 4
+
+    def input_rows(self, c0: int, c1: int) -> tuple[int, int]:
+        """Rows [lo, hi) of the conv's unpadded input that its output rows [c0, c1) read; rows outside
+        [0, height) are the border's padding."""
+        lo = c0 * self.stride - self.padding[0]
+        return lo, (c1 - 1) * self.stride - self.padding[0] + self.conv.kernel_size[1]
 
     @property
     def reads(self) -> tuple[str, ...]:
@@ -442,8 +457,9 @@ class CausalConvStage(_SameSize):
     def out_frames(self, frames: int, first: bool = False) -> int:
         if first and self.first is not None:
             return frames
-        if self.time_stride != 1:
-            return (self.cache_frames + frames - self.time_kernel) // self.time_stride + 1
+        if self.time_stride != 1:  # after the cached frames, or the padding (MiniMax H3: zero frames)
+            padded = self.cache_frames + frames if self.time_pad == "cache" else frames + sum(self.pad_frames)
+            return (padded - self.time_kernel) // self.time_stride + 1
         if self.time_unshuffle != 1:
             f = self.time_unshuffle
             if frames % f != 1 % f:  # [first f - 1 frames ; frames] must fold into whole groups
@@ -457,8 +473,12 @@ class CausalConvStage(_SameSize):
         u, s = self.unshuffle, self.shuffle
         if h % u or w % u:
             raise ValueError(f"{self.name}: a {w}x{h} map cannot be pixel-unshuffled by {u}")
-        if self.border == "reflect" and min(h, w) <= self.halo:  # as torch's reflect padding refuses it
-            raise ValueError(f"{self.name}: a {w}x{h} map is too small to mirror {self.halo} rows and columns")
+        if self.border == "reflect" and min(h, w) <= max(self.padding):  # as torch's reflect padding refuses it
+            raise ValueError(f"{self.name}: a {w}x{h} map is too small to mirror {max(self.padding)} rows and columns")
+        if self.stride != 1:
+            top, bottom, left, right = self.padding
+            k = self.conv.kernel_size[1]
+            h, w = (h + top + bottom - k) // self.stride + 1, (w + left + right - k) // self.stride + 1
         return h * s // u, w * s // u
 
     def conv_out_rows(self, r0: int, r1: int) -> tuple[int, int]:
@@ -470,8 +490,8 @@ class CausalConvStage(_SameSize):
         (LTX's downsamplers add their own source, folded, as the residual)."""
         spans = []
         if name in (self.src, self.cache):
-            c0, c1 = self.conv_out_rows(r0, r1)
-            spans.append((max(c0 - self.halo, 0), min(c1 + self.halo, src_hw[0])))
+            lo, hi = self.input_rows(*self.conv_out_rows(r0, r1))
+            spans.append((max(lo, 0), min(hi, src_hw[0])))
         if name == self.skip and self.packing:  # the residual is the source, rearranged as the conv's output
             spans.append(self.conv_out_rows(r0, r1))
         elif name == self.skip:
@@ -482,8 +502,9 @@ class CausalConvStage(_SameSize):
 
 
 #: what precedes a CausalConvStage's frames in time: the time cache (zeros before the first chunk),
-#: copies of the first frame (causal), or copies of the first and the last (not causal)
-TIME_PADS = ("cache", "first", "edges")
+#: copies of the first frame (causal), copies of the first and the last (not causal), or zero frames
+#: (causal, with no cache: MiniMax H3's encoder, whose one chunk is a clip)
+TIME_PADS = ("cache", "first", "edges", "zeros")
 
 
 Stage = (ConvStage | KeyValueStage | AttentionStage | GLUStage | LinearKVStage | LinearQueryStage | CausalConvStage

@@ -63,7 +63,7 @@ class ProgramBuilder:
             cache = self.new_map(conv.in_channels, name=f"{name}.cache")
             cache_out = self.new_map(conv.in_channels, name=f"{name}.cache_out")
             self.caches.append((cache, cache_out))
-        return self.add(CausalConvStage(name, src, dst, conv, cache, cache_out, **options))
+        return self.add(CausalConvStage(name, src, dst, conv, cache, cache_out, **options), norm=options.get("norm"))
 
     @staticmethod
     def _causal_channels(conv: nn.Module, options: dict) -> int:

@@ -15,9 +15,20 @@ key blocks when they do not fit), the rest of the block per token (ops/vit.py). 
     proj_out          LayerNorm, a linear layer per token to (t, c, row, column) channels, unfolded
                       into 4 frames of 16x16 pixels each                             image px
 
+The encoder is a causal CNN over clips of 17 frames, each encoded alone (its latents end to end,
+the last 3 dropped; a single frame is its own clip). Every conv is padded in time with zero frames in
+front (one chunk per clip: no time cache) and in space by mirroring; GroupNorms take each frame's
+statistics; downsamplers mirror one row and column after the map, then a 3x3x3 conv of stride 2 in
+space (and in time where they compress time):
+
+    conv_in           3x3x3                                                       image px
+    down              resnets (norm1+silu+conv1 | norm2+silu+conv2 + x, a 1x1x1 conv where the
+                      channels change); a downsampler
+    conv_out          norm+silu+3x3x3, then quant_conv 1x1x1: the moments           latent px
+
 The model ships with spatial tiling on (its released frames are blended tiles); vaekit's reference
 is its untiled call (``disable_tiling()``), and ``apply`` leaves a model with tiling on to its own
-call. The encoder (a causal CNN over 17-frame clips) is not streamed yet: encode is refused.
+call.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from torch import nn
 
 from ..clips import Clips
 from ..errors import InputError, UnsupportedModelError
-from ..program import Program, Registers, TokenBlockStage, TokenKVStage
+from ..program import Program, Registers, Shortcut, TokenBlockStage, TokenKVStage
 from . import kl
 from .builder import ProgramBuilder
 
@@ -39,10 +50,7 @@ OWN_TILING = True  #: with use_tiling on (its default), its tiles are its output
 
 
 def program(vae, op: str) -> Program:
-    if op == "encode":
-        raise UnsupportedModelError("AutoencoderKLMiniMaxH3: vaekit streams its decoder; its encoder (a causal "
-                                    "CNN over 17-frame clips) is not streamed yet: use vae.encode")
-    return _decoder(vae)
+    return _decoder(vae) if op == "decode" else _encoder(vae)
 
 
 def _decoder(vae) -> Program:
@@ -70,6 +78,51 @@ def _frames_first(dec: nn.Module) -> torch.Tensor:
     return torch.arange(c * t * p * p).view(c, t, p * p).transpose(0, 1).flatten()
 
 
+def _encoder(vae) -> Program:
+    enc = vae.encoder
+    b = ProgramBuilder("encode", enc.conv_in.in_channels)
+    x = b.causal("conv_in", b.input, enc.conv_in, **_padding(enc.conv_in))
+    for i, block in enumerate(enc.down_blocks):
+        for j, resnet in enumerate(block.resnets):
+            x = _resnet(b, f"down.{i}.resnets.{j}", x, resnet)
+        for j, down in enumerate(block.downsamplers or []):
+            _require(down.spatial_stride == 2, f"down_blocks.{i}: a downsampler of spatial stride {down.spatial_stride}")
+            conv = down.conv  # its input padded by one row and column after (bottom, right), mirrored
+            x = b.causal(f"down.{i}.downsample.{j}", x, conv, **_padding(conv, border=down.spatial_padding_mode),
+                         stride=2, pad=(0, 1, 0, 1), time_stride=conv.stride[0])
+    x = b.causal("conv_out", x, enc.conv_out, norm=_norm(enc.norm_out), act="silu", **_padding(enc.conv_out))
+    x = b.causal("quant_conv", x, vae.quant_conv)  # the moments (mean | log-variance)
+    return b.build(output=x)
+
+
+def _resnet(b: ProgramBuilder, name: str, x: str, resnet: nn.Module) -> str:
+    """norm1+silu+conv1, norm2+silu+conv2, + x (through a 1x1x1 conv where the channels change)."""
+    h = b.causal(f"{name}.conv1", x, resnet.conv1, norm=_norm(resnet.norm1), act="silu", **_padding(resnet.conv1))
+    shortcut = None if resnet.conv_shortcut is None else Shortcut(conv=resnet.conv_shortcut)
+    out = x if shortcut is None else b.new_map(resnet.out_channels)  # else written over x
+    return b.causal(f"{name}.conv2", h, resnet.conv2, dst=out, norm=_norm(resnet.norm2), act="silu", skip=x,
+                    shortcut=shortcut, **_padding(resnet.conv2))
+
+
+def _padding(conv: nn.Conv3d, border: str | None = None) -> dict:
+    """A MiniMaxH3VideoCausalConv3d's padding as CausalConvStage options: zero frames in front (its
+    temporal padding, kernel - 1 of them), its spatial padding mode at the border."""
+    kt, kh, kw = conv.kernel_size
+    pad = getattr(conv, "spatial_padding", 0)
+    _require(kh == kw and conv.padding == (0, 0, 0) and conv.dilation == (1, 1, 1) and conv.groups == 1
+             and getattr(conv, "temporal_padding", 0) == kt - 1 and pad in (0, kh // 2),
+             f"only causal convs with 'same' spatial padding, got kernel {conv.kernel_size}")
+    _require(conv.stride[1:] == (1, 1) or border is not None, f"a conv of stride {conv.stride}")
+    mode = border or getattr(conv, "spatial_padding_mode", "zeros")
+    _require(mode in ("zeros", "reflect", "replicate"), f"spatial padding mode {mode!r}")
+    return {"time_pad": "zeros" if kt > 1 else "cache", "border": mode}
+
+
+def _norm(norm: nn.GroupNorm) -> nn.GroupNorm:
+    _require(isinstance(norm, nn.GroupNorm) and norm.affine, f"norm {type(norm).__name__}")
+    return norm  # each frame's statistics: its GroupNorm folds frames into the batch
+
+
 class _Linear3d(nn.Module):
     """A linear layer per token seen as the 1x1x1 conv that program.CausalConvStage runs (its weights
     a view; with ``order``, its output channels reordered, a copy)."""
@@ -91,6 +144,31 @@ def _require(condition: bool, message: str) -> None:
 
 
 def clips(vae, op: str, frames: int) -> Clips:
+    """The model's own clips of a video of ``frames`` (_encode_clips, _decode_clips)."""
+    return _decode_clips(vae, frames) if op == "decode" else _encode_clips(vae, frames)
+
+
+def _encode_clips(vae, frames: int) -> Clips:
+    """As its _encode: one frame alone; else clips of clip_length frames after copies of the last
+    frame, their latents end to end less the last token_drop."""
+    if frames == 1:
+        return Clips(length=1, starts=(0,), keep=(0, 1), frames=1)
+    length = vae.config.clip_length
+    latents = length
+    for block in vae.encoder.down_blocks:  # each temporal stride: zero frames in front, then the conv
+        for down in block.downsamplers or []:
+            kt, st = down.conv.kernel_size[0], down.conv.stride[0]
+            latents = (latents + kt - 1 - kt) // st + 1
+    pad = (-frames) % length
+    count = (frames + pad) // length
+    if count * latents <= vae.config.token_drop:
+        raise InputError(f"a {type(vae).__name__} encodes clips of {length} frames and drops the last "
+                         f"{vae.config.token_drop} latent frames: {frames} frames leave none")
+    return Clips(length=length, starts=tuple(k * length for k in range(count)), keep=(0, latents),
+                 frames=count * latents - vae.config.token_drop, pad=pad)
+
+
+def _decode_clips(vae, frames: int) -> Clips:
     """The model's own clips of ``frames`` latent frames, as its _decode lays them out: windows of
     tokens_chunk_size + token_overlap latent frames, tokens_chunk_size apart, after copies of the last
     latent frame; of each clip's frames, a chunk less its frame_pre_padding kept, the next chunk's
@@ -117,13 +195,14 @@ def clips(vae, op: str, frames: int) -> Clips:
 
 
 def chunk_frames(vae, op: str, frames: int) -> list[int]:
-    """One chunk per clip: the decoder attends over all of a clip's frames."""
+    """One chunk per clip: the decoder attends over all of a clip's frames, the encoder pads each clip
+    with zero frames (no time cache)."""
     return [frames]
 
 
 def whole(vae, op: str, x):
     """The model's own modules on one clip, untiled."""
-    return vae.decoder(vae.post_quant_conv(x))
+    return vae.decoder(vae.post_quant_conv(x)) if op == "decode" else vae.quant_conv(vae.encoder(x))
 
 
 finish = kl.finish

@@ -30,28 +30,28 @@ def causal_conv_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int
     """Output rows [r0, r1) of ``stage`` (B * F_out, rows, W, C_out), and rows [r0, r1) of the new
     cache tail (B * T, rows, W, C_in), or None when the stage has no cache. ``samples``: the videos in
     the band (B); ``first``: the band is of a video's first chunk."""
-    halo = stage.halo
     c0, c1 = stage.conv_out_rows(r0, r1)  # the conv's output rows, before a pixel (un)shuffle
-    a, b = max(c0 - halo, 0), min(c1 + halo, src_h)
+    lo, hi = stage.input_rows(c0, c1)  # its input's rows, the border's padding outside [0, src_h)
+    a, b = max(lo, 0), min(hi, src_h)
     cache = None if stage.cache is None else read(stage.cache, a, b)  # (B*T, b-a, W, C): the frames before
     x = read(stage.src, a, b)  # (B*F, b-a, W, C)  src px
     n = cache.shape[0] // stage.cache_frames if cache is not None else samples or x.shape[0]  # videos
     x = _prologue(stage, w, stats, x, n)
     past = stage.cache_frames if cache is not None else 0
-    front, back = stage.pad_frames  # copies of the first and the last frame (no cache)
+    front, back = stage.pad_frames  # copies of the first and the last frame, or zero frames (no cache)
     frames, width, channels = x.shape[0] // n, x.shape[2], x.shape[3]
-    top, bottom = halo - (c0 - a), halo - (b - c1)  # padding rows at the image border only
+    top, bottom, (_, _, left, right) = a - lo, hi - b, stage.padding  # padding rows at the image border only
     # The conv's input: [cache ; frames] in time, padded in space, (B, C, T+F, rows', W') channels_last_3d:
     # in memory (B, T+F, rows', W', C), the frames' own NHWC order, so filling it and reading the output
     # (B, C, F', rows, W), NHWC frames too, are block copies and views, not transposes.
-    shape5 = (n, channels, past + front + frames + back, b - a + top + bottom, width + 2 * halo)
+    shape5 = (n, channels, past + front + frames + back, b - a + top + bottom, width + left + right)
     x5 = torch.empty(shape5, dtype=x.dtype, device=x.device, memory_format=conv_layout(shape5, w["conv"]["weight"]))
-    inner = x5[:, :, :, top : top + b - a, halo : halo + width]
+    inner = x5[:, :, :, top : top + b - a, left : left + width]
     inner[:, :, past + front : past + front + frames] = x.unflatten(0, (n, frames)).permute(0, 4, 1, 2, 3)
     if cache is not None:
         inner[:, :, :past] = cache.unflatten(0, (n, past)).permute(0, 4, 1, 2, 3)
     _time_pad(stage, inner, front, back, frames)
-    _border(x5, halo, top, bottom, stage.border)
+    _border(x5, (left, right), top, bottom, stage.border)
     tail = cache_tail(stage, x5, c0 - a + top, c1 - a + top)
     out = conv3d(stage, w, x5)  # (B, split*C_out, F', rows, W)
     if stage.noise_scale is not None:  # LTX's decode noise: one (rows, W) map for every video, frame, channel
@@ -72,8 +72,8 @@ def conv_layout(shape5, weight: torch.Tensor) -> torch.memory_format:
 def _prologue(stage: CausalConvStage, w: dict, stats: dict, x: torch.Tensor, n: int) -> torch.Tensor:
     """act(norm(x)), or for a ``modulated`` stage act(norm(x) * (1 + scale) + shift) with the run's
     per-video, per-channel (scale, shift) (LTX's timestep conditioning)."""
-    if not stage.modulated:
-        return normalize(x, None, stage.norm, stage.act, w["norm"])
+    if not stage.modulated:  # a GroupNorm's statistics are each frame's (B*F of them)
+        return normalize(x, stats.get(stage.src), stage.norm, stage.act, w["norm"])
     scale, shift = stats[("modulation", stage.name)]  # (B, C) each
     x = normalize(x, None, stage.norm, None, w["norm"]).unflatten(0, (n, -1))  # (B, F, rows, W, C)
     x = x * (1 + scale[:, None, None, None]) + shift[:, None, None, None]
@@ -81,13 +81,16 @@ def _prologue(stage: CausalConvStage, w: dict, stats: dict, x: torch.Tensor, n: 
 
 
 def _time_pad(stage: CausalConvStage, inner: torch.Tensor, front: int, back: int, frames: int) -> None:
-    """Copies of the first frame in the ``front`` frames of the conv's input (B, C, T, rows, W), and of
-    the last in the ``back`` ones. A time unshuffle's frames in front are the video's own first f - 1,
-    the frames before them copies of its first (LTX's causal padding of that sequence)."""
+    """Copies of the first frame (or zeros: time_pad "zeros") in the ``front`` frames of the conv's
+    input (B, C, T, rows, W), and of the last in the ``back`` ones. A time unshuffle's frames in front
+    are the video's own first f - 1, the frames before them copies of its first (LTX's causal padding
+    of that sequence)."""
     lead = stage.lead_frames  # the video's first frames, just before its own (LTX)
     if lead:
         inner[:, :, front - lead : front] = inner[:, :, front : front + lead]
-    if front - lead:
+    if front - lead and stage.time_pad == "zeros":
+        inner[:, :, : front - lead].zero_()
+    elif front - lead:
         inner[:, :, : front - lead] = inner[:, :, front - lead : front - lead + 1]
     if back:
         inner[:, :, front + frames :] = inner[:, :, front + frames - 1 : front + frames]
@@ -125,8 +128,8 @@ def cache_tail(stage: CausalConvStage, x5: torch.Tensor, lo: int, hi: int) -> to
     last frames, without the width padding; None when the stage keeps no cache."""
     if stage.cache is None or stage.cache_out is None:
         return None
-    halo, past = stage.halo, stage.cache_frames
-    band = x5[:, :, -past:, lo:hi, halo : x5.shape[4] - halo]  # (B, C, T, rows, W)
+    _, _, left, right = stage.padding
+    band = x5[:, :, -stage.cache_frames :, lo:hi, left : x5.shape[4] - right]  # (B, C, T, rows, W)
     return band.permute(0, 2, 3, 4, 1).flatten(0, 1)  # (B*T, rows, W, C)
 
 
@@ -170,8 +173,9 @@ def slice_channels(weight: torch.Tensor, itemsize: int | None = None) -> int:
 
 def _conv3d(stage: CausalConvStage, x5: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
     if x5.device.type == "cpu" and x5.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available():
-        return torch.mkldnn_convolution(x5, weight, bias, [0, 0, 0], [stage.time_stride, 1, 1], [1, 1, 1], 1)
-    return F.conv3d(x5, weight, bias, stride=(stage.time_stride, 1, 1))
+        return torch.mkldnn_convolution(x5, weight, bias, [0, 0, 0], [stage.time_stride, stage.stride, stage.stride],
+                                        [1, 1, 1], 1)
+    return F.conv3d(x5, weight, bias, stride=(stage.time_stride, stage.stride, stage.stride))
 
 
 def shortcut_band(stage: CausalConvStage, w: dict, read, r0: int, r1: int, out_n: int,
@@ -197,25 +201,29 @@ def _residuals(stage: CausalConvStage, w: dict, read, r0: int, r1: int, out: tor
     return out
 
 
-def _border(x5: torch.Tensor, halo: int, top: int, bottom: int, mode: str) -> None:
-    """Fill the spatial padding of the conv input (B, C, T, rows', W'): ``halo`` columns each side,
+def _border(x5: torch.Tensor, columns: tuple[int, int], top: int, bottom: int, mode: str) -> None:
+    """Fill the spatial padding of the conv input (B, C, T, rows', W'): ``columns`` (left, right),
     ``top``/``bottom`` rows, as F.pad's ``mode`` fills them: zeros, the edge row and column repeated
     ("replicate"), or the rows and columns mirrored about the border ("reflect"; rows first, then columns
     over every row: corners as F.pad makes them)."""
+    left, right = columns
+    width = x5.shape[4]
     if mode == "replicate":  # the edge row and column repeated
-        rows, width = x5.shape[3], x5.shape[4]
+        rows = x5.shape[3]
         if top:
             x5[:, :, :, :top] = x5[:, :, :, top : top + 1]
         if bottom:
             x5[:, :, :, rows - bottom :] = x5[:, :, :, rows - bottom - 1 : rows - bottom]
-        if halo:
-            x5[..., :halo] = x5[..., halo : halo + 1]
-            x5[..., width - halo :] = x5[..., width - halo - 1 : width - halo]
+        if left:
+            x5[..., :left] = x5[..., left : left + 1]
+        if right:
+            x5[..., width - right :] = x5[..., width - right - 1 : width - right]
         return
     if mode == "zeros":
-        if halo:
-            x5[..., :halo].zero_()
-            x5[..., -halo:].zero_()
+        if left:
+            x5[..., :left].zero_()
+        if right:
+            x5[..., width - right :].zero_()
         if top:
             x5[:, :, :, :top].zero_()
         if bottom:
@@ -226,10 +234,10 @@ def _border(x5: torch.Tensor, halo: int, top: int, bottom: int, mode: str) -> No
         x5[:, :, :, top - 1 - i].copy_(x5[:, :, :, top + 1 + i])
     for i in range(bottom):
         x5[:, :, :, rows - bottom + i].copy_(x5[:, :, :, rows - bottom - 2 - i])
-    width = x5.shape[4]
-    for i in range(halo):
-        x5[..., halo - 1 - i].copy_(x5[..., halo + 1 + i])
-        x5[..., width - halo + i].copy_(x5[..., width - halo - 2 - i])
+    for i in range(left):
+        x5[..., left - 1 - i].copy_(x5[..., left + 1 + i])
+    for i in range(right):
+        x5[..., width - right + i].copy_(x5[..., width - right - 2 - i])
 
 
 def causal_first_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int, r1: int, src_h: int,
