@@ -61,7 +61,8 @@ def _model(args, *, meta_ok: bool = False):
     if not args.dtype and not meta_ok:
         from .precision import choose_dtype
 
-        model = model.to(choose_dtype(model, args.device or "cpu"))
+        dtype = choose_dtype(model, args.device or "cpu")
+        model = model if model.dtype == dtype else model.to(dtype)  # no cast to warn of (MiniMax H3 pins fp32 parts)
     return model
 
 
@@ -172,7 +173,7 @@ def _doctor(args) -> int:
 
 def _plan(args) -> int:
     from . import api, checks
-    from .arch import program_for, scale_factor, temporal_factor
+    from .arch import latent_frames, program_for, scale_factor
 
     vae = _model(args, meta_ok=True)
     width, height = _size(args.size)
@@ -185,7 +186,7 @@ def _plan(args) -> int:
         if width % factor or height % factor:
             raise InputError(f"size {width}x{height} is not a multiple of the VAE's {factor}x scale")
         if video:  # latent frames: the first, then one per temporal_factor frames (Wan 4, LTX-2 8)
-            frames = (1 + (args.frames - 1) // temporal_factor(vae),)
+            frames = (latent_frames(vae, args.frames),)
         channels = program_for(vae, "decode").maps["input"].channels
         shape = (args.batch, channels, *frames, height // factor, width // factor)
     dtype = DTYPES[args.dtype] if args.dtype else torch.float32
@@ -253,7 +254,8 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--size", required=True, help="image size WIDTHxHEIGHT, e.g. 4096x4096")
     pl.add_argument("--budget", help="e.g. 4GiB (default: this machine's free memory)")
     pl.add_argument("--batch", type=int, default=1)
-    pl.add_argument("--frames", type=int, default=1, help="a video model's frames (Wan: 1 + 4k, LTX-2: 1 + 8k), default 1")
+    pl.add_argument("--frames", type=int, default=1,
+                    help="a video model's frames (Wan: 1 + 4k, LTX-2: 1 + 8k, MiniMax H3: 17k + 5), default 1")
     pl.add_argument("--device", default="cpu", help="device to plan for (cpu, cuda): sets the store tiers")
     pl.add_argument("--dtype", choices=sorted(DTYPES), help="dtype to plan for (default: float32)")
     pl.add_argument("--host-budget", help="CUDA: host RAM for maps kept off the GPU, the rest on disk "

@@ -14,8 +14,8 @@ from ..errors import UnsupportedModelError
 from ..program import Program
 from . import dc, hunyuan, hunyuan15, kl, ltx2, minimax, tiny, wan
 
-__all__ = ["family", "program_for", "check_state", "scale_factor", "temporal_factor", "latent_channels", "clips_of",
-           "OPS"]
+__all__ = ["family", "program_for", "check_state", "scale_factor", "temporal_factor", "latent_frames",
+           "latent_channels", "clips_of", "OPS"]
 
 OPS = ("decode", "encode")
 
@@ -60,6 +60,13 @@ def temporal_factor(vae) -> int:
     """Video frames per latent frame, after the first (a video is 1 + factor * k frames); 1 for images."""
     of = getattr(family(vae), "temporal_factor", None)
     return 1 if of is None else of(vae)
+
+
+def latent_frames(vae, frames: int) -> int:
+    """Latent frames of a video of ``frames``: what the model's encode makes of it (the first frame, then
+    one per temporal_factor; MiniMax H3's 17k + 5 frames: 5k + 2)."""
+    clips = clips_of(vae, "encode", frames)
+    return clips.frames if clips is not None else 1 + (frames - 1) // temporal_factor(vae)
 
 
 def clips_of(vae, op: str, frames: int):

@@ -42,11 +42,10 @@ from ..program import Program, Registers, Shortcut, TokenBlockStage, TokenKVStag
 from . import kl
 from .builder import ProgramBuilder
 
-__all__ = ["program", "whole", "finish", "scale_factor", "temporal_factor", "chunk_frames", "clips", "VIDEO",
-           "OWN_TILING"]
+__all__ = ["program", "whole", "finish", "scale_factor", "temporal_factor", "chunk_frames", "clips", "own_tiles",
+           "VIDEO"]
 
 VIDEO = True  #: inputs are (B, C, frames, H, W), in the model's own clips, each run as one chunk
-OWN_TILING = True  #: with use_tiling on (its default), its tiles are its output: apply leaves them to it
 
 
 def program(vae, op: str) -> Program:
@@ -192,6 +191,16 @@ def _decode_clips(vae, frames: int) -> Clips:
     cut = sum(tail_frames if tail_frames and (frames + k) % size == 0 else ratio for k in range(pad))
     return Clips(length=length, starts=tuple(k * size for k in range(n)), keep=(pre, chunk), frames=total - cut,
                  pad=pad, tail=tail, fade=vae.frame_overlap)
+
+
+def own_tiles(vae, op: str, shape: tuple[int, ...]) -> bool:
+    """Whether the model's own call cuts frames of this ``shape`` into tiles: with use_tiling on (its
+    default) and frames larger than a tile, its blended tiles are its output, which apply leaves to it.
+    With one tile its tiled call is its untiled one."""
+    if not vae.use_tiling or len(shape) != 5:
+        return False
+    ratio = vae.spatial_compression_ratio if op == "decode" else 1
+    return shape[3] * ratio > vae.tile_sample_min_height or shape[4] * ratio > vae.tile_sample_min_width
 
 
 def chunk_frames(vae, op: str, frames: int) -> list[int]:

@@ -116,7 +116,7 @@ def _run(vae, op: str, x, args: tuple, kwargs: dict):
     """The program's output for ``op`` on ``x`` (a plain tensor: no inference-mode copy to make), or
     the model's own method's return value when vaekit should not take the call."""
     state = vars(vae)[_MARK]
-    why = _why_not(vae, x)
+    why = _why_not(vae, op, x)
     timestep, why = _timestep(vae, op, args, kwargs, why)
     if why is None:
         _pre_forward(vae)
@@ -133,7 +133,7 @@ def _run(vae, op: str, x, args: tuple, kwargs: dict):
     return _own_method(vae, op, x, args, kwargs)
 
 
-def _why_not(vae, x) -> str | None:
+def _why_not(vae, op: str, x) -> str | None:
     """Why a call must go to the model's own method, before trying vaekit; None if it need not."""
     if not isinstance(x, torch.Tensor):
         return None  # api.run raises InputError: the model's own method gives the model's own error
@@ -142,7 +142,8 @@ def _why_not(vae, x) -> str | None:
                 "without gradients: call under torch.no_grad() or torch.inference_mode() to stream)")
     if any(p.is_meta for p in vae.parameters()):
         return "the weights are on the meta device (accelerate offload hooks place them)"
-    if getattr(vae, "use_tiling", False) and getattr(family(vae), "OWN_TILING", False):
+    own_tiles = getattr(family(vae), "own_tiles", None)
+    if own_tiles is not None and own_tiles(vae, op, tuple(x.shape)):
         return (f"a {type(vae).__name__} ships with tiling on and its tiles are its output, so its own call is "
                 "used (vae.disable_tiling() to stream its untiled call exactly)")
     return None
