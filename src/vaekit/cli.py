@@ -126,14 +126,14 @@ def _decode(args) -> int:
 
 
 def _encode(args) -> int:
-    from . import api
-    from .io import load_image, save_latents
+    from . import api, checks
+    from .io import load_image, load_video, save_latents
 
     _check_suffix(args.out, (".safetensors", ".npy", ".pt"))
-    images = load_image(args.image)
+    vae = _model(args)
+    images = (load_video if checks.is_video(vae) else load_image)(args.image)  # a video model's: (B, 3, F, H, W)
     generator = torch.Generator().manual_seed(args.seed) if args.sample else None
-    latents = api.encode(_model(args), images, args.budget, sample=args.sample, generator=generator,
-                         **_run_options(args))
+    latents = api.encode(vae, images, args.budget, sample=args.sample, generator=generator, **_run_options(args))
     _tell(args)
     if _lead():
         print(save_latents(latents, args.out))
@@ -234,8 +234,10 @@ def _parser() -> argparse.ArgumentParser:
     dec.add_argument("--crf", type=int, help="video: x264 quality of an .mp4, lower is better (default 18)")
     dec.set_defaults(run=_decode)
 
-    enc = sub.add_parser("encode", parents=[model, run], help="encode an image to latents, exactly, in a budget")
-    enc.add_argument("image", help=".png, .jpg, .tif, ...")
+    enc = sub.add_parser("encode", parents=[model, run], help="encode an image or a video to latents, exactly, "
+                                                                  "in a budget")
+    enc.add_argument("image", help=".png, .jpg, .tif, ...; a video model's: .mp4, .mkv, ... or a (B, C, F, H, W) "
+                                   "tensor in .npy, .safetensors or .pt")
     enc.add_argument("out", help=".safetensors (key 'latents'), .npy or .pt")
     enc.add_argument("--sample", action="store_true", help="sample the latent distribution instead of its mode")
     enc.add_argument("--seed", type=int, default=0, help="seed for --sample")

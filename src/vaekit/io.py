@@ -112,6 +112,36 @@ def load_image(path) -> torch.Tensor:
     return (image * 2 - 1).permute(2, 0, 1)[None].contiguous()  # (1, 3, H, W) image px
 
 
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".webm", ".avi")
+
+
+def load_video(path) -> torch.Tensor:
+    """A video for a video model's encode as (B, 3, F, H, W): a video file's frames (PyAV) as float32 in
+    [-1, 1], or a tensor file (.npy, .safetensors, .pt) as it is."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in LATENT_SUFFIXES:
+        video = load_latents(path)
+        if video.dim() != 5:
+            raise InputError(f"{path} holds a tensor of shape {tuple(video.shape)}: a video is (B, C, F, H, W)")
+        return video
+    if suffix not in VIDEO_SUFFIXES:
+        raise InputError(f"cannot read a video from {path}: use one of {', '.join(VIDEO_SUFFIXES + LATENT_SUFFIXES)}")
+    if not path.is_file():
+        raise InputError(f"video file {path} does not exist")
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]  # (H, W, 3) uint8 each
+    except (OSError, ValueError, av.error.FFmpegError) as e:
+        raise InputError(f"cannot read a video from {path}: {e}") from None
+    if not frames:
+        raise InputError(f"{path} has no video frames")
+    video = torch.from_numpy(np.stack(frames).astype(np.float32) / 255.0)  # (F, H, W, 3) in [0, 1]
+    return (video * 2 - 1).permute(3, 0, 1, 2)[None].contiguous()  # (1, 3, F, H, W) image px
+
+
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """(C, H, W) in [-1, 1] -> (H, W, C) uint8."""
     return quantize(image.permute(1, 2, 0))
