@@ -2,8 +2,8 @@
 
 Python blocks run in order, one namespace per page (as a doctest session would), in a folder holding
 what the examples name: small seeded models of the real classes saved with ``save_pretrained``
-(``./sd-vae``, ``./wan-vae``, ``./ltx2-vae``, ``./hunyuan15-vae``, ``./sd-pipeline`` with a tokenizer and
-text encoder), ``latents.pt`` and a photograph. A block titled like a file
+(``./sd-vae``, ``./wan-vae``, ``./ltx2-vae``, ``./hunyuan15-vae``, ``./minimax-vae``, ``./sd-pipeline``
+with a tokenizer and text encoder), ``latents.pt`` and a photograph. A block titled like a file
 (```` ```python title="decode.py" ````) is written to that file, and a ``torchrun ... decode.py`` line
 of the page runs it with 2 gloo ranks. Shell lines are checked against what they call: ``vaekit ...``
 (and ``torchrun ... -m vaekit ...``) must parse with the CLI's parsers, ``make X`` must be a Makefile
@@ -75,6 +75,7 @@ def folder(tmp_path_factory):
 
     from test_hunyuan15 import make as make_hunyuan15
     from test_ltx2 import make as make_ltx2
+    from test_minimax import make as make_minimax
     from test_wan import make as make_wan
 
     where = tmp_path_factory.mktemp("docs")
@@ -84,6 +85,8 @@ def folder(tmp_path_factory):
     ltx2.save_pretrained(where / "ltx2-vae")
     hunyuan15 = make_hunyuan15(latent_channels=32, block_out_channels=(8, 16, 16, 32, 64), spatial_compression_ratio=16)
     hunyuan15.save_pretrained(where / "hunyuan15-vae")  # its 16x, 4x compression
+    make_minimax(latent_channels=24, block_out_channels=(8, 8, 16, 16), spatial_downsample_factors=(2, 2, 2, 2),
+                 temporal_downsample_factors=(1, 2, 2, 1)).save_pretrained(where / "minimax-vae")  # 16x, 4x
     _sd_pipeline(where / "sd-pipeline")
     torch.save(torch.randn(1, 4, 24, 20, generator=torch.Generator().manual_seed(0)), where / "latents.pt")
     Image.fromarray(data.astronaut()).resize((96, 96)).save(where / "photo.png")

@@ -23,9 +23,9 @@ SMALL = dict(latent_channels=8, block_out_channels=(8, 16), layers_per_block=1, 
              decoder_num_attention_heads=2, decoder_attention_head_dim=16, decoder_ffn_mult=2)
 
 
-def make(seed: int = 0):
+def make(seed: int = 0, **changes):
     torch.manual_seed(seed)
-    vae = AutoencoderKLMiniMaxH3(**SMALL).eval()
+    vae = AutoencoderKLMiniMaxH3(**{**SMALL, **changes}).eval()
     with torch.no_grad():  # the layer scales and registers start at zero, the norms at one: every term must matter
         for p in vae.parameters():
             p.normal_(0.0, 0.2 if p.dim() > 1 else 0.5)
@@ -130,9 +130,11 @@ def test_encode_border_time_padding_and_statistics_matter(mm, monkeypatch, mutat
     assert relative_error(out, ref) > 100 * REL_TOL
 
 
-def test_too_few_frames_are_refused(mm):
+def test_too_few_frames_and_pixels_out_of_its_range_are_refused(mm):
     with pytest.raises(InputError, match="at least 3 latent frames"):
         vaekit.decode(mm, Z[:, :, :2])
+    with pytest.raises(InputError, match="ImageNet-normalized"):  # its pixels: (x - mean) / std, x in [0, 1]
+        vaekit.encode(mm, X[:, :, :1] * 4)
 
 
 def test_out_file_and_plan(mm, ref, tmp_path):

@@ -132,7 +132,7 @@ def _run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=No
     check_shape(program, vae, tuple(x.shape), op)
     if not x.is_floating_point():
         raise InputError(f"{what} must be floating point, got {x.dtype}")
-    check_values(x, op, image_range=strict)
+    check_values(x, op, image_range=strict, vae=vae)
     rank, ranks = world() if dist else (0, 1)
     if ranks > 1 and out is not None:
         check_shared(out)

@@ -97,15 +97,22 @@ def _frame_rule(program: Program) -> str:
     return f"1 + {fold}k frames (1, {1 + fold}, {1 + 2 * fold}, ...)"
 
 
-def check_values(x: torch.Tensor, op: str, image_range: bool = True) -> None:
-    """NaN/Inf anywhere, and (``image_range``) for encode images outside [-1, 1]: say so before any work."""
+def check_values(x: torch.Tensor, op: str, image_range: bool = True, vae=None) -> None:
+    """NaN/Inf anywhere, and (``image_range``) for encode images outside [-1, 1] (or the range of the
+    model's own pixel convention, a family's PIXELS): say so before any work."""
     low, high = (float(v) for v in torch.aminmax(x.detach()))
     if not (math.isfinite(low) and math.isfinite(high)):
         bad = (~torch.isfinite(x)).nonzero()[0].tolist()
         what = "latents" if op == "decode" else "images"
         raise InputError(f"{what} contain NaN or Inf (first at index {tuple(bad)}): the step before vaekit "
                          "produced them, e.g. an fp16 model that overflowed; vaekit cannot decode them")
-    if image_range and op == "encode" and (low < -IMAGE_RANGE_SLACK or high > IMAGE_RANGE_SLACK):
+    pixels = None if vae is None else getattr(family(vae), "PIXELS", None)
+    if image_range and op == "encode" and pixels is not None:
+        (lo, hi), how = pixels
+        if low < lo - IMAGE_RANGE_SLACK + 1 or high > hi + IMAGE_RANGE_SLACK - 1:
+            raise InputError(f"a {type(vae).__name__} takes pixels in [{lo:.4g}, {hi:.4g}] ({how}), got values in "
+                             f"[{low:.4g}, {high:.4g}]")
+    elif image_range and op == "encode" and (low < -IMAGE_RANGE_SLACK or high > IMAGE_RANGE_SLACK):
         raise InputError(f"images must be in [-1, 1], got values in [{low:.4g}, {high:.4g}]: "
                          "for 0-255 pixels use x / 127.5 - 1, for [0, 1] use x * 2 - 1")
 

@@ -40,7 +40,7 @@ def run_video_call(vae, program: Program, op: str, x, budget, *, device, report,
     if out is not None and op != "decode":
         raise InputError("out= takes a decoded video; encode returns the latents")
     shape = check_shape(program, vae, tuple(x.shape), op)
-    check_values(x, op, image_range=strict)
+    check_values(x, op, image_range=strict, vae=vae)
     rank, ranks = world() if dist else (0, 1)
     compute = compute_device(vae, rank_device(device) if ranks > 1 else device)
     check_dtype(model_dtype(vae), compute)

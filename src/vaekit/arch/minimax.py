@@ -46,6 +46,9 @@ __all__ = ["program", "whole", "finish", "scale_factor", "temporal_factor", "chu
            "VIDEO"]
 
 VIDEO = True  #: inputs are (B, C, frames, H, W), in the model's own clips, each run as one chunk
+#: its pixels, as its pipeline makes them: ImageNet-normalized RGB over [0, 1], (x - mean) / std
+PIXELS = ((-0.485 / 0.229, (1 - 0.406) / 0.225),  # the lowest channel's 0 and the highest's 1
+          "ImageNet-normalized RGB: (x - (0.485, 0.456, 0.406)) / (0.229, 0.224, 0.225) for x in [0, 1]")
 
 
 def program(vae, op: str) -> Program:
