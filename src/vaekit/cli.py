@@ -59,10 +59,11 @@ def _model(args, *, meta_ok: bool = False):
         return meta_model(args.model[0])  # planning reads config.json only
     model = load(*args.model, dtype=DTYPES[args.dtype] if args.dtype else None)
     if not args.dtype and not meta_ok:
+        from .checks import model_dtype
         from .precision import choose_dtype
 
         dtype = choose_dtype(model, args.device or "cpu")
-        model = model if model.dtype == dtype else model.to(dtype)  # no cast to warn of (MiniMax H3 pins fp32 parts)
+        model = model if model_dtype(model) == dtype else model.to(dtype)  # no cast to warn of (MiniMax H3 pins fp32)
     return model
 
 

@@ -85,7 +85,7 @@ class MapSpec:
 
 @dataclass(frozen=True, eq=False)
 class Shortcut:
-    """What a residual stage adds: shuffle(mean(repeat(conv(unshuffle(skip))))), each step optional.
+    """What a residual stage adds: shuffle(mean(repeat(conv(norm(unshuffle(skip)))))), each step optional.
 
     The skip map is read at the rows matching the output rows: ``unshuffle`` times as many when it is
     at a finer resolution (DC-AE down blocks), 1/``shuffle`` as many when coarser (DC-AE up blocks).
@@ -107,6 +107,7 @@ class Shortcut:
     time_front: str = "zeros"  # what fills a time unshuffle's first group: zero frames, or "first": LTX's
     # first time_unshuffle - 1 frames in front of the chunk
     tile: int = 1  # channels tiled this many times, last (LTX's upsampler residual: torch's repeat)
+    norm: nn.Module | None = None  # a LayerNorm over channels before the conv (LTX-Video 0.9's resnets)
 
     @classmethod
     def of(cls, conv: nn.Conv2d | None) -> Shortcut | None:

@@ -266,6 +266,8 @@ def stage_weights(stage, device, dtype) -> dict[str, dict[str, torch.Tensor]]:
 
     if isinstance(stage, ConvStage | CausalConvStage):
         shortcut = _as_2d(params(stage.shortcut.conv if stage.shortcut else None))
+        if stage.shortcut is not None and stage.shortcut.norm is not None:
+            shortcut["norm"] = params(stage.shortcut.norm)
         if isinstance(stage, CausalConvStage):
             noise = {} if stage.noise_scale is None else {"scale": stage.noise_scale.detach().to(device, dtype)}
             return {"conv": params(stage.conv), "norm": params(stage.norm), "shortcut": shortcut, "noise_scale": noise}

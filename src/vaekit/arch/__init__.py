@@ -23,7 +23,8 @@ OPS = ("decode", "encode")
 _FAMILIES: dict[str, ModuleType] = {"AutoencoderKL": kl, "AutoencoderKLFlux2": kl, "AutoencoderDC": dc,
                                      "AutoencoderKLHunyuanImage": hunyuan, "AutoencoderKLWan": wan,
                                      "AutoencoderKLQwenImage": wan, "AutoencoderKLQwenImage21": wan,
-                                     "AutoencoderKLLTX2Video": ltx2, "AutoencoderKLHunyuanVideo15": hunyuan15,
+                                     "AutoencoderKLLTX2Video": ltx2, "AutoencoderKLLTXVideo": ltx2,
+                                     "AutoencoderKLHunyuanVideo15": hunyuan15,
                                      "AutoencoderKLMiniMaxH3": minimax,
                                      "AutoencoderTiny": tiny,
                                      "TinyAutoencoder": tiny}

@@ -1,15 +1,16 @@
-"""diffusers AutoencoderKLLTX2Video (LTX-2 and LTX-2.x): decoder and encoder as stage programs over the
-whole video.
+"""diffusers AutoencoderKLLTX2Video (LTX-2 and LTX-2.x) and AutoencoderKLLTXVideo (LTX-Video 0.9.x):
+decoder and encoder as stage programs over the whole video.
 
 diffusers' default call runs every frame at once, each 3x3x3 conv padded in time with copies of the
 first frame (the causal encoder) or of the first and the last (the decoder, not causal). So the
 program's one chunk is the whole video (chunk_frames) and rows are what stream: every band holds all
-its rows' frames, and nothing in time is cut. Every norm is per pixel (PerChannelRMSNorm, no affine)
-and there is no attention: nothing is global. One row per block:
+its rows' frames, and nothing in time is cut. Every norm is per pixel (an RMS norm over channels, no
+affine; a LayerNorm on a shortcut) and there is no attention: nothing is global. One row per block:
 
     conv_in           3x3x3                                                  latent px
     mid               resnets
-    resnet            norm1+silu+conv1 | norm2+silu+conv2 + x
+    resnet            norm1+silu+conv1 | norm2+silu+conv2 + x (+ a 1x1x1 conv of LayerNorm(x) where the
+                      channels change: LTX-Video 0.9's up blocks begin with one)
     upsample          3x3x3 to 8C/u channels, depth to space (c, t, row, column): 2x frames less the
                       first, 2x rows and columns; + the input the same way, channels tiled u times
     conv_out          norm+silu+3x3x3, unpatchify 4x4 (c, column, row)           image px
@@ -17,11 +18,14 @@ and there is no attention: nothing is global. One row per block:
     patchify          4x4 pixels into channels (c, column, row)                  image px
     conv_in           3x3x3
     down              resnets; a downsampler: [first frame ; frames], 3x3x3, space (and time) to depth
-                      (c, t, row, column) + the same of its input, groups of channels averaged
+                      (c, t, row, column) + the same of its input, groups of channels averaged (LTX-Video
+                      0.9.0: a 3x3x3 conv of stride 2 in time and space; then a resnet to the next channels)
     mid               resnets
     conv_out          norm+silu+3x3x3 to C+1: the last (the log-variance) repeated for every channel
 
-The decoder's spatial padding is "reflect" in LTX-2 ("zeros" in LTX-2.3), the encoder's "zeros".
+The decoder's spatial padding is "reflect" in LTX-2 ("zeros" in LTX-2.3 and LTX-Video 0.9), the
+encoder's "zeros". From LTX-Video 0.9.1 on, the decoder may take a timestep (its norms scaled and
+shifted per video) and add noise after its convs (conditioning).
 """
 
 from __future__ import annotations
@@ -51,12 +55,16 @@ def _decoder(vae) -> Program:
     dec = vae.decoder
     _require(dec.patch_size_t == 1, f"temporal patches (patch_size_t={dec.patch_size_t})")
     b = ProgramBuilder("decode", dec.conv_in.in_channels)
-    pad = "first" if dec.is_causal else "edges"  # decode(z) runs `causal or is_causal`: the config's
+    pad = _time_pad(dec)  # LTX-2's decode(z) runs `causal or is_causal`: the config's
     conv, options = _conv(dec.conv_in, pad)
     x = b.causal("conv_in", b.input, conv, **options)
     x = _resnets(b, "mid", x, dec.mid_block.resnets, pad)
     for i, block in enumerate(dec.up_blocks):
-        _require(block.conv_in is None, f"up_blocks.{i}: an up block that changes its channels")
+        if block.conv_in is not None:  # LTX-Video 0.9: a resnet to the block's channels first
+            _require(block.conv_in.scale_shift_table is None and block.conv_in.per_channel_scale1 is None,
+                     f"up_blocks.{i}: a conditioned or noisy resnet that changes its channels (the model's own "
+                     "decode fails on it)")
+            x = _resnet(b, f"up.{i}.conv_in", x, block.conv_in, pad)
         for j, up in enumerate(block.upsamplers or []):
             x = _upsample(b, f"up.{i}.upsample.{j}", x, up, pad)
         x = _resnets(b, f"up.{i}", x, block.resnets, pad)
@@ -75,18 +83,26 @@ def _encoder(vae) -> Program:
     if p > 1:  # pixels to channels first, (c, column, row) order
         x = b.add(ConvStage("patchify", x, b.new_map(enc.conv_in.in_channels), _identity(pixels), unshuffle=p,
                             order=PATCH_ORDER))
-    pad = "first" if enc.is_causal else "edges"
+    pad = _time_pad(enc)
     conv, options = _conv(enc.conv_in, pad)
     x = b.causal("conv_in", x, conv, **options)
     for i, block in enumerate(enc.down_blocks):
         x = _resnets(b, f"down.{i}", x, block.resnets, pad)
         for j, down in enumerate(block.downsamplers or []):
             x = _downsample(b, f"down.{i}.downsample.{j}", x, down, pad)
+        if getattr(block, "conv_out", None) is not None:  # LTX-Video 0.9.0: a resnet to the next channels
+            x = _resnet(b, f"down.{i}.conv_out", x, block.conv_out, pad)
     x = _resnets(b, "mid", x, enc.mid_block.resnets, pad)
     conv, options = _conv(enc.conv_out, pad)
     x = b.causal("conv_out", x, conv, norm=enc.norm_out, act=_act(enc.conv_act), repeat_last=conv.out_channels - 2,
                  **options)  # the moments (mean | log-variance, one channel repeated)
     return b.build(output=x)
+
+
+def _time_pad(coder: nn.Module) -> str:
+    """Copies of the first frame in front (causal), or of the first and the last (not causal)."""
+    causal = coder.is_causal if hasattr(coder, "is_causal") else coder.conv_in.is_causal  # LTX-Video 0.9: its convs'
+    return "first" if causal else "edges"
 
 
 def _resnets(b: ProgramBuilder, name: str, x: str, resnets: nn.ModuleList, pad: str) -> str:
@@ -96,16 +112,21 @@ def _resnets(b: ProgramBuilder, name: str, x: str, resnets: nn.ModuleList, pad: 
 
 
 def _resnet(b: ProgramBuilder, name: str, x: str, resnet: nn.Module, pad: str) -> str:
-    """norm1+silu+conv1, norm2+silu+conv2, + x: written over x. A timestep-conditioned decoder's norms are
+    """norm1+silu+conv1, norm2+silu+conv2, + x: written over x; where the channels change (LTX-Video
+    0.9), + a 1x1x1 conv of LayerNorm(x) into a new map. A timestep-conditioned decoder's norms are
     modulated (conditioning), and with decode noise each conv's output gets its noise."""
-    _require(resnet.conv_shortcut is None, f"{name}: a resnet that changes its channels")
     act, modulated = _act(resnet.nonlinearity), resnet.scale_shift_table is not None
+    shortcut, out = None, x
+    if resnet.conv_shortcut is not None:
+        conv, _ = _conv(resnet.conv_shortcut, pad)
+        shortcut = Shortcut(conv=conv, norm=getattr(resnet, "norm3", None))
+        out = b.new_map(conv.out_channels)
     conv, options = _conv(resnet.conv1, pad)
     h = b.causal(f"{name}.conv1", x, conv, norm=resnet.norm1, act=act, modulated=modulated,
                  noise_scale=resnet.per_channel_scale1, **options)
     conv, options = _conv(resnet.conv2, pad)
-    return b.causal(f"{name}.conv2", h, conv, dst=x, norm=resnet.norm2, act=act, skip=x, modulated=modulated,
-                    noise_scale=resnet.per_channel_scale2, **options)
+    return b.causal(f"{name}.conv2", h, conv, dst=out, norm=resnet.norm2, act=act, skip=x, shortcut=shortcut,
+                    modulated=modulated, noise_scale=resnet.per_channel_scale2, **options)
 
 
 def _upsample(b: ProgramBuilder, name: str, x: str, up: nn.Module, pad: str) -> str:
@@ -122,8 +143,9 @@ def _upsample(b: ProgramBuilder, name: str, x: str, up: nn.Module, pad: str) -> 
 def _downsample(b: ProgramBuilder, name: str, x: str, down: nn.Module, pad: str) -> str:
     """[first st-1 frames ; frames] through a 3x3x3 conv, then space and time to depth (c, t, row,
     column); + the same sequence to depth, groups of ``group_size`` channels averaged."""
-    _require(type(down).__name__ == "LTX2VideoDownsampler3d", f"{name}: downsampling by a strided conv "
-             "(downsample_type 'conv')")
+    if not hasattr(down, "group_size"):  # LTX-Video 0.9.0's downsample_type "conv": a 3x3x3 conv of stride 2
+        conv, options = _conv(down, pad)
+        return b.causal(name, x, conv, **options)
     st, sh, sw = down.stride
     _require(sh == sw, f"{name}: a downsampler of stride {down.stride}")
     shortcut = Shortcut(time_unshuffle=st, time_front="first", unshuffle=sh, mean=down.group_size)
@@ -132,16 +154,18 @@ def _downsample(b: ProgramBuilder, name: str, x: str, down: nn.Module, pad: str)
 
 
 def _conv(causal: nn.Module, pad: str) -> tuple[nn.Conv3d, dict]:
-    """An LTX2VideoCausalConv3d's Conv3d, and the stage options of its padding: ``pad`` in time (the
-    caller's causal flag), its own mode in space."""
+    """An LTX(2)VideoCausalConv3d's Conv3d, and the stage options of its padding: ``pad`` in time (the
+    caller's causal flag), its own mode in space; LTX-Video 0.9.0's strided convs (stride 2 in time and
+    space) say their strides."""
     conv = causal.conv
-    k = conv.kernel_size
-    _require(k[1] == k[2] and k[1] % 2 == 1 and k[0] % 2 == 1 and conv.stride == (1, 1, 1)
+    k, (st, sh, sw) = conv.kernel_size, conv.stride
+    _require(k[1] == k[2] and k[1] % 2 == 1 and k[0] % 2 == 1 and sh == sw and (st, sh) in ((1, 1), (2, 2))
              and conv.dilation == (1, 1, 1) and conv.groups == 1 and conv.padding == (0, k[1] // 2, k[2] // 2)
              and conv.padding_mode in BORDERS,
-             f"only stride-1 convs with 'same' spatial padding, got kernel {k}, stride {conv.stride}, padding "
-             f"{conv.padding} ({conv.padding_mode})")
-    return conv, {"time_pad": pad, "border": BORDERS[conv.padding_mode]}
+             f"only convs with 'same' spatial padding of stride 1 or 2, got kernel {k}, stride {conv.stride}, "
+             f"padding {conv.padding} ({conv.padding_mode})")
+    strides = {} if st == 1 else {"time_stride": st, "stride": sh}
+    return conv, {"time_pad": pad, "border": BORDERS[conv.padding_mode], **strides}
 
 
 def _act(module: nn.Module) -> str:
@@ -151,7 +175,7 @@ def _act(module: nn.Module) -> str:
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
-        raise UnsupportedModelError(f"AutoencoderKLLTX2Video: {message}")
+        raise UnsupportedModelError(f"LTX video VAE: {message}")
 
 
 def chunk_frames(vae, op: str, frames: int) -> list[int]:
@@ -176,7 +200,7 @@ def conditioning(vae, program: Program, op: str, x: torch.Tensor, timestep=None)
     dec, b = vae.decoder, x.shape[0]
     if dec.time_embedder is not None:
         if timestep is None:
-            raise InputError("this AutoencoderKLLTX2Video decoder is timestep-conditioned: pass timestep= (the "
+            raise InputError(f"this {type(vae).__name__} decoder is timestep-conditioned: pass timestep= (the "
                              "pipeline's decode_timestep, e.g. 0.05), as vae.decode(latents, timestep) takes it")
         temb = torch.as_tensor(timestep, dtype=x.dtype, device=x.device).flatten()
         temb = (temb.expand(b) if temb.numel() == 1 else temb) * dec.timestep_scale_multiplier

@@ -153,10 +153,10 @@ def _timestep(vae, op: str, args: tuple, kwargs: dict, why: str | None):
     """A timestep-conditioned decoder's timestep (LTX's ``decode(z, temb, causal)``), and why the call
     must go to the model's own method, if it must: ``causal=True`` for a decoder its config makes not
     causal (the model runs ``causal or is_causal``)."""
-    if op != "decode" or type(vae).__name__ != "AutoencoderKLLTX2Video":
+    if op != "decode" or type(vae).__name__ not in ("AutoencoderKLLTX2Video", "AutoencoderKLLTXVideo"):
         return None, why
     timestep = args[0] if args else kwargs.get("temb")
-    causal = args[1] if len(args) > 1 else kwargs.get("causal")
+    causal = args[1] if len(args) > 1 else kwargs.get("causal")  # LTX-2's; LTX-Video 0.9 takes none
     if causal and not vae.decoder.is_causal and why is None:
         why = "vaekit streams the decoder as its config has it (not causal), and this call asks for causal=True"
     return timestep, why

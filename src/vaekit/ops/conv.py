@@ -54,7 +54,7 @@ def conv_band(stage: ConvStage, w: dict, read, stats: dict, r0: int, r1: int, sr
 
 def apply_shortcut(skip: torch.Tensor, shortcut: Shortcut | None, weights: dict | None, out_n: int | None = None,
                    samples: int | None = None) -> torch.Tensor:
-    """shuffle(mean(repeat(conv(unshuffle(skip))))) of an NCHW band, each step only where asked. In a
+    """shuffle(mean(repeat(conv(norm(unshuffle(skip)))))) of an NCHW band, each step only where asked. In a
     video, frames are in the batch dimension: ``out_n`` is the output band's (a time shuffle on a first
     chunk keeps each group's last frame), ``samples`` the videos in it (a time unshuffle pads each)."""
     if shortcut is None:
@@ -69,6 +69,10 @@ def apply_shortcut(skip: torch.Tensor, shortcut: Shortcut | None, weights: dict 
         skip = video.unflatten(1, (-1, f)).transpose(2, 3).flatten(2, 3).flatten(0, 1)  # (B*T', C*f, rows, W)
     if shortcut.unshuffle != 1:
         skip = pixel_unshuffle(skip, shortcut.unshuffle, shortcut.order)  # (B, C * u^2, rows / u, W / u)
+    if shortcut.norm is not None:  # a LayerNorm over each pixel's channels
+        norm = weights["norm"]
+        skip = F.layer_norm(skip.movedim(1, -1), shortcut.norm.normalized_shape, norm.get("weight"), norm.get("bias"),
+                            shortcut.norm.eps).movedim(-1, 1)
     if shortcut.conv is not None:
         skip = F.conv2d(skip, weights["weight"], weights.get("bias"))
     if shortcut.repeat != 1:
