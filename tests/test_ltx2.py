@@ -53,6 +53,20 @@ def test_decode_is_exact_at_every_budget(ltx2):
             assert out.shape == ref.shape == (1, 3, 17, 80, 112) and relative_error(out, ref) <= REL_TOL, name
 
 
+@pytest.mark.parametrize("changes", [{"downsample_type": ("conv", "temporal", "spatiotemporal", "spatiotemporal")},
+                                     {"decoder_block_out_channels": (16, 32, 32), "upsample_factor": (1, 1, 1),
+                                      "upsample_residual": (False,) * 3}], ids=["strided conv", "channels change"])
+def test_a_strided_downsampling_conv_and_up_blocks_that_change_channels(changes):
+    """Configs no LTX-2 release has, but the class takes (and LTX-Video 0.9 uses): a 3x3x3 conv of stride 2
+    downsampling; up blocks that begin with a resnet to their channels (LayerNorm and a 1x1x1 conv)."""
+    vae = make(**changes)
+    with torch.no_grad():
+        for op, x in (("decode", Z), ("encode", X[..., :32, :48])):
+            ref = vae.decode(x).sample if op == "decode" else vae.encode(x).latent_dist.mode()
+            out = (vaekit.decode if op == "decode" else vaekit.encode)(vae, x, budgets(vae, tuple(x.shape), op)["smallest"])
+            assert relative_error(out, ref) <= REL_TOL, op
+
+
 def test_encode_is_exact_at_every_budget(ltx2):
     with torch.no_grad():
         ref = ltx2.encode(X).latent_dist

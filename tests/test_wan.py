@@ -121,20 +121,21 @@ def test_compiled_video_is_exact_and_made_once(wan):
     """compile=True: the causal convs' graphs (and the 2-D stages') are made on the first video, and
     reused for other sizes and frame counts; both directions exact, Wan 2.1 and 2.2. Sizes of 1 are
     specialized by torch.compile: one-frame first chunks are made on every first video, and one-row
-    chunks (the smallest budgets) make their own graphs, as for images."""
+    chunks (the smallest budgets) make their own graphs, as for images (checked once at a new size:
+    each new one-row graph costs seconds)."""
     wan22 = make_wan22()
     cases = [(wan, "decode", (1, 4, 3, 7, 5)), (wan, "encode", (1, 3, 5, 56, 40)),
              (wan22, "decode", (1, 4, 2, 5, 3)), (wan22, "encode", (1, 3, 5, 48, 80))]
     sizes = {"decode": [(9, 6), (6, 11)], "encode": [(80, 48), (32, 96)]}  # Wan 2.2 encodes multiples of 16
-    for vae, op, shape in cases:  # warm-up: the graphs are made here
-        for budget in ("smallest", "whole"):
+    for vae, op, shape in cases:  # warm-up: the graphs are made here (one-row ones too, but for Wan 2.2's
+        for budget in ("smallest", "whole") if (vae, op) != (wan22, "encode") else ("whole",):  # encode: 8 s)
             _assert_compiled_exact(vae, op, shape, budget)
     for vae, op, shape in cases:
         for i, (h, w) in enumerate(sizes[op]):
             frames = shape[2] + 1 if op == "decode" else 9
             with torch.compiler.set_stance("fail_on_recompile"):  # a new graph would raise
                 _assert_compiled_exact(vae, op, (*shape[:2], frames, h, w), "whole")
-            if i == 0:  # one-row chunks at a new size: graphs of their own (specialized), exact
+            if i == 0 and vae is wan and op == "decode":  # one-row chunks at a new size: graphs of their own, exact
                 _assert_compiled_exact(vae, op, (*shape[:2], frames, h, w), "smallest")
 
 

@@ -117,9 +117,10 @@ def _resnet(b: ProgramBuilder, name: str, x: str, resnet: nn.Module, pad: str) -
     modulated (conditioning), and with decode noise each conv's output gets its noise."""
     act, modulated = _act(resnet.nonlinearity), resnet.scale_shift_table is not None
     shortcut, out = None, x
-    if resnet.conv_shortcut is not None:
-        conv, _ = _conv(resnet.conv_shortcut, pad)
-        shortcut = Shortcut(conv=conv, norm=getattr(resnet, "norm3", None))
+    if resnet.conv_shortcut is not None:  # a 1x1x1 conv (LTX-2: a plain Conv3d; LTX-Video 0.9: a causal one's)
+        conv = getattr(resnet.conv_shortcut, "conv", resnet.conv_shortcut)
+        _require(conv.kernel_size == (1, 1, 1) and conv.stride == (1, 1, 1), f"{name}: a shortcut conv {conv}")
+        shortcut = Shortcut(conv=conv, norm=resnet.norm3)
         out = b.new_map(conv.out_channels)
     conv, options = _conv(resnet.conv1, pad)
     h = b.causal(f"{name}.conv1", x, conv, norm=resnet.norm1, act=act, modulated=modulated,
