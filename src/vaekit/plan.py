@@ -196,14 +196,19 @@ def _chunk_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str],
     if isinstance(stage, CausalConvStage):
         n_out = shapes[stage.dst][0]
         c0, c1 = stage.conv_out_rows(0, rows)
-        lo, hi = stage.input_rows(c0, c1)
-        halo_rows = min(hi - lo, src_h)  # the rows read (with their halo); hi - lo with the border's padding
-        n_seq = b + (shapes[stage.cache][0] if stage.cache else 0)  # the chunk's frames after the cached ones
-        n_seq += sum(stage.pad_frames) * (samples or b)  # and copies of the first and last (LTX)
-        normalized = (2 if stage.norm is not None else 1) * b * halo_rows * src_w * c_in * temp  # and a temporary
-        total = read_buffer(stage.src, halo_rows) + normalized
+        lo, hi = stage.input_rows(c0, c1)  # the conv input's rows (upsampled), hi - lo with the border's padding
+        u, videos = stage.upsample, samples or b
+        halo_rows = min(hi - lo, src_h * u)  # the rows read, with their halo
+        src_rows = halo_rows if u == 1 else min(-(-halo_rows // u) + 1, src_h)
+        frames = videos + stage.time_upsample * (b - videos)  # the first frame once, the others repeated
+        n_seq = frames + (shapes[stage.cache][0] if stage.cache else 0)  # the chunk's frames after the cached ones
+        n_seq += sum(stage.pad_frames) * videos  # and copies of the first and last (LTX)
+        normalized = (2 if stage.norm is not None else 1) * b * src_rows * src_w * c_in * temp  # and a temporary
+        total = read_buffer(stage.src, src_rows) + normalized
         total += read_buffer(stage.cache, halo_rows) if stage.cache else 0
-        padded_w = src_w + sum(stage.padding[2:])
+        if u != 1 or stage.time_upsample != 1:  # the upsampled band, and its first step (rows repeated)
+            total += (frames + b) * halo_rows * src_w * u * c_in * itemsize
+        padded_w = src_w * u + sum(stage.padding[2:])
         total += 3 * n_seq * (hi - lo) * padded_w * c_in * itemsize  # sequence, padded, backend's copy
         total += 3 * n_out * rows * dst_w * c_out * itemsize  # conv output, unfolded frames, sum
         rearranged = stage.shuffle != 1 or stage.unshuffle != 1 or stage.repeat_last
@@ -322,7 +327,8 @@ def whole_bytes(program: Program, shapes, itemsize: int) -> int:
         elif isinstance(stage, LinearKVStage | LinearQueryStage):
             peak = max(peak, 2 * src + 6 * src * (1 + len(stage.attn.to_qkv_multiscale)))  # qkv, scales, fp32
         elif isinstance(stage, CausalConvStage):  # input, normalized, [cache; input] padded; output, unfolded
-            peak = max(peak, (_nbytes(shapes[stage.skip], itemsize) if stage.skip else 0) + 4 * src + 2 * dst)
+            up = stage.upsample**2 * stage.time_upsample  # the conv's input is this much larger
+            peak = max(peak, (_nbytes(shapes[stage.skip], itemsize) if stage.skip else 0) + 4 * src * up + 2 * dst)
         else:
             peak = max(peak, 2 * src + dst)
     caches = sum(_nbytes(shapes[name], itemsize) for name, _ in program.caches)  # the model keeps one tail each

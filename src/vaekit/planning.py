@@ -45,17 +45,18 @@ def plan_image(program: Program, vae, shape, budget, op: str, device: torch.devi
 
 
 def plan_video(program: Program, vae, shape, budget, op: str, device: torch.device, dtype=None, *,
-               out=None, host_budget=None, stream: bool = False, share: dict | None = None, compiled: bool = False
-               ) -> tuple[Plan, Plan]:
+               out=None, host_budget=None, stream: bool = False, share: dict | None = None, compiled: bool = False,
+               clip: int | None = None) -> tuple[Plan, Plan]:
     """Plans of a video's first chunk and of the others, these with the whole video's shapes. Running
     whole means the model's own chunked call, which also holds the video it concatenates frame by frame
     (twice, at the last concatenation): whole only if that fits too. With ``out`` a chunk's frames are
-    still held until they are written, and the file's writer holds its own (sinks.video_writer_bytes)."""
+    still held until they are written, and the file's writer holds its own (sinks.video_writer_bytes).
+    A model that runs its own clips (clips.Clips) is planned for its longest clip, or ``clip`` frames."""
     from .sinks import video_writer_bytes
 
     shape = check_shape(program, vae, shape, op)
     clips = clips_of(vae, op, shape[2])  # a model's own clips (MiniMax H3): each is planned as the video
-    chunks = family(vae).chunk_frames(vae, op, shape[2] if clips is None else clips.length)
+    chunks = family(vae).chunk_frames(vae, op, shape[2] if clips is None else clip or clips.length)
     limit = limit_of(budget)
     limit = limit if limit is not None else (free_share(device) if device.type != "meta" else None)
     kw = dict(host_budget=host_budget, share=share, force_stream=limit is not None or compiled,  # no limit: whole

@@ -373,6 +373,8 @@ class CausalConvStage(_SameSize):
     shifted per video and channel, by values made once per call from the timestep (the run's state
     ``("modulation", name)``); ``noise_scale``: a map of noise (rows, W), drawn once per call as
     diffusers draws it (``("noise", name)``), times these per-channel scales is added to the conv output.
+    ``upsample``/``time_upsample``: the input made larger before the conv, nearest-neighbour: its pixels
+    in u x u blocks, each frame after a video's first repeated t times (HunyuanVideo's upsamplers).
     ``first``: what the stage does on a video's first chunk instead, as Wan's resamplers do:
     "pass" (dst = src, the cache untouched) or "pass_keep" (dst = src, and the cache takes the tail).
     """
@@ -406,6 +408,8 @@ class CausalConvStage(_SameSize):
     noise_scale: nn.Parameter | None = None  # + noise (rows, W) * this (C,) on the conv output (LTX's decode noise)
     stride: int = 1  # in space (MiniMax H3's downsamplers: 2)
     pad: tuple[int, int, int, int] | None = None  # (top, bottom, left, right) in space; None: "same", halo each side
+    upsample: int = 1  # nearest-neighbour in space before the conv (HunyuanVideo's upsamplers)
+    time_upsample: int = 1  # each frame after a video's first repeated this many times before the conv (no cache)
 
     @property
     def time_kernel(self) -> int:
@@ -441,8 +445,8 @@ class CausalConvStage(_SameSize):
         return self.pad if self.pad is not None else (self.halo,) * 4
 
     def input_rows(self, c0: int, c1: int) -> tuple[int, int]:
-        """Rows [lo, hi) of the conv's unpadded input that its output rows [c0, c1) read; rows outside
-        [0, height) are the border's padding."""
+        """Rows [lo, hi) of the conv's unpadded input (upsampled, if it is) that its output rows [c0, c1)
+        read; rows outside [0, height) are the border's padding."""
         lo = c0 * self.stride - self.padding[0]
         return lo, (c1 - 1) * self.stride - self.padding[0] + self.conv.kernel_size[1]
 
@@ -458,6 +462,7 @@ class CausalConvStage(_SameSize):
     def out_frames(self, frames: int, first: bool = False) -> int:
         if first and self.first is not None:
             return frames
+        frames = 1 + self.time_upsample * (frames - 1)  # the first frame once, the others repeated
         if self.time_stride != 1:  # after the cached frames, or the padding (MiniMax H3: zero frames)
             padded = self.cache_frames + frames if self.time_pad == "cache" else frames + sum(self.pad_frames)
             return (padded - self.time_kernel) // self.time_stride + 1
@@ -471,6 +476,7 @@ class CausalConvStage(_SameSize):
         return frames * self.time_split
 
     def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        h, w = h * self.upsample, w * self.upsample  # the conv's input
         u, s = self.unshuffle, self.shuffle
         if h % u or w % u:
             raise ValueError(f"{self.name}: a {w}x{h} map cannot be pixel-unshuffled by {u}")
@@ -490,9 +496,10 @@ class CausalConvStage(_SameSize):
         """Rows [a, b) of map ``name`` that output rows [r0, r1) read: the union when it is read twice
         (LTX's downsamplers add their own source, folded, as the residual)."""
         spans = []
-        if name in (self.src, self.cache):
+        if name in (self.src, self.cache):  # the conv input's rows, at the source's resolution
             lo, hi = self.input_rows(*self.conv_out_rows(r0, r1))
-            spans.append((max(lo, 0), min(hi, src_hw[0])))
+            u = self.upsample
+            spans.append((max(lo, 0) // u, min(-(-hi // u), src_hw[0])))
         if name == self.skip and self.packing:  # the residual is the source, rearranged as the conv's output
             spans.append(self.conv_out_rows(r0, r1))
         elif name == self.skip:
@@ -518,7 +525,9 @@ class Program:
 
     A video program runs once per chunk of frames; its ``caches`` are the (cache, cache_out) map pairs
     of its causal convs (CausalConvStage), which outlive the chunk: they are planned as alive at every
-    stage and never freed by it."""
+    stage and never freed by it. ``frame_stats``: whether a GroupNorm of a video normalizes each frame
+    by its own statistics (MiniMax H3) or by those of all the frames of the chunk, per video
+    (HunyuanVideo, whose one chunk is the whole video or one of its own clips)."""
 
     op: str
     input: str
@@ -526,6 +535,7 @@ class Program:
     maps: dict[str, MapSpec] = field(hash=False)
     stages: tuple[Stage, ...]
     caches: tuple[tuple[str, str], ...] = ()
+    frame_stats: str = "each"  # a video's GroupNorms: each frame's statistics, or "all" frames' of the run's
 
     @property
     def persistent(self) -> frozenset[str]:

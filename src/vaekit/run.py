@@ -181,8 +181,9 @@ class _Run:
                 self.sink.write(r0, band)
             else:
                 self.store.write(stage.dst, r0, band)
-                if collector is not None:
-                    collector.update(band)
+                if collector is not None:  # per frame, or per video over all its frames (frame_stats "all")
+                    all_frames = self.samples is not None and self.program.frame_stats == "all"
+                    collector.update(band.unflatten(0, (self.samples, -1)).flatten(1, 2) if all_frames else band)
             if on_rows is not None:
                 on_rows((r1 - first) * dst_h // (end - first), dst_h)  # this rank's share, scaled to the stage
             r0 = r1

@@ -50,7 +50,7 @@ def run_video_call(vae, program: Program, op: str, x, budget, *, device, report,
     elsewhere = not same_device(next(vae.parameters()).device, compute)
     plans = functools.partial(planning.plan_video, program, vae, shape, budget, op, compute, out=out, compiled=compile)
     first, rest = plans(stream=stream or elsewhere or ranks > 1)
-    peers = None
+    peers = share = None
     if ranks > 1:  # each rank computes and holds its rows of every map and time cache, chunk after chunk
         peers = peers_for(program, rest, rank, ranks, compute, compile, None)
         share = peers.plan_rows()
@@ -66,7 +66,7 @@ def run_video_call(vae, program: Program, op: str, x, budget, *, device, report,
     inp = x.to(device=compute, dtype=model_dtype(vae))
     call = {} if timestep is None else {"timestep": timestep}  # api.run refused it for a model that takes none
     conditioning = getattr(family(vae), "conditioning", None)
-    runs = 1 if clips is None else len(clips.starts)  # videos run: the video, or the model's own clips of it
+    runs = 1 if clips is None else len(clips.windows)  # videos run: the video, or the model's own clips of it
     result = None
     try:
         with torch.no_grad():
@@ -85,7 +85,8 @@ def run_video_call(vae, program: Program, op: str, x, budget, *, device, report,
 
             def run_one(video: torch.Tensor, give, k: int, callback) -> torch.Tensor | None:
                 """The model's own call while the plan says it fits (its output returned; None if it ran
-                out of memory), else streamed chunk by chunk into ``give``."""
+                out of memory), else streamed chunk by chunk into ``give``. A clip shorter than the longest
+                (the last of HunyuanVideo's) streams by plans of its own length."""
                 nonlocal first, rest, conditions
                 if rest.mode == "whole":
                     got = run_whole(vae, op, video, report, **call)
@@ -93,17 +94,21 @@ def run_video_call(vae, program: Program, op: str, x, budget, *, device, report,
                         return got
                     if rng is not None:  # it ran out of memory: stream, drawing the noise it would have drawn
                         _set_rng_state(compute, rng)
-                    first, rest = plans(stream=True)
+                    first, rest = plans(stream=True, share=share)
                     planning.hold(first, rest)
                 if conditions is None:
                     planning.check_disk(rest, scratch_dir, None)
                     conditions = {} if conditioning is None else conditioning(vae, program, op, inp, **call)
+                these, frames = (first, rest), video.shape[2]
+                if clips is not None and frames != clips.length:
+                    these = plans(stream=True, share=share, clip=frames)
+                chunks = family(vae).chunk_frames(vae, op, frames)
                 stages = len(program.stages) * len(chunks)
 
                 def told(i: int, done: int, total: int) -> None:  # counted over every run's chunks
                     callback(k * stages + i, done, total)
 
-                run_video(program, (first, rest), video, chunks, give, scratch_dir=scratch_dir, report=report,
+                run_video(program, these, video, chunks, give, scratch_dir=scratch_dir, report=report,
                           progress=told if callback is not None and (rank == 0 or callable(progress)) else None,
                           peers=peers, compiled=compile, conditions=conditions)
                 return None
@@ -115,7 +120,7 @@ def run_video_call(vae, program: Program, op: str, x, budget, *, device, report,
                     result = got if got is not None else result
                 else:  # each clip a video of its own, its frames where the model puts them
                     assembler = Assembler(clips, emit)
-                    for k, video in enumerate(clips.windows(inp)):
+                    for k, video in enumerate(clips.clips(inp)):
                         frames = []
                         got = run_one(video, lambda f0, y, frames=frames: frames.append(y), k, callback)
                         assembler.add(got if got is not None else torch.cat(frames, dim=2))

@@ -19,8 +19,8 @@ class ProgramBuilder:
     that source to collect the statistics for it.
     """
 
-    def __init__(self, op: str, in_channels: int):
-        self.op = op
+    def __init__(self, op: str, in_channels: int, frame_stats: str = "each"):
+        self.op, self.frame_stats = op, frame_stats
         self.maps: dict[str, MapSpec] = {}
         self.stages: list[Stage] = []
         self._writer: dict[str, int] = {}
@@ -73,4 +73,5 @@ class ProgramBuilder:
         return conv.out_channels * folded // unfolded + options.get("repeat_last", 0)
 
     def build(self, output: str) -> Program:
-        return Program(self.op, self.input, output, dict(self.maps), tuple(self.stages), tuple(self.caches))
+        return Program(self.op, self.input, output, dict(self.maps), tuple(self.stages), tuple(self.caches),
+                       self.frame_stats)

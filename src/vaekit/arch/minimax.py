@@ -154,7 +154,7 @@ def _encode_clips(vae, frames: int) -> Clips:
     """As its _encode: one frame alone; else clips of clip_length frames after copies of the last
     frame, their latents end to end less the last token_drop."""
     if frames == 1:
-        return Clips(length=1, starts=(0,), keep=(0, 1), frames=1)
+        return Clips(windows=((0, 1),), keep=(0, 1), frames=1)
     length = vae.config.clip_length
     latents = length
     for block in vae.encoder.down_blocks:  # each temporal stride: zero frames in front, then the conv
@@ -166,7 +166,7 @@ def _encode_clips(vae, frames: int) -> Clips:
     if count * latents <= vae.config.token_drop:
         raise InputError(f"a {type(vae).__name__} encodes clips of {length} frames and drops the last "
                          f"{vae.config.token_drop} latent frames: {frames} frames leave none")
-    return Clips(length=length, starts=tuple(k * length for k in range(count)), keep=(0, latents),
+    return Clips(windows=tuple((k * length, (k + 1) * length) for k in range(count)), keep=(0, latents),
                  frames=count * latents - vae.config.token_drop, pad=pad)
 
 
@@ -186,14 +186,13 @@ def _decode_clips(vae, frames: int) -> Clips:
         raise InputError(f"a {type(vae).__name__} decodes clips of {size + vae.token_overlap} latent frames, "
                          f"{size} apart: give it at least {least} latent frames, got {frames}")
     pad = (-(frames + drop)) % size
-    length = size + vae.token_overlap
-    tail = (chunk + pre, min(2 * chunk, length * ratio)) if drop > 0 else None
+    length, fade = size + vae.token_overlap, vae.frame_overlap if drop > 0 else 0  # fade: a clip's last frames
     n = count(frames)
-    total = n * (chunk - pre) + (tail[1] - tail[0] if tail else 0)
+    total = n * (chunk - pre) + fade
     tail_frames = vae.config.clip_length % ratio  # a chunk's last latent frame covers this many frames, if not 0
     cut = sum(tail_frames if tail_frames and (frames + k) % size == 0 else ratio for k in range(pad))
-    return Clips(length=length, starts=tuple(k * size for k in range(n)), keep=(pre, chunk), frames=total - cut,
-                 pad=pad, tail=tail, fade=vae.frame_overlap)
+    return Clips(windows=tuple((k * size, k * size + length) for k in range(n)), keep=(pre, chunk),
+                 frames=total - cut, pad=pad, fade=fade, tail=True)
 
 
 def own_tiles(vae, op: str, shape: tuple[int, ...]) -> bool:

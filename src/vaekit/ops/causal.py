@@ -31,12 +31,14 @@ def causal_conv_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int
     cache tail (B * T, rows, W, C_in), or None when the stage has no cache. ``samples``: the videos in
     the band (B); ``first``: the band is of a video's first chunk."""
     c0, c1 = stage.conv_out_rows(r0, r1)  # the conv's output rows, before a pixel (un)shuffle
-    lo, hi = stage.input_rows(c0, c1)  # its input's rows, the border's padding outside [0, src_h)
-    a, b = max(lo, 0), min(hi, src_h)
+    lo, hi = stage.input_rows(c0, c1)  # its input's rows, the border's padding outside [0, height)
+    u = stage.upsample
+    a, b = max(lo, 0), min(hi, src_h * u)
     cache = None if stage.cache is None else read(stage.cache, a, b)  # (B*T, b-a, W, C): the frames before
-    x = read(stage.src, a, b)  # (B*F, b-a, W, C)  src px
+    x = read(stage.src, a // u, -(-b // u))  # (B*F, rows, W, C)  src px
     n = cache.shape[0] // stage.cache_frames if cache is not None else samples or x.shape[0]  # videos
     x = _prologue(stage, w, stats, x, n)
+    x = _upsampled(stage, x, n, a - a // u * u, b - a)  # (B*F', b-a, W*u, C)  the conv's input px
     past = stage.cache_frames if cache is not None else 0
     front, back = stage.pad_frames  # copies of the first and the last frame, or zero frames (no cache)
     frames, width, channels = x.shape[0] // n, x.shape[2], x.shape[3]
@@ -59,6 +61,18 @@ def causal_conv_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int
         out += (noise[None] * w["noise_scale"]["scale"].view(-1, 1, 1))[None, :, None]  # (1, C, 1, rows, W)
     out = _rearrange(stage, out, first)  # (B*F_out, rows, W, C_out)
     return activate(_residuals(stage, w, read, r0, r1, out, n), stage.post, inplace=True), tail
+
+
+def _upsampled(stage: CausalConvStage, x: torch.Tensor, n: int, skip: int, rows: int) -> torch.Tensor:
+    """The band (B*F, rows, W, C) as the conv sees it: pixels in u x u blocks, then ``rows`` rows from
+    ``skip`` on; each frame after a video's first repeated t times (nearest-neighbour, as F.interpolate)."""
+    u, t = stage.upsample, stage.time_upsample
+    if u != 1:
+        x = x.repeat_interleave(u, dim=1)[:, skip : skip + rows].repeat_interleave(u, dim=2)  # (B*F, rows, W*u, C)
+    if t != 1:
+        video = x.unflatten(0, (n, -1))  # (B, F, rows, W, C)
+        x = torch.cat([video[:, :1], video[:, 1:].repeat_interleave(t, dim=1)], dim=1).flatten(0, 1)
+    return x
 
 
 def conv_layout(shape5, weight: torch.Tensor) -> torch.memory_format:

@@ -290,7 +290,8 @@ def _graphs_take(stage: CausalConvStage) -> bool:
     plain = (stage.time_unshuffle, stage.time_shuffle, stage.shuffle, stage.unshuffle) == (1, 1, 1, 1)
     return (plain and stage.time_pad == "cache" and stage.border == "zeros" and not stage.repeat_last
             and not stage.packing and not stage.modulated and stage.noise_scale is None
-            and stage.stride == 1 and stage.pad is None and (stage.norm is None or hasattr(stage.norm, "gamma"))
+            and stage.stride == 1 and stage.pad is None and stage.upsample == stage.time_upsample == 1
+            and (stage.norm is None or hasattr(stage.norm, "gamma"))
             and (stage.shortcut is None or stage.shortcut.norm is None))
 
 

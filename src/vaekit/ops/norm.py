@@ -84,7 +84,9 @@ def norm_act(band: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor], norm,
 def group_scale_shift(stats: tuple[torch.Tensor, torch.Tensor], eps: float, weights, b: int, c: int):
     """GroupNorm with global statistics as y = x * scale + shift: two float32 (B, 1, 1, C) tensors,
     computed in float64."""
-    mean, var = stats  # (B, G)
+    mean, var = stats  # (B, G): a video's statistics over all its frames serve each of them (B*F bands)
+    if mean.shape[0] != b:
+        mean, var = mean.repeat_interleave(b // mean.shape[0], 0), var.repeat_interleave(b // var.shape[0], 0)
     per_channel = c // mean.shape[1]
     rstd = torch.rsqrt(var + eps).repeat_interleave(per_channel, dim=1)  # (B, C) float64
     scale = rstd * weights["weight"].double()  # (x - mean) * rstd * w + b == x * scale + shift

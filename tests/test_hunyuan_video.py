@@ -1,0 +1,117 @@
+"""HunyuanVideo 1.0's VAE (AutoencoderKLHunyuanVideo): each run (the video, or the model's own
+overlapping clips of it, cross-faded) one chunk streamed in rows, equal to diffusers' own default call;
+GroupNorm statistics over all of a run's frames, an attention across frames with a causal mask,
+upsamplers that repeat pixels and frames (the first frame once) before their conv."""
+
+import dataclasses
+
+import pytest
+import torch
+from diffusers import AutoencoderKLHunyuanVideo
+
+import vaekit
+from conftest import REL_TOL, relative_error, with_and_without_apply
+from conftest import whole_video_budgets as budgets
+
+#: HunyuanVideo 1.0's structure (three spatial and two temporal resamplings, mid-block attention), narrow
+SMALL = dict(in_channels=3, out_channels=3, latent_channels=4, down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+             up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(8, 16, 16, 16), layers_per_block=1,
+             norm_num_groups=4, spatial_compression_ratio=8, temporal_compression_ratio=4)
+
+
+def make(seed: int = 0, **changes):
+    torch.manual_seed(seed)
+    vae = AutoencoderKLHunyuanVideo(**{**SMALL, **changes}).eval()
+    with torch.no_grad():  # the GroupNorms start at (1, 0): perturb so every term matters
+        for module in vae.modules():
+            if isinstance(module, torch.nn.GroupNorm):
+                module.weight.normal_(1.0, 0.2)
+                module.bias.normal_(0.0, 0.2)
+    return vae
+
+
+@pytest.fixture(scope="module")
+def hv():
+    return make()
+
+
+#: 7 latent frames: framewise clips of 5, 4 and 1 latent frames (shorter at the end), odd latent px
+Z = torch.randn(2, 4, 7, 5, 7, generator=torch.Generator().manual_seed(0))
+#: 29 frames: clips of 17, 17 and 5 frames
+X = torch.rand(1, 3, 29, 40, 56, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+@pytest.mark.parametrize("op, frames", [("decode", 7), ("decode", 3), ("encode", 29), ("encode", 9)])
+def test_exact_at_every_budget(hv, op, frames):
+    """In the model's own clips (7 latent frames, 29 frames) and as one run (3, 9)."""
+    x = Z[:, :, :frames] if op == "decode" else X[:, :, :frames]
+    with torch.no_grad():
+        ref = hv.decode(x).sample if op == "decode" else hv.encode(x).latent_dist.mode()
+        for name, budget in budgets(hv, tuple(x.shape), op).items():
+            report = vaekit.RunReport()
+            out = (vaekit.decode if op == "decode" else vaekit.encode)(hv, x, budget, report=report)
+            assert report.mode == ("whole" if name == "whole" else "stream"), name
+            assert out.shape == ref.shape and relative_error(out, ref) <= REL_TOL, name
+
+
+def test_framewise_off_is_one_run():
+    vae = make()
+    vae.use_framewise_decoding = False
+    assert vaekit.arch.clips_of(vae, "decode", 7) is None
+    with torch.no_grad():
+        ref = vae.decode(Z).sample
+    assert relative_error(vaekit.decode(vae, Z, budgets(vae, tuple(Z.shape))["smallest"]), ref) <= REL_TOL
+
+
+@pytest.mark.parametrize("mutation", ["each frame's statistics", "the first frame repeated", "no cross-fade",
+                                      "attention over every frame"])
+def test_each_part_matters(hv, monkeypatch, mutation):
+    """GroupNorms by each frame's statistics, an upsampler that repeats the first frame too, clips laid
+    end to end without their cross-fade, or attention without its causal mask: each is far off."""
+    from vaekit import clips
+    from vaekit.ops import attention, causal
+
+    if mutation == "each frame's statistics":
+        program_for = vaekit.arch.program_for
+        monkeypatch.setattr("vaekit.api.program_for", lambda vae, op: dataclasses.replace(program_for(vae, op),
+                                                                                           frame_stats="each"))
+    elif mutation == "the first frame repeated":
+        upsampled = causal._upsampled
+        monkeypatch.setattr(causal, "_upsampled", lambda stage, x, n, skip, rows: upsampled(
+            stage, x, n, skip, rows) if stage.time_upsample == 1 else upsampled(
+            dataclasses.replace(stage, time_upsample=1), x, n, skip, rows).repeat_interleave(2, 0)[n:])
+    elif mutation == "no cross-fade":
+        monkeypatch.setattr(clips, "_blend", lambda a, b, extent: b)
+    else:
+        monkeypatch.setattr(attention._Frames, "mask", lambda self, keys, device: torch.ones(
+            self.f * self.per_frame, self.f * keys, dtype=torch.bool, device=device))
+    with torch.no_grad():
+        ref = hv.decode(Z).sample
+        out = vaekit.decode(hv, Z, budgets(hv, tuple(Z.shape))["smallest"])
+    assert relative_error(out, ref) > 100 * REL_TOL
+
+
+def test_the_pipeline_is_the_same_under_apply():
+    """HunyuanVideoPipeline (a tiny transformer, prompt embeddings passed, no text encoders): the
+    frames are the same with the VAE streamed."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
+
+    torch.manual_seed(0)
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=1,
+        num_single_layers=1, num_refiner_layers=1, patch_size=1, patch_size_t=1, guidance_embeds=True,
+        text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4))
+    vae = make()
+    pipe = HunyuanVideoPipeline(text_encoder=None, tokenizer=None, transformer=transformer, vae=vae,
+                                scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=None,
+                                tokenizer_2=None)
+    g = torch.Generator().manual_seed(0)
+    kw = dict(prompt_embeds=torch.randn(1, 8, 16, generator=g), pooled_prompt_embeds=torch.randn(1, 8, generator=g),
+              prompt_attention_mask=torch.ones(1, 8, dtype=torch.long), num_inference_steps=2, height=48, width=64,
+              num_frames=21, output_type="pt")  # 6 latent frames: framewise clips
+
+    def run():
+        return pipe(**kw, generator=torch.Generator().manual_seed(0)).frames
+
+    ref, out = with_and_without_apply(pipe, run, budgets(vae, (1, 4, 6, 6, 8))["smallest"])
+    assert out.shape == ref.shape == (1, 21, 3, 48, 64) and relative_error(out, ref) <= REL_TOL
