@@ -35,6 +35,7 @@ CASES = {
     "hunyuan15-encode": ("hunyuan15", "encode", (1, 3, 5, 48, 40), "smallest", None),
     "minimax-decode": ("minimax", "decode", (1, 8, 7, 5, 7), "smallest", None),  # ViT blocks, registers
     "minimax-encode": ("minimax", "encode", (1, 3, 17, 19, 27), "smallest", None),  # strided convs, frame stats
+    "hunyuan-video-decode": ("hunyuan_video", "decode", (1, 4, 7, 5, 7), "smallest", None),  # clips of 5, 4, 1
     "wan-decode-npy": ("wan", "decode", (1, 4, 3, 13, 9), "smallest", ".npy"),  # rank 0 writes the frames
     "wan-decode-mp4": ("wan", "decode", (1, 4, 3, 13, 9), "smallest", ".mp4"),
 }
@@ -62,6 +63,10 @@ def model(name: str):
         from test_hunyuan15 import make as make_hunyuan15
 
         return make_hunyuan15()
+    if name == "hunyuan_video":
+        from test_hunyuan_video import make as make_hunyuan_video
+
+        return make_hunyuan_video()
     if name == "minimax":
         from test_minimax import make as make_minimax
 
@@ -72,7 +77,8 @@ def model(name: str):
 def main(out: Path) -> None:
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
-    models = {name: model(name) for name in ("sd", "dc", "wan", "hunyuan", "ltx2", "hunyuan15", "minimax")}
+    models = {name: model(name) for name in ("sd", "dc", "wan", "hunyuan", "ltx2", "hunyuan15", "minimax",
+                                                  "hunyuan_video")}
     for case, (name, op, shape, budget_name, suffix) in CASES.items():
         vae, x = models[name], inputs(op, shape)
         budget = budgets_for(vae, shape, op)[budget_name]

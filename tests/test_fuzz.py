@@ -21,6 +21,7 @@ from test_dc import make_dc
 from test_flux2 import make_flux2
 from test_hunyuan import make_hunyuan
 from test_hunyuan15 import make as make_hunyuan15
+from test_hunyuan_video import make as make_hunyuan_video
 from test_ltx2 import make as make_ltx2
 from test_ltx_video import make as make_ltxv
 from test_minimax import make as make_minimax
@@ -34,7 +35,8 @@ LONG = os.environ.get("VAEKIT_FUZZ") == "long"
 BUILDERS = {"sd": lambda: make_vae("sd"), "flux": lambda: make_vae("flux"), "flux2": make_flux2,
             "tiny": lambda: _tiny(), "dc-sana": lambda: make_dc("sana"), "dc-shuffle": lambda: make_dc("shuffle"),
             "hunyuan": make_hunyuan, "wan": make_wan, "wan22": make_wan22, "ltx2": make_ltx2,
-            "qwen21": make_qwen21, "hunyuan15": make_hunyuan15, "minimax": make_minimax, "ltxv": make_ltxv}
+            "qwen21": make_qwen21, "hunyuan15": make_hunyuan15, "minimax": make_minimax, "ltxv": make_ltxv,
+            "hunyuan_video": make_hunyuan_video}
 _models: dict = {}
 
 
@@ -92,7 +94,7 @@ def test_streamed_equals_untiled_and_float64(name, op, batch, h, w, frames, wher
         batch = 1
     x = _input(vae, op, batch, h, w, frames, seed)
     shape = tuple(x.shape)
-    if name in ("ltx2", "ltxv", "hunyuan15", "minimax"):  # the whole video (or clip) is one chunk
+    if name in ("ltx2", "ltxv", "hunyuan15", "minimax", "hunyuan_video"):  # the whole video (or clip): one chunk
         low_high = whole_video_budgets(vae, shape, op)
     else:
         low_high = video_budgets(vae, shape, op) if x.dim() == 5 else budgets_for(vae, shape, op, compiled=compile)
