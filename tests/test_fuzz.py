@@ -25,6 +25,7 @@ from test_hunyuan_video import make as make_hunyuan_video
 from test_ltx2 import make as make_ltx2
 from test_ltx_video import make as make_ltxv
 from test_minimax import make as make_minimax
+from test_mochi import make as make_mochi
 from test_tiny import TINY_CONFIG
 from test_wan import budgets as video_budgets
 from test_wan import make as make_wan
@@ -36,7 +37,7 @@ BUILDERS = {"sd": lambda: make_vae("sd"), "flux": lambda: make_vae("flux"), "flu
             "tiny": lambda: _tiny(), "dc-sana": lambda: make_dc("sana"), "dc-shuffle": lambda: make_dc("shuffle"),
             "hunyuan": make_hunyuan, "wan": make_wan, "wan22": make_wan22, "ltx2": make_ltx2,
             "qwen21": make_qwen21, "hunyuan15": make_hunyuan15, "minimax": make_minimax, "ltxv": make_ltxv,
-            "hunyuan_video": make_hunyuan_video}
+            "hunyuan_video": make_hunyuan_video, "mochi": make_mochi}
 _models: dict = {}
 
 
@@ -92,9 +93,11 @@ def test_streamed_equals_untiled_and_float64(name, op, batch, h, w, frames, wher
         frames = 1
     if name == "hunyuan15":  # diffusers' own attention takes one video at a time
         batch = 1
+    if name == "mochi":  # its encoder is not streamed
+        op = "decode"
     x = _input(vae, op, batch, h, w, frames, seed)
     shape = tuple(x.shape)
-    if name in ("ltx2", "ltxv", "hunyuan15", "minimax", "hunyuan_video"):  # the whole video (or clip): one chunk
+    if name in ("ltx2", "ltxv", "hunyuan15", "minimax", "hunyuan_video", "mochi"):  # the video (or clip): one chunk
         low_high = whole_video_budgets(vae, shape, op)
     else:
         low_high = video_budgets(vae, shape, op) if x.dim() == 5 else budgets_for(vae, shape, op, compiled=compile)

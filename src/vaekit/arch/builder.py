@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from torch import nn
 
 from ..errors import UnsupportedModelError
 from ..program import CausalConvStage, ConvStage, MapSpec, Program, Stage
 
-__all__ = ["ProgramBuilder"]
+__all__ = ["ProgramBuilder", "LinearConv"]
 
 
 class ProgramBuilder:
@@ -75,3 +76,24 @@ class ProgramBuilder:
     def build(self, output: str) -> Program:
         return Program(self.op, self.input, output, dict(self.maps), tuple(self.stages), tuple(self.caches),
                        self.frame_stats)
+
+
+class LinearConv(nn.Module):
+    """A linear layer per token (MiniMax H3's, Mochi's) seen as the 1x1x1 conv that a CausalConvStage
+    runs: its weights a view; with ``order``, its output channels reordered (a copy)."""
+
+    def __init__(self, linear: nn.Linear, order: torch.Tensor | None = None):
+        super().__init__()
+        weight, bias = linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
+        if order is not None:
+            weight, bias = weight[order.to(weight.device)], None if bias is None else bias[order.to(bias.device)]
+        self.in_channels, self.out_channels = linear.in_features, linear.out_features
+        self.kernel_size, self.stride, self.dilation, self.groups = (1, 1, 1), (1, 1, 1), (1, 1, 1), 1
+        self.weight = nn.Parameter(weight[:, :, None, None, None], requires_grad=False)  # (C_out, C_in, 1, 1, 1)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+
+def frames_first(channels: int, frames: int, pixels: int) -> torch.Tensor:
+    """The order that takes a depth-to-space layer's output channels from (c, t, pixel) to (t, c, pixel):
+    the order CausalConvStage unfolds them, frames (time_split) then pixels (a pixel shuffle)."""
+    return torch.arange(channels * frames * pixels).view(channels, frames, pixels).transpose(0, 1).flatten()

@@ -33,14 +33,13 @@ call.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..clips import Clips
 from ..errors import InputError, UnsupportedModelError
 from ..program import Program, Registers, Shortcut, TokenBlockStage, TokenKVStage
 from . import kl
-from .builder import ProgramBuilder
+from .builder import LinearConv, ProgramBuilder, frames_first
 
 __all__ = ["program", "whole", "finish", "scale_factor", "temporal_factor", "chunk_frames", "clips", "own_tiles",
            "VIDEO"]
@@ -59,7 +58,7 @@ def _decoder(vae) -> Program:
     dec = vae.decoder
     b = ProgramBuilder("decode", vae.post_quant_conv.in_channels)
     x = b.causal("post_quant_conv", b.input, vae.post_quant_conv)
-    x = b.causal("proj_in", x, _Linear3d(dec.proj_in))  # a token per latent voxel: (B*F, h, w, dim)
+    x = b.causal("proj_in", x, LinearConv(dec.proj_in))  # a token per latent voxel: (B*F, h, w, dim)
     registers, state = Registers(dec.register_tokens, zeros=1), None  # the registers, then one zero token
     for i, block in enumerate(dec.transformer_blocks):
         attn = block.attn
@@ -68,16 +67,10 @@ def _decoder(vae) -> Program:
         b.add(TokenKVStage(f"blocks.{i}.kv", x, kv, block, dec.rope))
         b.add(TokenBlockStage(f"blocks.{i}", x, kv, x, block, dec.rope, registers, state_in=state))  # over x
         state = f"blocks.{i}"
-    x = b.causal("proj_out", x, _Linear3d(dec.proj_out, _frames_first(dec)), norm=dec.norm_out,
-                 time_split=dec.patch_size_t, shuffle=dec.patch_size)  # tokens to 4 frames of 16x16 pixels: image px
+    order = frames_first(dec.out_channels, dec.patch_size_t, dec.patch_size**2)  # proj_out's (c, t, row, column)
+    x = b.causal("proj_out", x, LinearConv(dec.proj_out, order), norm=dec.norm_out, time_split=dec.patch_size_t,
+                 shuffle=dec.patch_size)  # tokens to 4 frames of 16x16 pixels: image px
     return b.build(output=x)
-
-
-def _frames_first(dec: nn.Module) -> torch.Tensor:
-    """proj_out's outputs reordered from the model's (c, t, row, column) to (t, c, row, column): the
-    order CausalConvStage unfolds frames from (time_split), then pixels (a pixel shuffle)."""
-    c, t, p = dec.out_channels, dec.patch_size_t, dec.patch_size
-    return torch.arange(c * t * p * p).view(c, t, p * p).transpose(0, 1).flatten()
 
 
 def _encoder(vae) -> Program:
@@ -123,21 +116,6 @@ def _padding(conv: nn.Conv3d, border: str | None = None) -> dict:
 def _norm(norm: nn.GroupNorm) -> nn.GroupNorm:
     _require(isinstance(norm, nn.GroupNorm) and norm.affine, f"norm {type(norm).__name__}")
     return norm  # each frame's statistics: its GroupNorm folds frames into the batch
-
-
-class _Linear3d(nn.Module):
-    """A linear layer per token seen as the 1x1x1 conv that program.CausalConvStage runs (its weights
-    a view; with ``order``, its output channels reordered, a copy)."""
-
-    def __init__(self, linear: nn.Linear, order: torch.Tensor | None = None):
-        super().__init__()
-        weight, bias = linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
-        if order is not None:
-            weight, bias = weight[order.to(weight.device)], None if bias is None else bias[order.to(bias.device)]
-        self.in_channels, self.out_channels = linear.in_features, linear.out_features
-        self.kernel_size, self.stride, self.dilation, self.groups = (1, 1, 1), (1, 1, 1), (1, 1, 1), 1
-        self.weight = nn.Parameter(weight[:, :, None, None, None], requires_grad=False)  # (C_out, C_in, 1, 1, 1)
-        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
 
 def _require(condition: bool, message: str) -> None:

@@ -1,0 +1,98 @@
+"""Mochi 1's VAE (AutoencoderKLMochi): its decoder over the whole video (or, framewise, the model's own
+runs of 2 latent frames) streamed in rows, equal to diffusers' own decode; copies of the first frame in
+front, edge rows and columns repeated, each frame's GroupNorm statistics, channels unfolded into frames
+and pixels, the first frames dropped as the model drops them."""
+
+import dataclasses
+
+import pytest
+import torch
+from diffusers import AutoencoderKLMochi
+
+import vaekit
+from conftest import REL_TOL, relative_error, with_and_without_apply, zero_borders
+from conftest import whole_video_budgets as budgets
+from vaekit.errors import UnsupportedModelError
+
+#: Mochi's structure (three up blocks unfolding 1, 2 and 3 frames and 2x2 pixels), narrow
+SMALL = dict(in_channels=15, out_channels=3, latent_channels=4, encoder_block_out_channels=(32,) * 4,
+             decoder_block_out_channels=(32, 32, 32, 32), layers_per_block=(1, 1, 1, 1, 1), act_fn="silu")
+
+
+def make(seed: int = 0, **changes):
+    torch.manual_seed(seed)
+    vae = AutoencoderKLMochi(**{**SMALL, **changes}).eval()
+    with torch.no_grad():  # the GroupNorms start at (1, 0): perturb so every term matters
+        for module in vae.modules():
+            if isinstance(module, torch.nn.GroupNorm):
+                module.weight.normal_(1.0, 0.2)
+                module.bias.normal_(0.0, 0.2)
+    return vae
+
+
+@pytest.fixture(scope="module")
+def mochi():
+    return make()
+
+
+Z = torch.randn(2, 4, 3, 5, 7, generator=torch.Generator().manual_seed(0))  # 3 latent frames: 13 frames
+
+
+@pytest.mark.parametrize("framewise", [False, True])
+def test_decode_is_exact_at_every_budget(framewise):
+    vae = make()
+    vae.use_framewise_decoding = framewise  # runs of 2 latent frames, each alone
+    with torch.no_grad():
+        ref = vae.decode(Z).sample  # (2, 3, 6 * 3 - 5, 40, 56)
+        for name, budget in budgets(vae, tuple(Z.shape)).items():
+            report = vaekit.RunReport()
+            out = vaekit.decode(vae, Z, budget, report=report)
+            assert report.mode == ("whole" if name == "whole" else "stream"), name
+            assert out.shape == ref.shape == (2, 3, 13, 40, 56) and relative_error(out, ref) <= REL_TOL, name
+
+
+@pytest.mark.parametrize("mutation", ["zero border", "all frames' statistics"])
+def test_the_border_and_each_frames_statistics_matter(mochi, monkeypatch, mutation):
+    if mutation == "zero border":
+        zero_borders(monkeypatch)
+    else:
+        program_for = vaekit.arch.program_for
+        monkeypatch.setattr("vaekit.api.program_for", lambda vae, op: dataclasses.replace(program_for(vae, op),
+                                                                                           frame_stats="all"))
+    with torch.no_grad():
+        ref = mochi.decode(Z).sample
+        out = vaekit.decode(mochi, Z, budgets(mochi, tuple(Z.shape))["smallest"])
+    assert relative_error(out, ref) > 100 * REL_TOL
+
+
+def test_encode_is_refused_and_apply_gives_it_to_the_model(mochi):
+    x = torch.rand(1, 3, 7, 16, 16) * 2 - 1
+    with pytest.raises(UnsupportedModelError, match="encoder"):
+        vaekit.encode(mochi, x)
+    with torch.no_grad():
+        ref, out = with_and_without_apply(mochi, lambda: mochi.encode(x).latent_dist.mode(), "1GiB", streams=False)
+    assert torch.equal(ref, out)
+
+
+def test_the_pipeline_is_the_same_under_apply():
+    """MochiPipeline (a tiny transformer, prompt embeddings passed, no text encoder)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
+
+    torch.manual_seed(0)
+    transformer = MochiTransformer3DModel(patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+                                          pooled_projection_dim=16, in_channels=12, out_channels=None,
+                                          qk_norm="rms_norm", text_embed_dim=32, time_embed_dim=4,
+                                          activation_fn="swiglu", max_sequence_length=16)
+    transformer.pos_frequencies.data = transformer.pos_frequencies.new_full(transformer.pos_frequencies.shape, 0)
+    vae = make(latent_channels=12)
+    pipe = MochiPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None,
+                         transformer=transformer)
+    kw = dict(prompt_embeds=torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(0)),
+              prompt_attention_mask=torch.ones(1, 16, dtype=torch.long), num_inference_steps=2, guidance_scale=1.0,
+              height=32, width=48, num_frames=13, output_type="pt")
+
+    def run():
+        return pipe(**kw, generator=torch.Generator().manual_seed(0)).frames
+
+    ref, out = with_and_without_apply(pipe, run, budgets(vae, (1, 12, 3, 4, 6))["smallest"])
+    assert out.shape == ref.shape == (1, 13, 3, 32, 48) and relative_error(out, ref) <= REL_TOL
