@@ -46,12 +46,13 @@ def plan_image(program: Program, vae, shape, budget, op: str, device: torch.devi
 
 def plan_video(program: Program, vae, shape, budget, op: str, device: torch.device, dtype=None, *,
                out=None, host_budget=None, stream: bool = False, share: dict | None = None, compiled: bool = False,
-               clip: int | None = None) -> tuple[Plan, Plan]:
+               clip: int | None = None, chunk: int | None = None) -> tuple[Plan, Plan]:
     """Plans of a video's first chunk and of the others, these with the whole video's shapes. Running
     whole means the model's own chunked call, which also holds the video it concatenates frame by frame
     (twice, at the last concatenation): whole only if that fits too. With ``out`` a chunk's frames are
     still held until they are written, and the file's writer holds its own (sinks.video_writer_bytes).
-    A model that runs its own clips (clips.Clips) is planned for its longest clip, or ``clip`` frames."""
+    A model that runs its own clips (clips.Clips) is planned for its longest clip, or ``clip`` frames.
+    ``chunk``: the plan (twice) of a later chunk of that many frames (Kandinsky 5's last, shorter one)."""
     from .sinks import video_writer_bytes
 
     shape = check_shape(program, vae, shape, op)
@@ -65,10 +66,14 @@ def plan_video(program: Program, vae, shape, budget, op: str, device: torch.devi
         out_h, out_w = program.sizes(*shape[3:])[program.output]
         frame = (shape[0], program.maps[program.output].channels, 1, out_h, out_w)  # one output frame
         kw["writer_bytes"] = video_writer_bytes(out, frame)
+    if chunk is not None:
+        later = plan_image(program, vae, (*shape[:2], chunk, *shape[3:]), budget, op, device, dtype, **kw)
+        return later, later
     first = plan_image(program, vae, (*shape[:2], chunks[0], *shape[3:]), budget, op, device, dtype, first=True, **kw)
-    rest = first if len(chunks) == 1 else plan_image(program, vae, (*shape[:2], max(chunks), *shape[3:]), budget, op,
-                                                     device, dtype, **kw)  # one chunk (LTX): the first is all
-    frames = first.out_shape[2] + (len(chunks) - 1) * rest.out_shape[2] if clips is None else clips.frames
+    rest = first if len(chunks) == 1 else plan_image(program, vae, (*shape[:2], max(chunks[1:]), *shape[3:]), budget,
+                                                     op, device, dtype, **kw)  # one chunk (LTX): the first is all
+    made = [program.frames(c, first=i == 0)[program.output] for i, c in enumerate(chunks)]  # each chunk's frames
+    frames = sum(made) if clips is None else clips.frames
     out_shape = (*rest.out_shape[:2], frames, *rest.out_shape[3:])  # (B, C, F, H, W)
     itemsize = torch.empty((), dtype=dtype or model_dtype(vae)).element_size()
     whole = rest.whole_peak_bytes + 2 * math.prod(out_shape) * itemsize

@@ -354,7 +354,8 @@ class CausalConvStage(_SameSize):
     ``cache_frames`` frames of the conv's input (after norm and act) from the chunks before, zeros
     before the first (the causal padding); the stage writes the new tail to ``cache_out``, a second
     map, because later bands still read the old tail's halo rows (the runner swaps the two after each
-    chunk). "first" (LTX, causal): time_kernel - 1 copies of the first frame; "edges" (LTX, not
+    chunk; ``first_pad`` "copies": time_kernel - 1 copies of the first frame instead, Kandinsky 5's).
+    "first" (LTX, causal): time_kernel - 1 copies of the first frame; "edges" (LTX, not
     causal): half as many copies of the first frame in front and of the last behind; "zeros" (MiniMax
     H3): time_kernel - 1 zero frames in front. These see the whole video (or clip) in one chunk
     (arch.ltx2.chunk_frames), so they keep no cache.
@@ -408,6 +409,7 @@ class CausalConvStage(_SameSize):
     noise_scale: nn.Parameter | None = None  # + noise (rows, W) * this (C,) on the conv output (LTX's decode noise)
     stride: int = 1  # in space (MiniMax H3's downsamplers: 2)
     pad: tuple[int, int, int, int] | None = None  # (top, bottom, left, right) in space; None: "same", halo each side
+    first_pad: str = "cache"  # time_pad "cache": on a video's first chunk, "copies" of its first frame instead
     upsample: int = 1  # nearest-neighbour in space before the conv (HunyuanVideo's upsamplers)
     time_upsample: int = 1  # each frame after a video's first repeated this many times before the conv (no cache)
 
@@ -435,6 +437,11 @@ class CausalConvStage(_SameSize):
         if self.time_pad == "edges":
             return front + (self.time_kernel - 1) // 2, (self.time_kernel - 1) // 2
         return front, 0
+
+    def copies_first(self, first: bool) -> bool:
+        """Whether this chunk's frames follow copies of the video's first frame, not the time cache
+        (Kandinsky 5: the first chunk's)."""
+        return first and self.cache is not None and self.first_pad == "copies"
 
     @property
     def halo(self) -> int:
@@ -465,6 +472,7 @@ class CausalConvStage(_SameSize):
         frames = 1 + self.time_upsample * (frames - 1)  # the first frame once, the others repeated
         if self.time_stride != 1:  # after the cached frames, or the padding (MiniMax H3: zero frames)
             padded = self.cache_frames + frames if self.time_pad == "cache" else frames + sum(self.pad_frames)
+            padded += self.time_kernel - 1 - self.cache_frames if self.copies_first(first) else 0
             return (padded - self.time_kernel) // self.time_stride + 1
         if self.time_unshuffle != 1:
             f = self.time_unshuffle
@@ -478,6 +486,9 @@ class CausalConvStage(_SameSize):
     def out_hw(self, h: int, w: int) -> tuple[int, int]:
         h, w = h * self.upsample, w * self.upsample  # the conv's input
         u, s = self.unshuffle, self.shuffle
+        skip_u = self.shortcut.unshuffle if self.shortcut is not None else 1  # the residual's pixel unshuffle
+        if h % skip_u or w % skip_u:
+            raise ValueError(f"{self.name}: a {w}x{h} map cannot be pixel-unshuffled by {skip_u}")
         if h % u or w % u:
             raise ValueError(f"{self.name}: a {w}x{h} map cannot be pixel-unshuffled by {u}")
         if self.border == "reflect" and min(h, w) <= max(self.padding):  # as torch's reflect padding refuses it

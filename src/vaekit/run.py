@@ -319,13 +319,14 @@ def _bias(linear: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def run_video(program: Program, plans: tuple[Plan, Plan], x: torch.Tensor, chunks: list[int], emit, *,
               scratch_dir=None, report: RunReport | None = None, progress=None, peers=None,
-              compiled: bool = False, conditions: dict | None = None) -> None:
+              compiled: bool = False, conditions: dict | None = None, plan_for=None) -> None:
     """Run a video program chunk by chunk along time: ``x`` (B, C, F, H, W) in chunks of ``chunks``
     frames, the first by ``plans[0]``, the rest by ``plans[1]``; ``emit(f0, frames)`` takes each chunk's
     output frames (B, C_out, F', H', W') as they are made. The causal convs' time caches are maps of one
     store for the whole video, zeros before the first chunk, on the tiers the plan gave them: memory is
     bounded by the chunk, not by the number of frames. ``progress(stage, rows_done, rows_total)`` counts
-    the stages of every chunk in turn. ``compiled``, ``conditions``: as for execute, for every chunk."""
+    the stages of every chunk in turn. ``compiled``, ``conditions``: as for execute, for every chunk.
+    ``plan_for(frames)``: the plan of a later chunk whose frames are not plans[1]'s (a shorter last one)."""
     report = report if report is not None else RunReport()
     with Store(x.device, scratch_dir) as store:
         shapes, tiers = {m.name: m.shape for m in plans[1].maps}, plans[1].tiers
@@ -340,7 +341,10 @@ def run_video(program: Program, plans: tuple[Plan, Plan], x: torch.Tensor, chunk
             def told(i: int, done: int, total: int, k: int = k) -> None:  # this chunk's stage i, counted over all
                 progress(k * len(program.stages) + i, done, total)
 
-            y = execute(program, plans[0] if first else plans[1], x[:, :, t0 : t0 + frames], store=store, first=first,
+            plan = plans[0] if first else plans[1]
+            if not first and plan.in_shape[2] != frames:
+                plan = plan_for(frames)
+            y = execute(program, plan, x[:, :, t0 : t0 + frames], store=store, first=first,
                         scratch_dir=scratch_dir, report=report, peers=peers, compiled=compiled,
                         progress=None if progress is None else told, conditions=conditions)  # (B*F', C_out, H', W')
             y = y.unflatten(0, (x.shape[0], -1)).transpose(1, 2)  # (B, C_out, F', H', W')

@@ -110,7 +110,8 @@ def run_video_call(vae, program: Program, op: str, x, budget, *, device, report,
 
                 run_video(program, these, video, chunks, give, scratch_dir=scratch_dir, report=report,
                           progress=told if callback is not None and (rank == 0 or callable(progress)) else None,
-                          peers=peers, compiled=compile, conditions=conditions)
+                          peers=peers, compiled=compile, conditions=conditions,
+                          plan_for=lambda f: plans(stream=True, share=share, chunk=f)[1])
                 return None
 
             every = types.SimpleNamespace(op=op, stages=(first.stages + rest.stages * (len(chunks) - 1)) * runs)

@@ -57,7 +57,7 @@ def apply(pipe_or_vae, budget=None, **options):
     user's ``vae.enable_tiling()`` is honoured by exact streaming instead of tiles. Returns its argument.
     """
     vae = _vae_of(pipe_or_vae)
-    api.program_for(vae, "decode")  # UnsupportedModelError now, not at the first decode
+    _streams_an_op(vae)  # UnsupportedModelError now, not at the first call
     if is_applied(vae):
         unapply(vae)
     before = {name: vars(vae)[name] for name in ("encode", "decode") if name in vars(vae)}
@@ -131,6 +131,21 @@ def _run(vae, op: str, x, args: tuple, kwargs: dict):
     level = logging.WARNING if why.startswith("autograd") else logging.INFO  # a warning: it does not stream
     _say_once(state, why.split(" (")[0], f"vaekit: {why}: running the model's own {op}", level)
     return _own_method(vae, op, x, args, kwargs)
+
+
+def _streams_an_op(vae) -> None:
+    """UnsupportedModelError unless vaekit streams the decode or the encode of ``vae`` (Mochi's decoder
+    alone, Kandinsky 5's encoder alone: the other op goes to the model's own method)."""
+    try:
+        api.program_for(vae, "decode")
+    except UnsupportedModelError:
+        try:
+            api.program_for(vae, "encode")
+        except UnsupportedModelError:
+            pass
+        else:
+            return
+        raise
 
 
 def _why_not(vae, op: str, x) -> str | None:

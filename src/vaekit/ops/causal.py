@@ -34,13 +34,14 @@ def causal_conv_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int
     lo, hi = stage.input_rows(c0, c1)  # its input's rows, the border's padding outside [0, height)
     u = stage.upsample
     a, b = max(lo, 0), min(hi, src_h * u)
-    cache = None if stage.cache is None else read(stage.cache, a, b)  # (B*T, b-a, W, C): the frames before
+    copies = stage.copies_first(first)  # the first chunk's frames after copies of the first, not the cache
+    cache = None if stage.cache is None or copies else read(stage.cache, a, b)  # (B*T, b-a, W, C): frames before
     x = read(stage.src, a // u, -(-b // u))  # (B*F, rows, W, C)  src px
     n = cache.shape[0] // stage.cache_frames if cache is not None else samples or x.shape[0]  # videos
     x = _prologue(stage, w, stats, x, n)
     x = _upsampled(stage, x, n, a - a // u * u, b - a)  # (B*F', b-a, W*u, C)  the conv's input px
     past = stage.cache_frames if cache is not None else 0
-    front, back = stage.pad_frames  # copies of the first and the last frame, or zero frames (no cache)
+    front, back = stage.pad_frames if not copies else (stage.time_kernel - 1, 0)  # copies, zeros (no cache)
     frames, width, channels = x.shape[0] // n, x.shape[2], x.shape[3]
     top, bottom, (_, _, left, right) = a - lo, hi - b, stage.padding  # padding rows at the image border only
     # The conv's input: [cache ; frames] in time, padded in space, (B, C, T+F, rows', W') channels_last_3d:

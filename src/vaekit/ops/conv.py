@@ -62,8 +62,8 @@ def apply_shortcut(skip: torch.Tensor, shortcut: Shortcut | None, weights: dict 
     if shortcut.time_unshuffle != 1:  # (B*T, C, ...) -> (B*T/f, C*f, ...), frames in front to whole groups
         f = shortcut.time_unshuffle
         video = skip.unflatten(0, (samples or skip.shape[0], -1))  # (B, T, C, rows, W); unsaid: one frame each
-        if shortcut.time_front == "first":  # LTX: the video's first f - 1 frames again
-            video = torch.cat([video[:, : f - 1], video], dim=1)
+        if shortcut.time_front == "first":  # LTX: the video's first frames again, to whole groups (Kandinsky 5:
+            video = torch.cat([video[:, : (-video.shape[1]) % f], video], dim=1)  # a first chunk's f - 1 only)
         else:  # Wan 2.2: zero frames
             video = F.pad(video, (0, 0, 0, 0, 0, 0, (-video.shape[1]) % f, 0))
         skip = video.unflatten(1, (-1, f)).transpose(2, 3).flatten(2, 3).flatten(0, 1)  # (B*T', C*f, rows, W)
