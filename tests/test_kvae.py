@@ -10,7 +10,7 @@ import torch
 from diffusers import AutoencoderKLKVAEVideo
 
 import vaekit
-from conftest import REL_TOL, relative_error, with_and_without_apply, zero_borders
+from conftest import REL_TOL, perturb_group_norms, relative_error, with_and_without_apply, zero_borders
 from vaekit.arch import program_for
 from vaekit.errors import InputError, UnsupportedModelError
 from vaekit.plan import smallest_budget
@@ -22,13 +22,7 @@ SMALL = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, in_channels=3, out_ch=3
 
 def make(seed: int = 0):
     torch.manual_seed(seed)
-    vae = AutoencoderKLKVAEVideo(**SMALL).eval()
-    with torch.no_grad():  # the GroupNorms start at (1, 0): perturb so every term matters
-        for module in vae.modules():
-            if isinstance(module, torch.nn.GroupNorm):
-                module.weight.normal_(1.0, 0.2)
-                module.bias.normal_(0.0, 0.2)
-    return vae
+    return perturb_group_norms(AutoencoderKLKVAEVideo(**SMALL).eval())
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 from diffusers import AutoencoderKLLTXVideo
 
 import vaekit
-from conftest import REL_TOL, relative_error
+from conftest import REL_TOL, relative_error, with_and_without_apply
 from conftest import whole_video_budgets as budgets
 
 #: LTX-Video 0.9.0's structure, narrow: channels that change between blocks, strided-conv downsampling in
@@ -127,15 +127,8 @@ def test_pipelines_are_the_same_under_apply(name, config):
         torch.manual_seed(9)  # the decode noise: the global generator, as in diffusers
         return pipe(**kw, generator=torch.Generator().manual_seed(0)).frames
 
-    ref = run()
     frames = 1 + 8 // vaekit.arch.temporal_factor(vae)
     budget = max(budgets(vae, (1, 8, frames, height // f, width // f))["smallest"],
                  budgets(vae, (1, 3, 1, height, width), "encode")["smallest"])
-    report = vaekit.RunReport()
-    vaekit.apply(pipe, budget, report=report)
-    try:
-        out = run()
-    finally:
-        vaekit.unapply(pipe)
-    assert report.mode == "stream" and out.shape == ref.shape == (1, 9, 3, height, width)
-    assert relative_error(out, ref) <= REL_TOL
+    ref, out = with_and_without_apply(pipe, run, budget)
+    assert out.shape == ref.shape == (1, 9, 3, height, width) and relative_error(out, ref) <= REL_TOL

@@ -10,7 +10,7 @@ from torch import nn
 from ..errors import UnsupportedModelError
 from ..program import CausalConvStage, ConvStage, MapSpec, Program, Stage
 
-__all__ = ["ProgramBuilder", "LinearConv"]
+__all__ = ["ProgramBuilder", "LinearConv", "frames_first", "repeat_padded"]
 
 
 class ProgramBuilder:
@@ -97,3 +97,15 @@ def frames_first(channels: int, frames: int, pixels: int) -> torch.Tensor:
     """The order that takes a depth-to-space layer's output channels from (c, t, pixel) to (t, c, pixel):
     the order CausalConvStage unfolds them, frames (time_split) then pixels (a pixel shuffle)."""
     return torch.arange(channels * frames * pixels).view(channels, frames, pixels).transpose(0, 1).flatten()
+
+
+def repeat_padded(causal: nn.Module, strides=((1, 1, 1),)) -> nn.Conv3d | None:
+    """The Conv3d of a causal conv padded by repeating (HunyuanVideo 1.0 and 1.5, Mochi: F.pad "replicate"
+    by its time_causal_padding): copies of the first frame in front, the edge rows and columns; one of
+    ``strides``. None when it is not such a conv."""
+    conv = causal.conv
+    kt, kh, kw = conv.kernel_size
+    padded = (kw // 2, kw // 2, kh // 2, kh // 2, kt - 1, 0)
+    same = kh == kw and kh % 2 == 1 and conv.padding == (0, 0, 0) and conv.dilation == (1, 1, 1) and conv.groups == 1
+    repeats = getattr(causal, "pad_mode", None) == "replicate" and tuple(causal.time_causal_padding) == padded
+    return conv if same and repeats and conv.stride in strides else None

@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import UnsupportedModelError
 from ..program import AttentionStage, ConvAttention, KeyValueStage, Program, Shortcut
 from . import kl
-from .builder import ProgramBuilder
+from .builder import ProgramBuilder, repeat_padded
 
 __all__ = ["program", "whole", "finish", "scale_factor", "temporal_factor", "chunk_frames", "VIDEO"]
 
@@ -96,12 +96,8 @@ def _resnet(b: ProgramBuilder, name: str, x: str, resnet: nn.Module) -> str:
 
 def _conv(causal: nn.Module) -> nn.Conv3d:
     """A HunyuanVideo15CausalConv3d's Conv3d: padded by repeating, the first frame in front in time."""
-    conv = causal.conv
-    kt, kh, kw = conv.kernel_size
-    _require(kh == kw and kh % 2 == 1 and conv.stride == (1, 1, 1) and conv.padding == (0, 0, 0)
-             and conv.dilation == (1, 1, 1) and conv.groups == 1 and causal.pad_mode == "replicate"
-             and tuple(causal.time_causal_padding) == (kw // 2, kw // 2, kh // 2, kh // 2, kt - 1, 0),
-             f"only causal stride-1 convs padded by repeating, got kernel {conv.kernel_size}, stride {conv.stride}")
+    conv = repeat_padded(causal)
+    _require(conv is not None, f"only causal stride-1 convs padded by repeating, got {causal.conv}")
     return conv
 
 

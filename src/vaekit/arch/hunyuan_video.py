@@ -28,7 +28,7 @@ from ..clips import Clips
 from ..errors import UnsupportedModelError
 from ..program import AttentionStage, KeyValueStage, Program, Shortcut
 from . import kl
-from .builder import ProgramBuilder
+from .builder import ProgramBuilder, repeat_padded
 
 __all__ = ["program", "whole", "finish", "scale_factor", "temporal_factor", "chunk_frames", "clips", "VIDEO"]
 
@@ -99,14 +99,8 @@ def _resnet(b: ProgramBuilder, name: str, x: str, resnet: nn.Module) -> str:
 def _conv(causal: nn.Module, strided: bool = False) -> nn.Conv3d:
     """A HunyuanVideoCausalConv3d's Conv3d: padded by repeating, copies of the first frame in front;
     stride 1, or (downsamplers) 2 in space and 1 or 2 in time."""
-    conv = causal.conv
-    kt, kh, kw = conv.kernel_size
-    st, sh, sw = conv.stride
-    strides = ((1, 2, 2), (2, 2, 2)) if strided else ((1, 1, 1),)
-    _require(kh == kw == kt and kh % 2 == 1 and (st, sh, sw) in strides and conv.padding == (0, 0, 0)
-             and conv.dilation == (1, 1, 1) and conv.groups == 1 and causal.pad_mode == "replicate"
-             and tuple(causal.time_causal_padding) == (kw // 2, kw // 2, kh // 2, kh // 2, kt - 1, 0),
-             f"only causal convs padded by repeating, got kernel {conv.kernel_size}, stride {conv.stride}")
+    conv = repeat_padded(causal, ((1, 2, 2), (2, 2, 2)) if strided else ((1, 1, 1),))
+    _require(conv is not None, f"only causal convs padded by repeating, got {causal.conv}")
     return conv
 
 

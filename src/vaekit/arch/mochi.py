@@ -26,7 +26,7 @@ from ..clips import Clips
 from ..errors import UnsupportedModelError
 from ..program import Program
 from . import kl
-from .builder import LinearConv, ProgramBuilder, frames_first
+from .builder import LinearConv, ProgramBuilder, frames_first, repeat_padded
 
 __all__ = ["program", "whole", "finish", "scale_factor", "temporal_factor", "chunk_frames", "clips", "VIDEO"]
 
@@ -66,12 +66,8 @@ def _resnets(b: ProgramBuilder, name: str, x: str, block: nn.Module) -> str:
 
 def _conv(causal: nn.Module) -> nn.Conv3d:
     """A CogVideoXCausalConv3d in Mochi's "replicate" mode: padded by repeating, copies of the first frame in front."""
-    conv = causal.conv
-    kt, kh, kw = conv.kernel_size
-    _require(kh == kw and kh % 2 == 1 and conv.stride == (1, 1, 1) and conv.padding == (0, 0, 0)
-             and conv.dilation == (1, 1, 1) and conv.groups == 1 and causal.pad_mode == "replicate"
-             and tuple(causal.time_causal_padding) == (kw // 2, kw // 2, kh // 2, kh // 2, kt - 1, 0),
-             f"only causal convs padded by repeating, got kernel {conv.kernel_size}")
+    conv = repeat_padded(causal)
+    _require(conv is not None, f"only causal convs padded by repeating, got {causal.conv}")
     return conv
 
 
