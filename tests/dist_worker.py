@@ -36,6 +36,7 @@ CASES = {
     "minimax-decode": ("minimax", "decode", (1, 8, 7, 5, 7), "smallest", None),  # ViT blocks, registers
     "minimax-encode": ("minimax", "encode", (1, 3, 17, 19, 27), "smallest", None),  # strided convs, frame stats
     "hunyuan-video-decode": ("hunyuan_video", "decode", (1, 4, 7, 5, 7), "smallest", None),  # clips of 5, 4, 1
+    "kvae-decode": ("kvae", "decode", (1, 4, 6, 5, 7), "smallest", None),  # chunks of 5 and 1, latents' norms
     "wan-decode-npy": ("wan", "decode", (1, 4, 3, 13, 9), "smallest", ".npy"),  # rank 0 writes the frames
     "wan-decode-mp4": ("wan", "decode", (1, 4, 3, 13, 9), "smallest", ".mp4"),
 }
@@ -67,6 +68,10 @@ def model(name: str):
         from test_hunyuan_video import make as make_hunyuan_video
 
         return make_hunyuan_video()
+    if name == "kvae":
+        from test_kvae import make as make_kvae
+
+        return make_kvae()
     if name == "minimax":
         from test_minimax import make as make_minimax
 
@@ -78,7 +83,7 @@ def main(out: Path) -> None:
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
     models = {name: model(name) for name in ("sd", "dc", "wan", "hunyuan", "ltx2", "hunyuan15", "minimax",
-                                                  "hunyuan_video")}
+                                                  "hunyuan_video", "kvae")}
     for case, (name, op, shape, budget_name, suffix) in CASES.items():
         vae, x = models[name], inputs(op, shape)
         budget = budgets_for(vae, shape, op)[budget_name]

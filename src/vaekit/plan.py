@@ -200,10 +200,13 @@ def _chunk_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str],
         u, videos = stage.upsample, samples or b
         halo_rows = min(hi - lo, src_h * u)  # the rows read, with their halo
         src_rows = halo_rows if u == 1 else min(-(-halo_rows // u) + 1, src_h)
-        frames = videos + stage.time_upsample * (b - videos)  # the first frame once, the others repeated
+        frames = b * stage.time_upsample  # repeated (a first chunk's first frame once: at most this)
         n_seq = frames + (shapes[stage.cache][0] if stage.cache else 0)  # the chunk's frames after the cached ones
         n_seq += sum(stage.pad_frames) * videos  # and copies of the first and last (LTX)
         normalized = (2 if stage.norm is not None else 1) * b * src_rows * src_w * c_in * temp  # and a temporary
+        if stage.spatial_norm is not None:  # the latents upsampled to the band, its scale and shift
+            latent_c = shapes[stage.spatial_norm.latents][3]
+            normalized += b * src_rows * src_w * (2 * latent_c + 2 * c_in) * temp
         total = read_buffer(stage.src, src_rows) + normalized
         total += read_buffer(stage.cache, halo_rows) if stage.cache else 0
         if u != 1 or stage.time_upsample != 1:  # the upsampled band, and its first step (rows repeated)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-__all__ = ["MapSpec", "Shortcut", "ConvAttention", "SHUFFLE_ORDERS", "ConvStage", "KeyValueStage", "AttentionStage",
-           "GLUStage", "LinearKVStage", "LinearQueryStage", "CausalConvStage", "TokenKVStage", "TokenBlockStage",
-           "Registers", "Program", "Stage", "ACTIVATIONS", "TIME_PADS"]
+__all__ = ["MapSpec", "Shortcut", "SpatialNorm", "ConvAttention", "SHUFFLE_ORDERS", "ConvStage", "KeyValueStage",
+           "AttentionStage", "GLUStage", "LinearKVStage", "LinearQueryStage", "CausalConvStage", "TokenKVStage",
+           "TokenBlockStage", "Registers", "Program", "Stage", "ACTIVATIONS", "TIME_PADS"]
 
 #: element-wise functions a stage may apply before its conv (``act``) or after its skip add (``post``)
 ACTIVATIONS = (
@@ -115,6 +115,18 @@ class Shortcut:
 
     def skip_rows(self, r0: int, r1: int) -> tuple[int, int]:
         return r0 * self.unshuffle // self.shuffle, r1 * self.unshuffle // self.shuffle
+
+
+@dataclass(frozen=True, eq=False)
+class SpatialNorm:
+    """A norm conditioned on the latents (Kandinsky 5's decoder): norm(x) * conv_y(zq) + conv_b(zq), zq
+    the map ``latents`` (the run's input) nearest-upsampled to x's frames, rows and columns: ``scale``
+    times in space; in time, on a video's first chunk, its first frame from the first latent frame alone."""
+
+    latents: str
+    conv_y: nn.Module  # 1x1x1
+    conv_b: nn.Module  # 1x1x1
+    scale: int
 
 
 @dataclass(frozen=True, eq=False)
@@ -410,8 +422,9 @@ class CausalConvStage(_SameSize):
     stride: int = 1  # in space (MiniMax H3's downsamplers: 2)
     pad: tuple[int, int, int, int] | None = None  # (top, bottom, left, right) in space; None: "same", halo each side
     first_pad: str = "cache"  # time_pad "cache": on a video's first chunk, "copies" of its first frame instead
+    spatial_norm: SpatialNorm | None = None  # the norm's output scaled and shifted by the latents (Kandinsky 5)
     upsample: int = 1  # nearest-neighbour in space before the conv (HunyuanVideo's upsamplers)
-    time_upsample: int = 1  # each frame after a video's first repeated this many times before the conv (no cache)
+    time_upsample: int = 1  # each frame repeated this many times before the conv (a video's first: once)
 
     @property
     def time_kernel(self) -> int:
@@ -438,6 +451,14 @@ class CausalConvStage(_SameSize):
             return front + (self.time_kernel - 1) // 2, (self.time_kernel - 1) // 2
         return front, 0
 
+    def upsampled_frames(self, frames: int, first: bool) -> int:
+        """Frames after time_upsample: each repeated, on a video's first chunk its first once (one frame
+        alone is not repeated, as Kandinsky 5's upsamplers leave it)."""
+        t = self.time_upsample
+        if t == 1 or frames == 1:
+            return frames
+        return 1 + t * (frames - 1) if first else t * frames
+
     def copies_first(self, first: bool) -> bool:
         """Whether this chunk's frames follow copies of the video's first frame, not the time cache
         (Kandinsky 5: the first chunk's)."""
@@ -459,7 +480,8 @@ class CausalConvStage(_SameSize):
 
     @property
     def reads(self) -> tuple[str, ...]:
-        return tuple(n for n in (self.src, self.cache, self.skip, self.skip2) if n is not None)
+        latents = self.spatial_norm.latents if self.spatial_norm is not None else None
+        return tuple(n for n in (self.src, self.cache, self.skip, self.skip2, latents) if n is not None)
 
     @property
     def row_multiple(self) -> int:
@@ -469,7 +491,7 @@ class CausalConvStage(_SameSize):
     def out_frames(self, frames: int, first: bool = False) -> int:
         if first and self.first is not None:
             return frames
-        frames = 1 + self.time_upsample * (frames - 1)  # the first frame once, the others repeated
+        frames = self.upsampled_frames(frames, first)
         if self.time_stride != 1:  # after the cached frames, or the padding (MiniMax H3: zero frames)
             padded = self.cache_frames + frames if self.time_pad == "cache" else frames + sum(self.pad_frames)
             padded += self.time_kernel - 1 - self.cache_frames if self.copies_first(first) else 0
@@ -517,6 +539,10 @@ class CausalConvStage(_SameSize):
             spans.append(self.shortcut.skip_rows(r0, r1) if self.shortcut else (r0, r1))
         if name == self.skip2:
             spans.append((r0, r1))
+        if self.spatial_norm is not None and name == self.spatial_norm.latents:  # behind the source rows read
+            a, b = self.rows_read(self.src, r0, r1, src_hw)
+            s = self.spatial_norm.scale
+            spans.append((a // s, -(-b // s)))
         return min(a for a, _ in spans), max(b for _, b in spans)
 
 

@@ -271,7 +271,10 @@ def stage_weights(stage, device, dtype) -> dict[str, dict[str, torch.Tensor]]:
             shortcut["norm"] = params(stage.shortcut.norm)
         if isinstance(stage, CausalConvStage):
             noise = {} if stage.noise_scale is None else {"scale": stage.noise_scale.detach().to(device, dtype)}
-            return {"conv": params(stage.conv), "norm": params(stage.norm), "shortcut": shortcut, "noise_scale": noise}
+            sn = stage.spatial_norm
+            spatial = {} if sn is None else {"y": _as_linear(params(sn.conv_y)), "b": _as_linear(params(sn.conv_b))}
+            return {"conv": params(stage.conv), "norm": params(stage.norm), "shortcut": shortcut, "noise_scale": noise,
+                    "spatial_norm": spatial}
         return {"conv": _as_2d(params(stage.conv)), "norm": params(stage.norm), "out_norm": params(stage.out_norm),
                 "shortcut": shortcut}
     if isinstance(stage, TokenKVStage | TokenBlockStage):

@@ -1,23 +1,29 @@
-"""diffusers AutoencoderKLKVAEVideo (Kandinsky 5's video VAE): its encoder as a stage program over chunks
-of frames.
+"""diffusers AutoencoderKLKVAEVideo (Kandinsky 5's video VAE): decoder and encoder as stage programs over
+chunks of frames.
 
-diffusers' default call encodes a video in chunks of 17 frames, then 16 at a time, through causal
-convs that carry the last frames of each chunk's input to the next (a time cache), the first chunk
-padded with copies of its first frame instead; space is padded by repeating the edge rows and
-columns. Its GroupNorms take the statistics of each chunk's frames (its 5-D GroupNorm of a chunk). So
-the chunks are the model's own, run in turn with the caches between them, and rows stream in each.
-One row per block:
+diffusers' default call runs a video in chunks (17 frames, then 16 at a time, the last with what is
+left; decoding, the latent frames of those: 5, then 4), through causal convs that carry the last frames
+of each chunk's input to the next (a time cache), the first chunk padded with copies of its first
+frame instead; space is padded by repeating the edge rows and columns. Its GroupNorms take the
+statistics of each chunk's frames (its 5-D GroupNorm of a chunk); the decoder's are spatial norms,
+scaled and shifted by the chunk's latents upsampled to the map (a first chunk's first frame from the
+first latent frame alone). So the chunks are the model's own, run in turn with the caches between
+them, and rows stream in each. One row per block:
+
+    conv_in           3x3x3                                                       latent px
+    mid               two resnets: norm1+silu+conv1 | norm2+silu+conv2 + x (a 1x1x1 conv where the
+                      channels change), their norms spatial
+    up                resnets; an upsampler: compressing time, frames repeated (a video's first once) then
+                      3x1x1 + the repeated frames; pixels repeated 2x2 then 1x3x3 (rows and columns
+                      mirrored) + the repeated pixels; then 1x1x1
+    conv_out          spatial norm+silu+3x3x3                                     image px
 
     conv_in           3x3x3                                                       image px
-    down              resnets (norm1+silu+conv1 | norm2+silu+conv2 + x, a 1x1x1 conv where the channels
-                      change); a downsampler: 1x3x3 of stride 2 in space (rows and columns mirrored) + the
+    down              resnets; a downsampler: 1x3x3 of stride 2 in space (rows and columns mirrored) + the
                       2x2 pixels averaged; then, compressing time, 3x1x1 of stride 2 in time + pairs of
                       frames averaged (a video's first frame alone); then 1x1x1
     mid               two resnets
     conv_out          norm+silu+3x3x3: the latents (its sample half; the model's log-variance is zeros)
-
-Its decoder (norms conditioned on the latents, upsamplers that repeat frames) is not streamed yet:
-decode is refused.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, UnsupportedModelError
-from ..program import Program, Shortcut
+from ..program import Program, Shortcut, SpatialNorm
 from . import kl
 from .builder import ProgramBuilder
 
@@ -37,10 +43,51 @@ SEGMENT = 16  #: frames per chunk after the first (of 17), as its _encode splits
 
 
 def program(vae, op: str) -> Program:
-    if op == "decode":
-        raise UnsupportedModelError("AutoencoderKLKVAEVideo: vaekit streams its encoder; its decoder (norms "
-                                    "conditioned on the latents, upsamplers repeating frames) is not streamed yet: "
-                                    "use vae.decode")
+    return _decoder(vae) if op == "decode" else _encoder(vae)
+
+
+def _decoder(vae) -> Program:
+    dec = vae.decoder
+    _require(not dec.mid.block_1.norm1.add_conv, "spatial norms with their own conv (add_conv)")
+    b = ProgramBuilder("decode", dec.conv_in.conv.in_channels, frame_stats="all")
+    conv, options = _cached(dec.conv_in)
+    x, scale = b.causal("conv_in", b.input, conv, **options), 1
+    x = _resnet(b, "mid.block_1", x, dec.mid.block_1, scale)
+    x = _resnet(b, "mid.block_2", x, dec.mid.block_2, scale)
+    for i in reversed(range(len(dec.up))):
+        level = dec.up[i]
+        for j, block in enumerate(level.block):
+            x = _resnet(b, f"up.{i}.block.{j}", x, block, scale)
+        if hasattr(level, "upsample"):
+            x, scale = _upsample(b, f"up.{i}.upsample", x, level.upsample), scale * 2
+    conv, options = _cached(dec.conv_out)
+    norm, spatial = _spatial(b, dec.norm_out, scale)
+    x = b.causal("conv_out", x, conv, norm=norm, spatial_norm=spatial, act="silu", **options)
+    return b.build(output=x)
+
+
+def _upsample(b: ProgramBuilder, name: str, x: str, up: nn.Module) -> str:
+    """Compressing time: frames repeated (a video's first once), 3x1x1 + the repeated frames. Space:
+    pixels repeated 2x2, 1x3x3 (rows and columns mirrored) + the repeated pixels. Then 1x1x1."""
+    _require(up.factor == 2, f"{name}: an upsampling by {up.factor}")
+    if up.temporal_compress:
+        conv, options = _cached(up.temporal_conv)
+        x = b.causal(f"{name}.temporal", x, conv, time_upsample=2, skip=x, shortcut=Shortcut(repeat=2, time_shuffle=2),
+                     **options)  # the residual: the frames repeated as the conv's input (time_shuffle's first-chunk rule)
+    conv = up.spatial_conv
+    _require(conv.kernel_size == (1, 3, 3) and conv.stride == (1, 1, 1) and conv.padding == (0, 1, 1)
+             and conv.padding_mode == "reflect", f"{name}: its spatial conv {conv}")
+    x = b.causal(f"{name}.spatial", x, conv, upsample=2, border="reflect", skip=x,
+                 shortcut=Shortcut(repeat=4, shuffle=2))  # the residual: each pixel in a 2x2 block
+    return b.causal(f"{name}.linear", x, up.linear)
+
+
+def _spatial(b: ProgramBuilder, norm: nn.Module, scale: int) -> tuple[nn.GroupNorm, SpatialNorm]:
+    """A KVAECachedSpatialNorm3D: its GroupNorm (each chunk's statistics), scaled and shifted by the latents."""
+    return _norm(norm.norm_layer), SpatialNorm(b.input, norm.conv_y, norm.conv_b, scale)
+
+
+def _encoder(vae) -> Program:
     enc = vae.encoder
     b = ProgramBuilder("encode", enc.conv_in.conv.in_channels, frame_stats="all")  # a chunk's frames' statistics
     conv, options = _cached(enc.conv_in)
@@ -57,15 +104,18 @@ def program(vae, op: str) -> Program:
     return b.build(output=x)
 
 
-def _resnet(b: ProgramBuilder, name: str, x: str, block: nn.Module) -> str:
-    """norm1+silu+conv1, norm2+silu+conv2, + x (a 1x1x1 conv where the channels change): over x, or a new map."""
+def _resnet(b: ProgramBuilder, name: str, x: str, block: nn.Module, scale: int | None = None) -> str:
+    """norm1+silu+conv1, norm2+silu+conv2, + x (a 1x1x1 conv where the channels change): over x, or a new
+    map. In the decoder (``scale``: its map's pixels per latent pixel) the norms are spatial norms."""
     _require(not block.use_conv_shortcut, f"{name}: a 3x3x3 shortcut")
     shortcut = Shortcut(conv=block.nin_shortcut) if hasattr(block, "nin_shortcut") else None
     out = x if shortcut is None else b.new_map(block.out_channels)
+    (norm1, spatial1), (norm2, spatial2) = ((_norm(n), None) if scale is None else _spatial(b, n, scale)
+                                            for n in (block.norm1, block.norm2))
     conv, options = _cached(block.conv1)
-    h = b.causal(f"{name}.conv1", x, conv, norm=_norm(block.norm1), act="silu", **options)
+    h = b.causal(f"{name}.conv1", x, conv, norm=norm1, spatial_norm=spatial1, act="silu", **options)
     conv, options = _cached(block.conv2)
-    return b.causal(f"{name}.conv2", h, conv, dst=out, norm=_norm(block.norm2), act="silu", skip=x,
+    return b.causal(f"{name}.conv2", h, conv, dst=out, norm=norm2, spatial_norm=spatial2, act="silu", skip=x,
                     shortcut=shortcut, **options)
 
 
@@ -97,7 +147,7 @@ def _cached(causal: nn.Module) -> tuple[nn.Conv3d, dict]:
 
 def _norm(norm: nn.Module) -> nn.GroupNorm:
     """A KVAECachedGroupNorm: its GroupNorm, of each chunk's frames."""
-    _require(isinstance(norm.norm_layer, nn.GroupNorm), f"norm {type(norm).__name__}")
+    _require(isinstance(getattr(norm, "norm_layer", None), nn.GroupNorm), f"norm {type(norm).__name__}")
     return norm.norm_layer
 
 
@@ -122,8 +172,10 @@ def _require(condition: bool, message: str) -> None:
 
 def chunk_frames(vae, op: str, frames: int) -> list[int]:
     """Its own chunks: 17 frames, then 16 at a time, the last with what is left (1 + t k frames:
-    each later chunk a whole number of the temporal factor)."""
+    each later chunk a whole number of the temporal factor); decoding, the latent frames of those."""
     t = vae.config.temporal_compress_times
+    if op == "decode":
+        return [-(-f // t) for f in chunk_frames(vae, "encode", 1 + t * (frames - 1))]
     if (frames - 1) % t:
         raise InputError(f"an AutoencoderKLKVAEVideo encodes 1 + {t}k frames (1, {1 + t}, {1 + 2 * t}, ...): got "
                          f"{frames}")
@@ -136,7 +188,9 @@ def chunk_frames(vae, op: str, frames: int) -> list[int]:
 
 
 def whole(vae, op: str, x):
-    """The model's own encode, its chunks and caches, as the moments (sample | zeros)."""
+    """The model's own decode, or its encode as the moments (sample | zeros): its chunks and caches."""
+    if op == "decode":
+        return vae._decode(x)
     h = vae._encode(x)
     return torch.cat([h, torch.zeros_like(h)], dim=1)
 

@@ -38,8 +38,9 @@ def causal_conv_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int
     cache = None if stage.cache is None or copies else read(stage.cache, a, b)  # (B*T, b-a, W, C): frames before
     x = read(stage.src, a // u, -(-b // u))  # (B*F, rows, W, C)  src px
     n = cache.shape[0] // stage.cache_frames if cache is not None else samples or x.shape[0]  # videos
-    x = _prologue(stage, w, stats, x, n)
-    x = _upsampled(stage, x, n, a - a // u * u, b - a)  # (B*F', b-a, W*u, C)  the conv's input px
+    zq = None if stage.spatial_norm is None else _latents(stage, w, read, a // u, -(-b // u), n, first, x.shape[0])
+    x = _prologue(stage, w, stats, x, n, zq)
+    x = _upsampled(stage, x, n, a - a // u * u, b - a, first)  # (B*F', b-a, W*u, C)  the conv's input px
     past = stage.cache_frames if cache is not None else 0
     front, back = stage.pad_frames if not copies else (stage.time_kernel - 1, 0)  # copies, zeros (no cache)
     frames, width, channels = x.shape[0] // n, x.shape[2], x.shape[3]
@@ -64,16 +65,36 @@ def causal_conv_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int
     return activate(_residuals(stage, w, read, r0, r1, out, n), stage.post, inplace=True), tail
 
 
-def _upsampled(stage: CausalConvStage, x: torch.Tensor, n: int, skip: int, rows: int) -> torch.Tensor:
+def _upsampled(stage: CausalConvStage, x: torch.Tensor, n: int, skip: int, rows: int, first: bool) -> torch.Tensor:
     """The band (B*F, rows, W, C) as the conv sees it: pixels in u x u blocks, then ``rows`` rows from
-    ``skip`` on; each frame after a video's first repeated t times (nearest-neighbour, as F.interpolate)."""
+    ``skip`` on; each frame repeated t times, a video's first once on its first chunk (nearest-neighbour,
+    as F.interpolate; CausalConvStage.upsampled_frames)."""
     u, t = stage.upsample, stage.time_upsample
     if u != 1:
         x = x.repeat_interleave(u, dim=1)[:, skip : skip + rows].repeat_interleave(u, dim=2)  # (B*F, rows, W*u, C)
-    if t != 1:
-        video = x.unflatten(0, (n, -1))  # (B, F, rows, W, C)
-        x = torch.cat([video[:, :1], video[:, 1:].repeat_interleave(t, dim=1)], dim=1).flatten(0, 1)
+    frames = x.shape[0] // n
+    if stage.upsampled_frames(frames, first) != frames:
+        video = x.unflatten(0, (n, -1)).repeat_interleave(t, dim=1)  # (B, F*t, rows, W, C)
+        x = (video[:, t - 1 :] if first else video).flatten(0, 1)
     return x
+
+
+def _latents(stage: CausalConvStage, w: dict, read, r0: int, r1: int, n: int, first: bool, band: int):
+    """A spatial norm's scale and shift for source rows [r0, r1) of ``band`` frames (n videos): the
+    latents nearest-upsampled to the band (scale x in space; in time as F.interpolate to the frames, a
+    first chunk's first frame from the first latent frame alone) through conv_y and conv_b."""
+    norm, frames = stage.spatial_norm, band // n
+    s = norm.scale
+    z = read(norm.latents, r0 // s, -(-r1 // s))  # (B*T, rows_z, W_z, Cz)  latent px
+    z = z.repeat_interleave(s, dim=1)[:, r0 - r0 // s * s : r0 - r0 // s * s + r1 - r0].repeat_interleave(s, dim=2)
+    t = z.shape[0] // n
+    if first and frames > 1 and t > 1:  # the first frame alone, the rest from the rest
+        index = [0] + [1 + i * (t - 1) // (frames - 1) for i in range(frames - 1)]
+    else:
+        index = [i * t // frames for i in range(frames)]
+    z = z.unflatten(0, (n, t))[:, index].flatten(0, 1)  # (B*F, rows, W, Cz)
+    scale = F.linear(z, w["spatial_norm"]["y"]["weight"], w["spatial_norm"]["y"].get("bias"))
+    return scale, F.linear(z, w["spatial_norm"]["b"]["weight"], w["spatial_norm"]["b"].get("bias"))
 
 
 def conv_layout(shape5, weight: torch.Tensor) -> torch.memory_format:
@@ -84,10 +105,15 @@ def conv_layout(shape5, weight: torch.Tensor) -> torch.memory_format:
     return torch.channels_last_3d if math.prod(shape5) >= weight.numel() else torch.contiguous_format
 
 
-def _prologue(stage: CausalConvStage, w: dict, stats: dict, x: torch.Tensor, n: int) -> torch.Tensor:
-    """act(norm(x)), or for a ``modulated`` stage act(norm(x) * (1 + scale) + shift) with the run's
-    per-video, per-channel (scale, shift) (LTX's timestep conditioning)."""
-    if not stage.modulated:  # a GroupNorm's statistics are each frame's (B*F of them)
+def _prologue(stage: CausalConvStage, w: dict, stats: dict, x: torch.Tensor, n: int, zq=None) -> torch.Tensor:
+    """act(norm(x)); for a ``modulated`` stage act(norm(x) * (1 + scale) + shift) with the run's
+    per-video, per-channel (scale, shift) (LTX's timestep conditioning); with a spatial norm,
+    act(norm(x) * y + b), ``zq`` the (y, b) of the band's latents (Kandinsky 5)."""
+    if zq is not None:
+        y, b = zq
+        return activate(normalize(x, stats.get(stage.src), stage.norm, None, w["norm"]) * y + b, stage.act,
+                        inplace=True)
+    if not stage.modulated:  # a GroupNorm's statistics are each frame's, or a video's (B*F or B of them)
         return normalize(x, stats.get(stage.src), stage.norm, stage.act, w["norm"])
     scale, shift = stats[("modulation", stage.name)]  # (B, C) each
     x = normalize(x, None, stage.norm, None, w["norm"]).unflatten(0, (n, -1))  # (B, F, rows, W, C)
