@@ -71,9 +71,9 @@ def test_each_part_matters(hv, monkeypatch, mutation):
                                                                                            frame_stats="each"))
     elif mutation == "the first frame repeated":
         upsampled = causal._upsampled
-        monkeypatch.setattr(causal, "_upsampled", lambda stage, x, n, skip, rows: upsampled(
-            stage, x, n, skip, rows) if stage.time_upsample == 1 else upsampled(
-            dataclasses.replace(stage, time_upsample=1), x, n, skip, rows).repeat_interleave(2, 0)[n:])
+        monkeypatch.setattr(causal, "_upsampled", lambda stage, x, n, skip, rows, first: upsampled(
+            stage, x, n, skip, rows, first) if stage.time_upsample == 1 else upsampled(
+            dataclasses.replace(stage, time_upsample=1), x, n, skip, rows, first).repeat_interleave(2, 0)[n:])
     elif mutation == "no cross-fade":
         monkeypatch.setattr(clips, "_blend", lambda a, b, extent: b)
     else:
@@ -109,3 +109,30 @@ def test_the_pipeline_is_the_same_under_apply():
 
     ref, out = with_and_without_apply(pipe, run, budgets(vae, (1, 4, 6, 6, 8))["smallest"])
     assert out.shape == ref.shape == (1, 21, 3, 48, 64) and relative_error(out, ref) <= REL_TOL
+
+
+def test_kandinsky5_text_to_video_is_the_same_under_apply():
+    """Kandinsky5T2VPipeline decodes with HunyuanVideo 1.0's VAE (diffusers' own test config: fewer time
+    upsamplers than its temporal_compression_ratio says, so its clips make fewer frames); a tiny
+    transformer, prompt embeddings passed, no text encoders."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Kandinsky5T2VPipeline, Kandinsky5Transformer3DModel
+
+    vae = make(block_out_channels=(32, 64), down_block_types=("HunyuanVideoDownBlock3D",) * 2, latent_channels=16,
+               up_block_types=("HunyuanVideoUpBlock3D",) * 2, norm_num_groups=32, mid_block_add_attention=False)
+    torch.manual_seed(0)
+    transformer = Kandinsky5Transformer3DModel(
+        in_visual_dim=16, in_text_dim=32, in_text_dim2=16, time_dim=16, out_visual_dim=16, patch_size=(1, 2, 2),
+        model_dim=16, ff_dim=32, num_text_blocks=1, num_visual_blocks=2, axes_dims=(1, 1, 2), visual_cond=False,
+        attention_type="regular")
+    pipe = Kandinsky5T2VPipeline(transformer=transformer, vae=vae, text_encoder=None, tokenizer=None,
+                                 text_encoder_2=None, tokenizer_2=None, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0))
+    g = torch.Generator().manual_seed(0)
+    kw = dict(prompt_embeds_qwen=torch.randn(1, 8, 32, generator=g), prompt_embeds_clip=torch.randn(1, 16, generator=g),
+              prompt_cu_seqlens=torch.tensor([0, 8], dtype=torch.int32), num_inference_steps=2, guidance_scale=1.0,
+              height=32, width=32, num_frames=21, output_type="pt")  # 6 latent frames: framewise clips
+
+    def run():
+        return pipe(**kw, generator=torch.Generator().manual_seed(0)).frames
+
+    ref, out = with_and_without_apply(pipe, run, budgets(vae, (1, 16, 6, 4, 4))["smallest"])
+    assert out.shape == ref.shape == (1, 13, 3, 16, 16) and relative_error(out, ref) <= REL_TOL

@@ -122,9 +122,11 @@ def test_the_first_chunks_copies_the_chunks_statistics_and_the_border_matter(kva
     assert relative_error(out, ref) > 100 * REL_TOL
 
 
-def test_frames_its_chunks_cannot_fold_are_refused(kvae):
+def test_frames_its_chunks_cannot_fold_and_odd_sizes_are_refused(kvae):
     with pytest.raises(InputError, match=r"1 \+ 4k frames"):
         vaekit.encode(kvae, X[:, :, :6])
+    with pytest.raises(InputError, match="pixel-unshuffled"):  # its downsamplers average 2x2 pixels
+        vaekit.encode(kvae, X[:, :, :1, :19])
 
 
 def test_apply_streams_both(kvae):

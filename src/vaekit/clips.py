@@ -68,6 +68,9 @@ class Assembler:
         if self.clips.tail and self.last is not None:
             self._give(self.last)
         self.last = None
+        if self.done != self.clips.frames:  # the result would hold frames no clip gave
+            raise RuntimeError(f"the clips gave {self.done} frames of {self.clips.frames}: their layout is not the "
+                               "model's (please report this model's config)")
 
     def _give(self, frames: torch.Tensor) -> None:
         frames = frames[:, :, : self.clips.frames - self.done]  # past the result's end: cut

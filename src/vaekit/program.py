@@ -508,8 +508,8 @@ class CausalConvStage(_SameSize):
     def out_hw(self, h: int, w: int) -> tuple[int, int]:
         h, w = h * self.upsample, w * self.upsample  # the conv's input
         u, s = self.unshuffle, self.shuffle
-        skip_u = self.shortcut.unshuffle if self.shortcut is not None else 1  # the residual's pixel unshuffle
-        if h % skip_u or w % skip_u:
+        skip_u = self.shortcut.unshuffle if self.shortcut is not None and self.skip == self.src else 1
+        if h % skip_u or w % skip_u:  # the residual unshuffles this very map (Kandinsky 5's downsamplers)
             raise ValueError(f"{self.name}: a {w}x{h} map cannot be pixel-unshuffled by {skip_u}")
         if h % u or w % u:
             raise ValueError(f"{self.name}: a {w}x{h} map cannot be pixel-unshuffled by {u}")

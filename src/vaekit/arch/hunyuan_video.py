@@ -119,7 +119,7 @@ def clips(vae, op: str, frames: int) -> Clips | None:
     _temporal_tiled_decode/_encode lays them out, or None when it runs the video whole: windows of
     min + 1 frames, stride apart (the last ones shorter); the first clip keeps stride + 1 frames, the
     others the stride after their first, their first (min - stride) frames cross-faded into the clip before."""
-    ratio = vae.temporal_compression_ratio
+    ratio = vae.temporal_compression_ratio  # the config's, as the model's clips count with it
     least, stride = vae.tile_sample_min_num_frames, vae.tile_sample_stride_num_frames  # in frames
     if op == "decode":
         least, stride = least // ratio, stride // ratio  # in latent frames
@@ -131,8 +131,24 @@ def clips(vae, op: str, frames: int) -> Clips | None:
         framewise = vae.use_framewise_encoding
     if not framewise or frames <= least:
         return None
-    return Clips(windows=tuple((i, min(i + least + 1, frames)) for i in range(0, frames, stride)),
-                 keep=(1, step + 1), keep_first=(0, step + 1), frames=total, fade=fade)
+    windows = tuple((i, min(i + least + 1, frames)) for i in range(0, frames, stride))
+    made = [_frames_out(vae, op, stop - start) for start, stop in windows]  # each clip's frames, as its network makes
+    kept = sum(max(min(step + 1, n) - (0 if k == 0 else 1), 0) for k, n in enumerate(made))
+    return Clips(windows=windows, keep=(1, step + 1), keep_first=(0, step + 1), frames=min(total, kept), fade=fade)
+
+
+def _frames_out(vae, op: str, frames: int) -> int:
+    """The frames its network makes of ``frames``: by its time resamplers, which a config may have fewer
+    of than its temporal_compression_ratio says (diffusers' own test configs)."""
+    if op == "decode":
+        for block in vae.decoder.up_blocks:
+            for up in block.upsamplers or []:
+                frames = 1 + int(up.upsample_factor[0]) * (frames - 1)
+        return frames
+    for block in vae.encoder.down_blocks:
+        for down in block.downsamplers or []:
+            frames = (frames - 1) // down.conv.conv.stride[0] + 1
+    return frames
 
 
 def chunk_frames(vae, op: str, frames: int) -> list[int]:
