@@ -81,16 +81,6 @@ def planned_shape(vae, shape, op: str = "decode") -> tuple[int, ...]:
     return tuple(shape) if clips is None else (*shape[:2], clips.length, *shape[3:])
 
 
-def perturb_group_norms(vae):
-    """The GroupNorms of ``vae`` start at (weight 1, bias 0): perturbed so every term matters. Returns ``vae``."""
-    with torch.no_grad():
-        for module in vae.modules():
-            if isinstance(module, torch.nn.GroupNorm):
-                module.weight.normal_(1.0, 0.2)
-                module.bias.normal_(0.0, 0.2)
-    return vae
-
-
 def zero_borders(monkeypatch) -> None:
     """A mutation: every causal conv band padded with zeros at the border, whatever its mode says."""
     from vaekit.ops import causal

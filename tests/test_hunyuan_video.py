@@ -10,7 +10,7 @@ import torch
 from diffusers import AutoencoderKLHunyuanVideo
 
 import vaekit
-from conftest import REL_TOL, perturb_group_norms, relative_error, with_and_without_apply
+from conftest import REL_TOL, perturb_norms, relative_error, with_and_without_apply
 from conftest import whole_video_budgets as budgets
 
 #: HunyuanVideo 1.0's structure (three spatial and two temporal resamplings, mid-block attention), narrow
@@ -21,7 +21,7 @@ SMALL = dict(in_channels=3, out_channels=3, latent_channels=4, down_block_types=
 
 def make(seed: int = 0, **changes):
     torch.manual_seed(seed)
-    return perturb_group_norms(AutoencoderKLHunyuanVideo(**{**SMALL, **changes}).eval())
+    return perturb_norms(AutoencoderKLHunyuanVideo(**{**SMALL, **changes}).eval())
 
 
 @pytest.fixture(scope="module")

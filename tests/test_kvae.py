@@ -12,7 +12,7 @@ import torch
 from diffusers import AutoencoderKLKVAEVideo
 
 import vaekit
-from conftest import REL_TOL, perturb_group_norms, relative_error, with_and_without_apply, zero_borders
+from conftest import REL_TOL, perturb_norms, relative_error, with_and_without_apply, zero_borders
 from vaekit.arch import program_for
 from vaekit.errors import InputError
 from vaekit.plan import smallest_budget
@@ -24,7 +24,7 @@ SMALL = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, in_channels=3, out_ch=3
 
 def make(seed: int = 0):
     torch.manual_seed(seed)
-    return perturb_group_norms(AutoencoderKLKVAEVideo(**SMALL).eval())
+    return perturb_norms(AutoencoderKLKVAEVideo(**SMALL).eval())
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 from diffusers import AutoencoderKLMochi
 
 import vaekit
-from conftest import REL_TOL, perturb_group_norms, relative_error, with_and_without_apply, zero_borders
+from conftest import REL_TOL, perturb_norms, relative_error, with_and_without_apply, zero_borders
 from conftest import whole_video_budgets as budgets
 from vaekit.errors import UnsupportedModelError
 
@@ -21,7 +21,7 @@ SMALL = dict(in_channels=15, out_channels=3, latent_channels=4, encoder_block_ou
 
 def make(seed: int = 0, **changes):
     torch.manual_seed(seed)
-    return perturb_group_norms(AutoencoderKLMochi(**{**SMALL, **changes}).eval())
+    return perturb_norms(AutoencoderKLMochi(**{**SMALL, **changes}).eval())
 
 
 @pytest.fixture(scope="module")
