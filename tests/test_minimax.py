@@ -187,7 +187,8 @@ def test_cli_encodes_decodes_and_plans(mm, tmp_path, capsys):
                     *common]) == 0
         assert relative_error(torch.from_numpy(np.load(tmp_path / "v.npy")), mm.decode(Z[:1]).sample) <= REL_TOL
     assert cli(["plan", "--model", str(tmp_path / "mm-vae"), "--size", "28x20", "--frames", "39"]) == 0
-    assert "decode 1x8x12x5x7 -> 1x3x39x20x28" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "decode 1x8x12x5x7 -> 1x3x39x20x28" in out and "the model's own 2 clips of up to 7 frames" in out
 
 
 def test_compiled_is_exact(mm, ref):

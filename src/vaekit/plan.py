@@ -96,6 +96,7 @@ class Plan:
     host_bytes: int = 0  # most the host tier holds at once (CUDA: maps in pinned host RAM)
     host_budget: int | None = None  # what the host tier was allowed (None: unbounded)
     writer_bytes: int = 0  # what the output file's writer holds (an .mp4 encoder's frames), in host RAM
+    runs: str = ""  # a video's: the chunks or the model's own clips the stages below run once each
 
     @property
     def peak_bytes(self) -> int:
@@ -121,6 +122,8 @@ class Plan:
             f"mode {self.mode}   budget {budget}   predicted peak {format_bytes(self.peak_bytes)}"
             f"   (untiled would need {format_bytes(self.whole_peak_bytes)})",
         ]
+        if self.runs:
+            lines.append(self.runs)
         if self.mode == "stream":
             lines.append("")
             lines.append(f"{'stage':<26}{'rows':>6}{'chunks':>8}{'kv rows':>9}{'working':>12}{'resident':>12}")
