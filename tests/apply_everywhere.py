@@ -24,7 +24,7 @@ from vaekit import api
 CLASSES = ("AutoencoderKL", "AutoencoderDC", "AutoencoderTiny", "AutoencoderKLFlux2", "AutoencoderKLHunyuanImage",
            "AutoencoderKLWan", "AutoencoderKLQwenImage", "AutoencoderKLQwenImage21", "AutoencoderKLLTX2Video",
            "AutoencoderKLHunyuanVideo15", "AutoencoderKLMiniMaxH3", "AutoencoderKLLTXVideo", "AutoencoderKLHunyuanVideo",
-           "AutoencoderKLMochi", "AutoencoderKLKVAEVideo")
+           "AutoencoderKLMochi", "AutoencoderKLKVAEVideo", "AutoencoderKLCogVideoX")
 counts = {"streamed": 0, "own": 0}
 
 

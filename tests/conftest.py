@@ -62,13 +62,17 @@ def budgets_for(vae, shape, op: str = "decode", compiled: bool = False) -> dict[
 
 
 def whole_video_budgets(vae, shape, op: str = "decode") -> dict[str, int]:
-    """budgets_for of a model whose one chunk is the whole video or clip (LTX-2, HunyuanVideo 1.5, MiniMax
-    H3): smallest (every map on disk, one row and one key row per chunk), mixed, and whole (never below
-    the smallest)."""
+    """budgets_for of a model that runs the whole video or clip in one chunk (LTX-2, HunyuanVideo, MiniMax
+    H3) or in its own chunks (Kandinsky 5, CogVideoX): smallest (every map on disk, one row and one key
+    row per chunk), mixed, and whole (never below the smallest)."""
     import vaekit
     from vaekit.plan import smallest_budget
 
-    low = smallest_budget(vaekit.arch.program_for(vae, op), planned_shape(vae, shape, op), 4, first=True)
+    program, run = vaekit.arch.program_for(vae, op), planned_shape(vae, shape, op)
+    chunks = vaekit.arch.family(vae).chunk_frames(vae, op, run[2])  # one, or the model's own (Kandinsky 5, CogVideoX)
+    low = smallest_budget(program, (*run[:2], chunks[0], *run[3:]), 4, first=True)
+    if len(chunks) > 1:  # a later chunk reads the time caches
+        low = max(low, smallest_budget(program, (*run[:2], max(chunks[1:]), *run[3:]), 4))
     whole = max(vaekit.plan(vae, shape, budget=None, op=op).whole_peak_bytes, low)
     return {"smallest": low, "mixed": (low + whole) // 2, "whole": whole}
 

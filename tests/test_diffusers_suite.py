@@ -1,7 +1,8 @@
 """diffusers' own model tests for AutoencoderKL, AutoencoderDC, AutoencoderTiny, AutoencoderKLWan,
 AutoencoderKLLTX2Video, AutoencoderKLLTXVideo, AutoencoderKLHunyuanVideo, AutoencoderKLMiniMaxH3,
-AutoencoderKLMochi and AutoencoderKLKVAEVideo, run twice in fresh processes: as they are, and with every
-VAE under ``vaekit.apply`` streaming (the ``apply_everywhere`` plugin). The same tests must pass both ways.
+AutoencoderKLMochi, AutoencoderKLKVAEVideo and AutoencoderKLCogVideoX, run twice in fresh processes: as
+they are, and with every VAE under ``vaekit.apply`` streaming (the ``apply_everywhere`` plugin). The same
+tests must pass both ways.
 
 diffusers' tests are not in its wheel: set VAEKIT_DIFFUSERS to a diffusers checkout (its ``tests/``
 needs ``parameterized`` installed besides). Without it the test is skipped.
@@ -22,7 +23,7 @@ CHECKOUT = os.environ.get("VAEKIT_DIFFUSERS")
 MODULES = [f"tests/models/autoencoders/test_models_{name}.py" for name in (
     "autoencoder_kl", "autoencoder_dc", "autoencoder_tiny", "autoencoder_wan", "autoencoder_ltx2_video",
     "autoencoder_ltx_video", "autoencoder_hunyuan_video", "autoencoder_kl_minimax_h3", "autoencoder_mochi",
-    "autoencoder_kl_kvae_video")]
+    "autoencoder_kl_kvae_video", "autoencoder_kl_cogvideox")]
 
 pytestmark = [
     pytest.mark.skipif(not CHECKOUT, reason="set VAEKIT_DIFFUSERS to a diffusers checkout to run its VAE tests"),

@@ -17,11 +17,13 @@ from hypothesis import strategies as st
 
 import vaekit
 from conftest import REL_TOL, budgets_for, make_vae, relative_error, whole_video_budgets
+from test_cogvideox import make as make_cogvideox
 from test_dc import make_dc
 from test_flux2 import make_flux2
 from test_hunyuan import make_hunyuan
 from test_hunyuan15 import make as make_hunyuan15
 from test_hunyuan_video import make as make_hunyuan_video
+from test_kvae import make as make_kvae
 from test_ltx2 import make as make_ltx2
 from test_ltx_video import make as make_ltxv
 from test_minimax import make as make_minimax
@@ -37,7 +39,8 @@ BUILDERS = {"sd": lambda: make_vae("sd"), "flux": lambda: make_vae("flux"), "flu
             "tiny": lambda: _tiny(), "dc-sana": lambda: make_dc("sana"), "dc-shuffle": lambda: make_dc("shuffle"),
             "hunyuan": make_hunyuan, "wan": make_wan, "wan22": make_wan22, "ltx2": make_ltx2,
             "qwen21": make_qwen21, "hunyuan15": make_hunyuan15, "minimax": make_minimax, "ltxv": make_ltxv,
-            "hunyuan_video": make_hunyuan_video, "mochi": make_mochi}
+            "hunyuan_video": make_hunyuan_video, "mochi": make_mochi, "cogvideox": make_cogvideox,
+            "kvae": make_kvae}
 _models: dict = {}
 
 
@@ -93,11 +96,11 @@ def test_streamed_equals_untiled_and_float64(name, op, batch, h, w, frames, wher
         frames = 1
     if name == "hunyuan15":  # diffusers' own attention takes one video at a time
         batch = 1
-    if name == "mochi":  # its encoder is not streamed
+    if name in ("mochi", "cogvideox"):  # their encoders are not streamed
         op = "decode"
     x = _input(vae, op, batch, h, w, frames, seed)
     shape = tuple(x.shape)
-    if name in ("ltx2", "ltxv", "hunyuan15", "minimax", "hunyuan_video", "mochi"):  # the video (or clip): one chunk
+    if name in ("ltx2", "ltxv", "hunyuan15", "minimax", "hunyuan_video", "mochi", "cogvideox", "kvae"):  # the model's runs
         low_high = whole_video_budgets(vae, shape, op)
     else:
         low_high = video_budgets(vae, shape, op) if x.dim() == 5 else budgets_for(vae, shape, op, compiled=compile)

@@ -13,9 +13,8 @@ from diffusers import AutoencoderKLKVAEVideo
 
 import vaekit
 from conftest import REL_TOL, perturb_norms, relative_error, with_and_without_apply, zero_borders
-from vaekit.arch import program_for
+from conftest import whole_video_budgets as budgets
 from vaekit.errors import InputError
-from vaekit.plan import smallest_budget
 
 #: Kandinsky 5's structure (a 4x temporal factor over two time-compressing levels), narrow
 SMALL = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, in_channels=3, out_ch=3, z_channels=4,
@@ -34,14 +33,6 @@ def kvae():
 
 #: 21 frames: chunks of 17 and 4; odd latent px (5 x 7)
 X = torch.rand(1, 3, 21, 20, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1
-
-
-def budgets(vae, shape, op: str = "encode") -> dict[str, int]:
-    """The smallest (every map on disk, one row per chunk), a mixed and the whole budget."""
-    first = vaekit.arch.family(vae).chunk_frames(vae, op, shape[2])[0]
-    low = smallest_budget(program_for(vae, op), (*shape[:2], first, *shape[3:]), 4, first=True)
-    whole = max(vaekit.plan(vae, shape, budget=None, op=op).whole_peak_bytes, low)
-    return {"smallest": low, "mixed": (low + whole) // 2, "whole": whole}
 
 
 #: 10 latent frames: chunks of 5, 4 and 1 (34 frames); odd latent px
@@ -89,7 +80,7 @@ def test_encode_is_exact_at_every_budget(kvae, frames):
     x = X[:, :, :frames] if frames > 1 else torch.rand(1, 3, 1, 56, 72, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = kvae.encode(x).latent_dist
-        for name, budget in budgets(kvae, tuple(x.shape)).items():
+        for name, budget in budgets(kvae, tuple(x.shape), "encode").items():
             report = vaekit.RunReport()
             out = vaekit.encode(kvae, x, budget, report=report)
             assert report.mode == ("whole" if name == "whole" else "stream"), name
@@ -118,7 +109,7 @@ def test_the_first_chunks_copies_the_chunks_statistics_and_the_border_matter(kva
         zero_borders(monkeypatch)
     with torch.no_grad():
         ref = kvae.encode(x).latent_dist.mode()
-        out = vaekit.encode(kvae, x, budgets(kvae, tuple(x.shape))["mixed"])  # streamed
+        out = vaekit.encode(kvae, x, budgets(kvae, tuple(x.shape), "encode")["mixed"])  # streamed
     assert relative_error(out, ref) > 100 * REL_TOL
 
 
@@ -132,7 +123,7 @@ def test_frames_its_chunks_cannot_fold_and_odd_sizes_are_refused(kvae):
 def test_apply_streams_both(kvae):
     with torch.no_grad():
         ref, out = with_and_without_apply(kvae, lambda: kvae.encode(X[:, :, :9]).latent_dist.mode(),
-                                          budgets(kvae, (1, 3, 9, 20, 28))["mixed"])
+                                          budgets(kvae, (1, 3, 9, 20, 28), "encode")["mixed"])
         assert relative_error(out, ref) <= REL_TOL
         z = Z[:1, :, :2]
         ref, out = with_and_without_apply(kvae, lambda: kvae.decode(z).sample,

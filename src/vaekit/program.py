@@ -423,6 +423,8 @@ class CausalConvStage(_SameSize):
     pad: tuple[int, int, int, int] | None = None  # (top, bottom, left, right) in space; None: "same", halo each side
     first_pad: str = "cache"  # time_pad "cache": on a video's first chunk, "copies" of its first frame instead
     spatial_norm: SpatialNorm | None = None  # the norm's output scaled and shifted by the latents (Kandinsky 5)
+    first_alone: str = "first"  # when upsampling time and mapping latents take a video's first frame alone:
+    # on its "first" chunk (HunyuanVideo, Kandinsky 5), or in any run of an "odd" number of frames (CogVideoX)
     upsample: int = 1  # nearest-neighbour in space before the conv (HunyuanVideo's upsamplers)
     time_upsample: int = 1  # each frame repeated this many times before the conv (a video's first: once)
 
@@ -457,7 +459,11 @@ class CausalConvStage(_SameSize):
         t = self.time_upsample
         if t == 1 or frames == 1:
             return frames
-        return 1 + t * (frames - 1) if first else t * frames
+        return 1 + t * (frames - 1) if self.alone(frames, first) else t * frames
+
+    def alone(self, frames: int, first: bool) -> bool:
+        """Whether a run of ``frames`` takes the video's first frame alone (first_alone)."""
+        return first if self.first_alone == "first" else frames > 1 and frames % 2 == 1
 
     def copies_first(self, first: bool) -> bool:
         """Whether this chunk's frames follow copies of the video's first frame, not the time cache

@@ -12,7 +12,7 @@ from types import ModuleType
 
 from ..errors import UnsupportedModelError
 from ..program import Program
-from . import dc, hunyuan, hunyuan15, hunyuan_video, kl, kvae, ltx2, minimax, mochi, tiny, wan
+from . import cogvideox, dc, hunyuan, hunyuan15, hunyuan_video, kl, kvae, ltx2, minimax, mochi, tiny, wan
 
 __all__ = ["family", "program_for", "check_state", "scale_factor", "temporal_factor", "latent_frames",
            "latent_channels", "clips_of", "OPS"]
@@ -26,7 +26,7 @@ _FAMILIES: dict[str, ModuleType] = {"AutoencoderKL": kl, "AutoencoderKLFlux2": k
                                      "AutoencoderKLLTX2Video": ltx2, "AutoencoderKLLTXVideo": ltx2,
                                      "AutoencoderKLHunyuanVideo15": hunyuan15, "AutoencoderKLHunyuanVideo": hunyuan_video,
                                      "AutoencoderKLMiniMaxH3": minimax, "AutoencoderKLMochi": mochi,
-                                     "AutoencoderKLKVAEVideo": kvae,
+                                     "AutoencoderKLKVAEVideo": kvae, "AutoencoderKLCogVideoX": cogvideox,
                                      "AutoencoderTiny": tiny,
                                      "TinyAutoencoder": tiny}
 

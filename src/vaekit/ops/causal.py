@@ -75,7 +75,7 @@ def _upsampled(stage: CausalConvStage, x: torch.Tensor, n: int, skip: int, rows:
     frames = x.shape[0] // n
     if stage.upsampled_frames(frames, first) != frames:
         video = x.unflatten(0, (n, -1)).repeat_interleave(t, dim=1)  # (B, F*t, rows, W, C)
-        x = (video[:, t - 1 :] if first else video).flatten(0, 1)
+        x = (video[:, t - 1 :] if stage.alone(frames, first) else video).flatten(0, 1)
     return x
 
 
@@ -88,7 +88,7 @@ def _latents(stage: CausalConvStage, w: dict, read, r0: int, r1: int, n: int, fi
     z = read(norm.latents, r0 // s, -(-r1 // s))  # (B*T, rows_z, W_z, Cz)  latent px
     z = z.repeat_interleave(s, dim=1)[:, r0 - r0 // s * s : r0 - r0 // s * s + r1 - r0].repeat_interleave(s, dim=2)
     t = z.shape[0] // n
-    if first and frames > 1 and t > 1:  # the first frame alone, the rest from the rest
+    if stage.alone(frames, first) and frames > 1 and t > 1:  # the first frame alone, the rest from the rest
         index = [0] + [1 + i * (t - 1) // (frames - 1) for i in range(frames - 1)]
     else:
         index = [i * t // frames for i in range(frames)]

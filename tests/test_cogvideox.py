@@ -1,0 +1,86 @@
+"""CogVideoX's VAE (AutoencoderKLCogVideoX): its decoder in the model's own chunks (2 latent frames, the
+first with an odd one more), time caches between them (copies of the first frame before the first),
+spatial norms scaled and shifted by the chunk's latents, upsamplers that repeat pixels and frames;
+in a run of an odd number of frames the first is taken alone. Equal to diffusers' own decode."""
+
+import dataclasses
+
+import pytest
+import torch
+from diffusers import AutoencoderKLCogVideoX
+
+import vaekit
+from conftest import REL_TOL, perturb_norms, relative_error, with_and_without_apply
+from conftest import whole_video_budgets as budgets
+from vaekit.errors import UnsupportedModelError
+
+#: CogVideoX's structure (three spatial and two temporal upsamplings, spatial norms), narrow
+SMALL = dict(in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+             up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 16, 16, 16), latent_channels=4,
+             layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4)
+
+
+def make(seed: int = 0, **changes):
+    torch.manual_seed(seed)
+    return perturb_norms(AutoencoderKLCogVideoX(**{**SMALL, **changes}).eval())
+
+
+@pytest.fixture(scope="module")
+def cog():
+    return make()
+
+
+Z = torch.randn(2, 4, 5, 5, 7, generator=torch.Generator().manual_seed(0))  # chunks of 3 and 2; odd latent px
+
+
+@pytest.mark.parametrize("frames", [5, 4])
+def test_decode_is_exact_at_every_budget(cog, frames):
+    """An odd total (the first chunk of 3: its first frame alone) and an even one (chunks of 2: none)."""
+    z = Z[:, :, :frames]
+    with torch.no_grad():
+        ref = cog.decode(z).sample
+        for name, budget in budgets(cog, tuple(z.shape)).items():
+            report = vaekit.RunReport()
+            out = vaekit.decode(cog, z, budget, report=report)
+            assert report.mode == ("whole" if name == "whole" else "stream"), name
+            assert out.shape == ref.shape and relative_error(out, ref) <= REL_TOL, name
+
+
+def test_the_odd_run_rule_matters(cog, monkeypatch):
+    """Latents mapped with the first frame alone on the first chunk, as Kandinsky 5's (not in odd runs
+    only): an even total (a first chunk of 2) is far off."""
+    from vaekit.ops import causal
+
+    latents = causal._latents
+    monkeypatch.setattr(causal, "_latents", lambda stage, *a: latents(dataclasses.replace(stage, first_alone="first"),
+                                                                      *a))
+    z = Z[:1, :, :2]
+    with torch.no_grad():
+        ref = cog.decode(z).sample
+        out = vaekit.decode(cog, z, budgets(cog, tuple(z.shape))["mixed"])
+    assert relative_error(out, ref) > 100 * REL_TOL
+
+
+def test_encode_is_refused_and_the_pipeline_is_the_same_under_apply():
+    """CogVideoXPipeline (a tiny transformer, prompt embeddings passed, no text encoder): its decode
+    streams; the encoder is the model's own."""
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+
+    vae = make()
+    with pytest.raises(UnsupportedModelError, match="encoder"):
+        vaekit.encode(vae, torch.rand(1, 3, 9, 16, 16) * 2 - 1)
+    torch.manual_seed(0)
+    transformer = CogVideoXTransformer3DModel(num_attention_heads=4, attention_head_dim=8, in_channels=4,
+                                              out_channels=4, time_embed_dim=2, text_embed_dim=32, num_layers=1,
+                                              sample_width=2, sample_height=2, sample_frames=9, patch_size=2,
+                                              temporal_compression_ratio=4, max_text_seq_length=16)
+    pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
+                             scheduler=CogVideoXDDIMScheduler())
+    kw = dict(prompt_embeds=torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(0)), num_inference_steps=2,
+              guidance_scale=1.0, height=16, width=16, num_frames=9, output_type="pt", max_sequence_length=16)
+
+    def run():
+        return pipe(**kw, generator=torch.Generator().manual_seed(0)).frames
+
+    ref, out = with_and_without_apply(pipe, run, budgets(vae, (1, 4, 3, 2, 2))["smallest"])
+    assert out.shape == ref.shape and relative_error(out, ref) <= REL_TOL
