@@ -1,7 +1,8 @@
-"""CogVideoX's VAE (AutoencoderKLCogVideoX): its decoder in the model's own chunks (2 latent frames, the
-first with an odd one more), time caches between them (copies of the first frame before the first),
-spatial norms scaled and shifted by the chunk's latents, upsamplers that repeat pixels and frames;
-in a run of an odd number of frames the first is taken alone. Equal to diffusers' own decode."""
+"""CogVideoX's VAE (AutoencoderKLCogVideoX), both directions in the model's own chunks (2 latent frames,
+or 8 frames, the first with what is left more), time caches between them (copies of the first frame
+before the first), GroupNorms of each chunk's frames; decoding, spatial norms scaled and shifted by the
+chunk's latents and upsamplers that repeat pixels and frames; encoding, downsamplers that average
+pairs of frames; in a run of an odd number of frames the first is taken alone. Equal to diffusers' own."""
 
 import dataclasses
 
@@ -12,7 +13,6 @@ from diffusers import AutoencoderKLCogVideoX
 import vaekit
 from conftest import REL_TOL, perturb_norms, relative_error, with_and_without_apply
 from conftest import whole_video_budgets as budgets
-from vaekit.errors import UnsupportedModelError
 
 #: CogVideoX's structure (three spatial and two temporal upsamplings, spatial norms), narrow
 SMALL = dict(in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
@@ -31,6 +31,7 @@ def cog():
 
 
 Z = torch.randn(2, 4, 5, 5, 7, generator=torch.Generator().manual_seed(0))  # chunks of 3 and 2; odd latent px
+X = torch.rand(1, 3, 20, 40, 56, generator=torch.Generator().manual_seed(1)) * 2 - 1  # chunks of 12 and 8
 
 
 @pytest.mark.parametrize("frames", [5, 4])
@@ -61,14 +62,37 @@ def test_the_odd_run_rule_matters(cog, monkeypatch):
     assert relative_error(out, ref) > 100 * REL_TOL
 
 
-def test_encode_is_refused_and_the_pipeline_is_the_same_under_apply():
-    """CogVideoXPipeline (a tiny transformer, prompt embeddings passed, no text encoder): its decode
-    streams; the encoder is the model's own."""
+@pytest.mark.parametrize("frames", [1, 9, 20])
+def test_encode_is_exact_at_every_budget(cog, frames):
+    """One frame, one chunk of 9 (odd: the first frame alone), and chunks of 12 and 8."""
+    x = X[:, :, :frames]
+    with torch.no_grad():
+        ref = cog.encode(x).latent_dist.mode()
+        for name, budget in budgets(cog, tuple(x.shape), "encode").items():
+            report = vaekit.RunReport()
+            out = vaekit.encode(cog, x, budget, report=report)
+            assert report.mode == ("whole" if name == "whole" else "stream"), name
+            assert out.shape == ref.shape and relative_error(out, ref) <= REL_TOL, name
+
+
+def test_the_frame_pairs_matter(cog, monkeypatch):
+    """An odd run's last frame alone and the pairs before it (as many frames, other pairs): far off."""
+    from vaekit.ops import causal
+
+    pooled = causal._pooled
+    monkeypatch.setattr(causal, "_pooled", lambda stage, out, first: pooled(stage, out.flip(2), first).flip(2))
+    x = X[:, :, :9]
+    with torch.no_grad():
+        ref = cog.encode(x).latent_dist.mode()
+        out = vaekit.encode(cog, x, budgets(cog, tuple(x.shape), "encode")["mixed"])
+    assert relative_error(out, ref) > 100 * REL_TOL
+
+
+def test_the_pipeline_is_the_same_under_apply():
+    """CogVideoXPipeline (a tiny transformer, prompt embeddings passed, no text encoder)."""
     from diffusers import CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
 
     vae = make()
-    with pytest.raises(UnsupportedModelError, match="encoder"):
-        vaekit.encode(vae, torch.rand(1, 3, 9, 16, 16) * 2 - 1)
     torch.manual_seed(0)
     transformer = CogVideoXTransformer3DModel(num_attention_heads=4, attention_head_dim=8, in_channels=4,
                                               out_channels=4, time_embed_dim=2, text_embed_dim=32, num_layers=1,

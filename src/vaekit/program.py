@@ -423,6 +423,7 @@ class CausalConvStage(_SameSize):
     pad: tuple[int, int, int, int] | None = None  # (top, bottom, left, right) in space; None: "same", halo each side
     first_pad: str = "cache"  # time_pad "cache": on a video's first chunk, "copies" of its first frame instead
     spatial_norm: SpatialNorm | None = None  # the norm's output scaled and shifted by the latents (Kandinsky 5)
+    time_pool: int = 1  # the conv's output frames averaged in groups, a first frame alone (CogVideoX's encoder)
     first_alone: str = "first"  # when upsampling time and mapping latents take a video's first frame alone:
     # on its "first" chunk (HunyuanVideo, Kandinsky 5), or in any run of an "odd" number of frames (CogVideoX)
     upsample: int = 1  # nearest-neighbour in space before the conv (HunyuanVideo's upsamplers)
@@ -498,6 +499,9 @@ class CausalConvStage(_SameSize):
         if first and self.first is not None:
             return frames
         frames = self.upsampled_frames(frames, first)
+        if self.time_pool != 1:  # averaged in groups: the first alone (one frame stays), or all in groups
+            alone = frames == 1 or self.alone(frames, first)
+            return 1 + (frames - 1) // self.time_pool if alone else frames // self.time_pool
         if self.time_stride != 1:  # after the cached frames, or the padding (MiniMax H3: zero frames)
             padded = self.cache_frames + frames if self.time_pad == "cache" else frames + sum(self.pad_frames)
             padded += self.time_kernel - 1 - self.cache_frames if self.copies_first(first) else 0

@@ -1,4 +1,4 @@
-"""diffusers AutoencoderKLCogVideoX (CogVideoX): its decoder as a stage program over chunks of frames.
+"""diffusers AutoencoderKLCogVideoX (CogVideoX): decoder and encoder as stage programs over chunks of frames.
 
 diffusers' default decode runs 2 latent frames at a time (the first chunk takes an odd one more),
 through causal 3x3x3 convs that carry the last 2 frames of each chunk's input to the next (a time
@@ -16,8 +16,10 @@ One row per block:
                       odd run), then 3x3 on each frame
     conv_out          spatial norm+silu+3x3x3                                     image px
 
-Its encoder (frame pairs averaged by odd/even runs, chunks of 8 frames) is not streamed yet: encode is
-refused.
+Its encoder runs in chunks of 8 frames (the first with what is left more) the same way: causal convs
+with the time cache, GroupNorms of the chunk's frames, downsamplers that average pairs of frames (the
+first alone in an odd run) and take a 2-D 3x3 conv of stride 2 after a zero row and column (the
+average taken after the per-frame conv here: the same, to rounding), then the moments.
 """
 
 from __future__ import annotations
@@ -36,9 +38,32 @@ VIDEO = True  #: inputs are (B, C, frames, H, W), in the model's own chunks with
 
 
 def program(vae, op: str) -> Program:
-    if op == "encode":
-        raise UnsupportedModelError("AutoencoderKLCogVideoX: vaekit streams its decoder; its encoder is not streamed "
-                                    "yet: use vae.encode")
+    return _decoder(vae) if op == "decode" else _encoder(vae)
+
+
+def _encoder(vae) -> Program:
+    enc = vae.encoder
+    b = ProgramBuilder("encode", enc.conv_in.conv.in_channels, frame_stats="all")  # a chunk's frames' statistics
+    conv, options = _cached(enc.conv_in)
+    x = b.causal("conv_in", b.input, conv, **options)
+    for i, block in enumerate(enc.down_blocks):
+        for j, resnet in enumerate(block.resnets):
+            x = _resnet(b, f"down.{i}.resnets.{j}", x, resnet)
+        for j, down in enumerate(block.downsamplers or []):
+            _require(down.conv.kernel_size == (3, 3) and down.conv.stride == (2, 2) and down.conv.padding == (0, 0),
+                     f"down_blocks.{i}: its downsampler's conv {down.conv}")
+            x = b.causal(f"down.{i}.downsample.{j}", x, _OneTap(down.conv), stride=2, pad=(0, 1, 0, 1),
+                         time_pool=2 if down.compress_time else 1, first_alone="odd")  # pairs of frames averaged
+    for j, resnet in enumerate(enc.mid_block.resnets):
+        x = _resnet(b, f"mid.resnets.{j}", x, resnet)
+    conv, options = _cached(enc.conv_out)
+    x = b.causal("conv_out", x, conv, norm=enc.norm_out, act=_act(enc.conv_act), **options)
+    if vae.quant_conv is not None:
+        x = b.causal("quant_conv", x, vae.quant_conv)
+    return b.build(output=x)  # the moments (mean | log-variance)
+
+
+def _decoder(vae) -> Program:
     dec = vae.decoder
     b = ProgramBuilder("decode", dec.conv_in.conv.in_channels, frame_stats="all")  # a chunk's frames' statistics
     latents = b.input
@@ -62,18 +87,26 @@ def program(vae, op: str) -> Program:
     return b.build(output=x)
 
 
-def _resnet(b: ProgramBuilder, name: str, x: str, resnet: nn.Module, latents: str, scale: int) -> str:
-    """spatial norm1+silu+conv1, spatial norm2+silu+conv2, + x (a 1x1x1 conv where the channels change)."""
+def _resnet(b: ProgramBuilder, name: str, x: str, resnet: nn.Module, latents: str | None = None,
+            scale: int = 1) -> str:
+    """norm1+silu+conv1, norm2+silu+conv2, + x (a 1x1x1 conv where the channels change); the decoder's
+    norms are spatial norms with the ``latents``."""
     _require(not resnet.use_conv_shortcut and getattr(resnet, "temb_proj", None) is None,
              f"{name}: a 3x3x3 shortcut or a time embedding")
     act = _act(resnet.nonlinearity)
     shortcut = None if resnet.in_channels == resnet.out_channels else Shortcut(conv=resnet.conv_shortcut)
     out = x if shortcut is None else b.new_map(resnet.out_channels)
+    norm1, norm2 = ((_spatial(n, latents, scale) if latents is not None else {"norm": _group(n)})
+                    for n in (resnet.norm1, resnet.norm2))
     conv, options = _cached(resnet.conv1)
-    h = b.causal(f"{name}.conv1", x, conv, act=act, **_spatial(resnet.norm1, latents, scale), **options)
+    h = b.causal(f"{name}.conv1", x, conv, act=act, **norm1, **options)
     conv, options = _cached(resnet.conv2)
-    return b.causal(f"{name}.conv2", h, conv, dst=out, act=act, skip=x, shortcut=shortcut,
-                    **_spatial(resnet.norm2, latents, scale), **options)
+    return b.causal(f"{name}.conv2", h, conv, dst=out, act=act, skip=x, shortcut=shortcut, **norm2, **options)
+
+
+def _group(norm: nn.Module) -> nn.GroupNorm:
+    _require(isinstance(norm, nn.GroupNorm), f"norm {type(norm).__name__}")
+    return norm
 
 
 def _spatial(norm: nn.Module, latents: str, scale: int) -> dict:
@@ -106,15 +139,16 @@ def _require(condition: bool, message: str) -> None:
 
 
 def chunk_frames(vae, op: str, frames: int) -> list[int]:
-    """Its own chunks: num_latent_frames_batch_size (2) latent frames at a time, the first with the odd one more."""
-    size = vae.num_latent_frames_batch_size
+    """Its own chunks: num_latent_frames_batch_size (2) latent frames at a time (encoding,
+    num_sample_frames_batch_size: 8 frames), the first with what is left more."""
+    size = vae.num_latent_frames_batch_size if op == "decode" else vae.num_sample_frames_batch_size
     count, extra = max(frames // size, 1), frames % size
     return [min(size + extra, frames)] + [size] * (count - 1)
 
 
 def whole(vae, op: str, x):
-    """The model's own decode: its chunks and caches, untiled."""
-    return vae._decode(x).sample
+    """The model's own decode, or its encode's moments: its chunks and caches, untiled."""
+    return vae._decode(x).sample if op == "decode" else vae._encode(x)
 
 
 finish = kl.finish

@@ -61,8 +61,20 @@ def causal_conv_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int
     if stage.noise_scale is not None:  # LTX's decode noise: one (rows, W) map for every video, frame, channel
         noise = stats[("noise", stage.name)][c0:c1]  # (rows, W)
         out += (noise[None] * w["noise_scale"]["scale"].view(-1, 1, 1))[None, :, None]  # (1, C, 1, rows, W)
+    out = _pooled(stage, out, first) if stage.time_pool != 1 else out
     out = _rearrange(stage, out, first)  # (B*F_out, rows, W, C_out)
     return activate(_residuals(stage, w, read, r0, r1, out, n), stage.post, inplace=True), tail
+
+
+def _pooled(stage: CausalConvStage, out: torch.Tensor, first: bool) -> torch.Tensor:
+    """The conv's output frames (B, C, F, rows, W) averaged in groups of time_pool, a first frame alone
+    where the stage takes it alone (CogVideoX's encoder: in a run of an odd number of frames). Its
+    per-frame conv commutes with the average: the model's average-then-conv, to rounding."""
+    f, frames = stage.time_pool, out.shape[2]
+    alone = frames == 1 or stage.alone(frames, first)  # one frame stays as it is
+    rest = out[:, :, 1:] if alone else out
+    pooled = rest[:, :, : rest.shape[2] // f * f].unflatten(2, (-1, f)).mean(dim=3)  # (B, C, F', rows, W)
+    return torch.cat([out[:, :, :1], pooled], dim=2) if alone else pooled
 
 
 def _upsampled(stage: CausalConvStage, x: torch.Tensor, n: int, skip: int, rows: int, first: bool) -> torch.Tensor:
