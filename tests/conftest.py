@@ -93,15 +93,19 @@ def zero_borders(monkeypatch) -> None:
     monkeypatch.setattr(causal, "_border", lambda x5, halo, top, bottom, mode: border(x5, halo, top, bottom, "zeros"))
 
 
-def assert_exact_at_every_budget(vae, x: torch.Tensor, ref: torch.Tensor, op: str = "decode", label=None) -> None:
-    """decode/encode ``x`` at each of ``budgets_for``'s budgets: each plans the mode its name says,
-    and gives ``ref`` (the untiled result) within REL_TOL, in its shape and dtype."""
+def assert_exact_at_every_budget(vae, x: torch.Tensor, ref: torch.Tensor, op: str = "decode", label=None,
+                                 budgets: dict[str, int] | None = None) -> None:
+    """decode/encode ``x`` at each of ``budgets`` (``budgets_for``'s unless given): each plans and runs
+    the mode its name says, and gives ``ref`` (the untiled result) within REL_TOL, in its shape and dtype."""
     import vaekit
 
     run = vaekit.decode if op == "decode" else vaekit.encode
-    for name, budget in budgets_for(vae, tuple(x.shape), op).items():
-        assert vaekit.plan(vae, tuple(x.shape), budget, op=op).mode == ("whole" if name == "whole" else "stream")
-        out = run(vae, x, budget)
+    for name, budget in (budgets or budgets_for(vae, tuple(x.shape), op)).items():
+        mode = "whole" if name == "whole" else "stream"
+        assert vaekit.plan(vae, tuple(x.shape), budget, op=op).mode == mode
+        report = vaekit.RunReport()
+        out = run(vae, x, budget, report=report)
+        assert report.mode == mode, (label, name)
         assert out.shape == ref.shape and out.dtype == ref.dtype
         assert relative_error(out, ref) <= REL_TOL, (label, name)
 

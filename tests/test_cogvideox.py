@@ -11,7 +11,7 @@ import torch
 from diffusers import AutoencoderKLCogVideoX
 
 import vaekit
-from conftest import REL_TOL, perturb_norms, relative_error, with_and_without_apply
+from conftest import REL_TOL, assert_exact_at_every_budget, perturb_norms, relative_error, with_and_without_apply
 from conftest import whole_video_budgets as budgets
 
 #: CogVideoX's structure (three spatial and two temporal upsamplings, spatial norms), narrow
@@ -40,11 +40,7 @@ def test_decode_is_exact_at_every_budget(cog, frames):
     z = Z[:, :, :frames]
     with torch.no_grad():
         ref = cog.decode(z).sample
-        for name, budget in budgets(cog, tuple(z.shape)).items():
-            report = vaekit.RunReport()
-            out = vaekit.decode(cog, z, budget, report=report)
-            assert report.mode == ("whole" if name == "whole" else "stream"), name
-            assert out.shape == ref.shape and relative_error(out, ref) <= REL_TOL, name
+        assert_exact_at_every_budget(cog, z, ref, "decode", budgets=budgets(cog, tuple(z.shape), "decode"))
 
 
 def test_the_odd_run_rule_matters(cog, monkeypatch):
@@ -68,11 +64,7 @@ def test_encode_is_exact_at_every_budget(cog, frames):
     x = X[:, :, :frames]
     with torch.no_grad():
         ref = cog.encode(x).latent_dist.mode()
-        for name, budget in budgets(cog, tuple(x.shape), "encode").items():
-            report = vaekit.RunReport()
-            out = vaekit.encode(cog, x, budget, report=report)
-            assert report.mode == ("whole" if name == "whole" else "stream"), name
-            assert out.shape == ref.shape and relative_error(out, ref) <= REL_TOL, name
+        assert_exact_at_every_budget(cog, x, ref, "encode", budgets=budgets(cog, tuple(x.shape), "encode"))
 
 
 def test_the_frame_pairs_matter(cog, monkeypatch):

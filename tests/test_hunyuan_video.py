@@ -10,7 +10,7 @@ import torch
 from diffusers import AutoencoderKLHunyuanVideo
 
 import vaekit
-from conftest import REL_TOL, perturb_norms, relative_error, with_and_without_apply
+from conftest import REL_TOL, assert_exact_at_every_budget, perturb_norms, relative_error, with_and_without_apply
 from conftest import whole_video_budgets as budgets
 
 #: HunyuanVideo 1.0's structure (three spatial and two temporal resamplings, mid-block attention), narrow
@@ -41,11 +41,7 @@ def test_exact_at_every_budget(hv, op, frames):
     x = Z[:, :, :frames] if op == "decode" else X[:, :, :frames]
     with torch.no_grad():
         ref = hv.decode(x).sample if op == "decode" else hv.encode(x).latent_dist.mode()
-        for name, budget in budgets(hv, tuple(x.shape), op).items():
-            report = vaekit.RunReport()
-            out = (vaekit.decode if op == "decode" else vaekit.encode)(hv, x, budget, report=report)
-            assert report.mode == ("whole" if name == "whole" else "stream"), name
-            assert out.shape == ref.shape and relative_error(out, ref) <= REL_TOL, name
+        assert_exact_at_every_budget(hv, x, ref, op, budgets=budgets(hv, tuple(x.shape), op))
 
 
 def test_framewise_off_is_one_run():

@@ -12,7 +12,14 @@ import torch
 from diffusers import AutoencoderKLKVAEVideo
 
 import vaekit
-from conftest import REL_TOL, perturb_norms, relative_error, with_and_without_apply, zero_borders
+from conftest import (
+    REL_TOL,
+    assert_exact_at_every_budget,
+    perturb_norms,
+    relative_error,
+    with_and_without_apply,
+    zero_borders,
+)
 from conftest import whole_video_budgets as budgets
 from vaekit.errors import InputError
 
@@ -45,11 +52,7 @@ def test_decode_is_exact_at_every_budget(kvae, frames):
     z = Z[:, :, :frames] if frames < 10 else Z[:1]  # two videos in one chunk; one video in three
     with torch.no_grad():
         ref = kvae.decode(z).sample
-        for name, budget in budgets(kvae, tuple(z.shape), "decode").items():
-            report = vaekit.RunReport()
-            out = vaekit.decode(kvae, z, budget, report=report)
-            assert report.mode == ("whole" if name == "whole" else "stream"), name
-            assert out.shape == ref.shape and relative_error(out, ref) <= REL_TOL, name
+        assert_exact_at_every_budget(kvae, z, ref, "decode", budgets=budgets(kvae, tuple(z.shape), "decode"))
 
 
 @pytest.mark.parametrize("mutation", ["latents by plain nearest frames", "no latents"])
@@ -80,11 +83,7 @@ def test_encode_is_exact_at_every_budget(kvae, frames):
     x = X[:, :, :frames] if frames > 1 else torch.rand(1, 3, 1, 56, 72, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = kvae.encode(x).latent_dist
-        for name, budget in budgets(kvae, tuple(x.shape), "encode").items():
-            report = vaekit.RunReport()
-            out = vaekit.encode(kvae, x, budget, report=report)
-            assert report.mode == ("whole" if name == "whole" else "stream"), name
-            assert out.shape == ref.mode().shape and relative_error(out, ref.mode()) <= REL_TOL, name
+        assert_exact_at_every_budget(kvae, x, ref.mode(), "encode", budgets=budgets(kvae, tuple(x.shape), "encode"))
 
 
 @pytest.mark.parametrize("mutation", ["zeros before the first chunk", "each frame's statistics", "zero border"])

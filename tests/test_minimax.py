@@ -13,7 +13,7 @@ import torch
 from diffusers import AutoencoderKLMiniMaxH3
 
 import vaekit
-from conftest import REL_TOL, relative_error, with_and_without_apply, zero_borders
+from conftest import REL_TOL, assert_exact_at_every_budget, relative_error, with_and_without_apply, zero_borders
 from conftest import whole_video_budgets as budgets
 from vaekit.errors import InputError
 
@@ -100,11 +100,7 @@ def test_encode_exact_at_every_budget(mm, frames):
     x = X[:, :, :frames]
     with torch.no_grad():
         ref = mm.encode(x).latent_dist.mode()
-        for name, budget in budgets(mm, tuple(x.shape), "encode").items():
-            report = vaekit.RunReport()
-            out = vaekit.encode(mm, x, budget, report=report)
-            assert report.mode == ("whole" if name == "whole" else "stream"), name
-            assert out.shape == ref.shape and relative_error(out, ref) <= REL_TOL, name
+        assert_exact_at_every_budget(mm, x, ref, "encode", budgets=budgets(mm, tuple(x.shape), "encode"))
 
 
 @pytest.mark.parametrize("mutation", ["zero border", "copies in front", "whole-video statistics"])

@@ -219,6 +219,18 @@ class ConvStage:
         return min(a for a, _ in spans), max(b for _, b in spans)
 
 
+class _AllKeys(_SameSize):
+    """A stage of queries: it reads its own rows of ``src`` and every row of the keys and values ``kv``."""
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return (self.src, self.kv)
+
+    def rows_read(self, name: str, r0: int, r1: int, src_hw: tuple[int, int]) -> tuple[int, int]:
+        """Queries read their own rows; every band of queries reads all keys and values."""
+        return (0, src_hw[0]) if name == self.kv else (r0, r1)
+
+
 @dataclass(frozen=True, eq=False)
 class KeyValueStage(_SameSize):
     """Pass one of exact attention: keys and values of every token, side by side in one map
@@ -232,7 +244,7 @@ class KeyValueStage(_SameSize):
 
 
 @dataclass(frozen=True, eq=False)
-class AttentionStage(_SameSize):
+class AttentionStage(_AllKeys):
     """Pass two of exact attention: queries of a band of rows against all keys (in key blocks with
     an online softmax when they do not fit), output projection, residual add over ``src``. In a video,
     each frame's tokens attend within the frame, or (``frames`` "causal", HunyuanVideo 1.5) to the
@@ -245,14 +257,6 @@ class AttentionStage(_SameSize):
     attn: nn.Module | ConvAttention  # diffusers Attention
     stats_groups: int | None = None
     frames: str | None = None  # "causal": over every frame's tokens, each frame seeing itself and those before
-
-    @property
-    def reads(self) -> tuple[str, ...]:
-        return (self.src, self.kv)
-
-    def rows_read(self, name: str, r0: int, r1: int, src_hw: tuple[int, int]) -> tuple[int, int]:
-        """Queries read their own rows; every band of queries reads all keys and values."""
-        return (0, src_hw[0]) if name == self.kv else (r0, r1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -281,7 +285,7 @@ class Registers:
 
 
 @dataclass(frozen=True, eq=False)
-class TokenBlockStage(_SameSize):
+class TokenBlockStage(_AllKeys):
     """Pass two of a ViT block, for a band of query tokens: attention over the keys of every token of
     the video (all its frames, in key blocks with an online softmax when they do not fit) and of the
     registers, x + attn * scale1, then x + FFN(norm2(x)) * scale2; written over ``src``. At the stage's
@@ -296,14 +300,6 @@ class TokenBlockStage(_SameSize):
     registers: Registers
     state_in: str | None = None  # the stage whose registers this one reads (None: the initial ones)
     stats_groups: None = None
-
-    @property
-    def reads(self) -> tuple[str, ...]:
-        return (self.src, self.kv)
-
-    def rows_read(self, name: str, r0: int, r1: int, src_hw: tuple[int, int]) -> tuple[int, int]:
-        """Queries read their own rows; every band of queries reads all keys and values."""
-        return (0, src_hw[0]) if name == self.kv else (r0, r1)
 
 
 @dataclass(frozen=True, eq=False)

@@ -132,23 +132,11 @@ def clips(vae, op: str, frames: int) -> Clips | None:
     if not framewise or frames <= least:
         return None
     windows = tuple((i, min(i + least + 1, frames)) for i in range(0, frames, stride))
-    made = [_frames_out(vae, op, stop - start) for start, stop in windows]  # each clip's frames, as its network makes
+    run = program(vae, op)  # each clip's frames as its network makes them: by its time resamplers, which a config
+    # may have fewer of than its temporal_compression_ratio says (diffusers' own test configs)
+    made = [run.frames(stop - start, first=True)[run.output] for start, stop in windows]
     kept = sum(max(min(step + 1, n) - (0 if k == 0 else 1), 0) for k, n in enumerate(made))
     return Clips(windows=windows, keep=(1, step + 1), keep_first=(0, step + 1), frames=min(total, kept), fade=fade)
-
-
-def _frames_out(vae, op: str, frames: int) -> int:
-    """The frames its network makes of ``frames``: by its time resamplers, which a config may have fewer
-    of than its temporal_compression_ratio says (diffusers' own test configs)."""
-    if op == "decode":
-        for block in vae.decoder.up_blocks:
-            for up in block.upsamplers or []:
-                frames = 1 + int(up.upsample_factor[0]) * (frames - 1)
-        return frames
-    for block in vae.encoder.down_blocks:
-        for down in block.downsamplers or []:
-            frames = (frames - 1) // down.conv.conv.stride[0] + 1
-    return frames
 
 
 def chunk_frames(vae, op: str, frames: int) -> list[int]:

@@ -134,11 +134,8 @@ def _encode_clips(vae, frames: int) -> Clips:
     if frames == 1:
         return Clips(windows=((0, 1),), keep=(0, 1), frames=1)
     length = vae.config.clip_length
-    latents = length
-    for block in vae.encoder.down_blocks:  # each temporal stride: zero frames in front, then the conv
-        for down in block.downsamplers or []:
-            kt, st = down.conv.kernel_size[0], down.conv.stride[0]
-            latents = (latents + kt - 1 - kt) // st + 1
+    encoder = _encoder(vae)
+    latents = encoder.frames(length, first=True)[encoder.output]  # a clip's latent frames
     pad = (-frames) % length
     count = (frames + pad) // length
     if count * latents <= vae.config.token_drop:
