@@ -59,9 +59,12 @@ comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=N
 def smallest(vae, shape, op) -> int:
     model = vk.bridge(vae).model
     program = vaekit.arch.program_for(model, op)
-    if len(shape) == 5:  # a video decodes one latent frame at a time: the first chunk's and the next ones'
-        chunk = (*shape[:2], 1, *shape[3:])
-        return max(smallest_budget(program, chunk, 4, first=True), smallest_budget(program, chunk, 4))
+    if len(shape) == 5:  # a video runs in chunks of frames (Wan: one latent frame; LTX: all): the first's and the rest's
+        chunks = vaekit.arch.family(model).chunk_frames(model, op, shape[2])
+        low = smallest_budget(program, (*shape[:2], chunks[0], *shape[3:]), 4, first=True)
+        if len(chunks) > 1:
+            low = max(low, smallest_budget(program, (*shape[:2], max(chunks[1:]), *shape[3:]), 4))
+        return low
     return smallest_budget(program, shape, 4)
 
 
@@ -151,6 +154,56 @@ hunyuan = comfy.sd.VAE(sd=seeded({"encoder.": hunyuan_vae.Encoder(**ddconfig),
 z = torch.randn(1, 64, 12, 10, generator=g)  # 384x320: large enough to stream at the smallest budget
 compare_smallest("hunyuan", hunyuan, z, torch.rand(1, 384, 320, 3, generator=g), "512MiB")
 del hunyuan
+
+# ---- LTX-Video 0.9.x: ComfyUI's own VideoVAE, built from the config a file's metadata carries, seeded ------------
+import comfy.ldm.lightricks.vae.causal_video_autoencoder as ltxv_vae  # noqa: E402
+
+# 0.9.1's decoder (timestep-conditioned, noise injected, residual upsamplers; ComfyUI pads it by reflection) and
+# 0.9.5's encoder (space-and-time-to-depth), two levels deep; ComfyUI fixes 128 latent and base channels
+LTXV = {"dims": 3, "in_channels": 3, "out_channels": 3, "latent_channels": 128, "patch_size": 2,
+        "norm_layer": "pixel_norm", "latent_log_var": "uniform", "causal_decoder": False, "timestep_conditioning": True,
+        "encoder_blocks": [["res_x", {"num_layers": 1}], ["compress_all_res", {"multiplier": 2}],
+                           ["res_x", {"num_layers": 1}], ["compress_all_res", {"multiplier": 2}],
+                           ["res_x", {"num_layers": 1}]],
+        "decoder_blocks": [["res_x", {"num_layers": 1, "inject_noise": True}],
+                           ["compress_all", {"residual": True, "multiplier": 2}],
+                           ["res_x", {"num_layers": 1, "inject_noise": True}],
+                           ["compress_all", {"residual": True, "multiplier": 2}],
+                           ["res_x", {"num_layers": 1, "inject_noise": False}]]}
+torch.manual_seed(7)
+state = seeded({"": ltxv_vae.VideoVAE(config=LTXV)}, 0.02)
+for name in state:
+    if "per_channel_scale" in name:
+        state[name] = torch.randn_like(state[name])  # noise that shows
+state["per_channel_statistics.std-of-means"] = torch.rand(128, generator=g) + 0.5
+ltxv = comfy.sd.VAE(sd=state, metadata={"config": json.dumps({"vae": LTXV})})
+z = torch.randn(1, 128, 3, 12, 10, generator=g)  # 9 frames of 96x80 (smaller runs whole at the smallest budget)
+pixels = torch.rand(9, 64, 96, 3, generator=g)
+with torch.inference_mode():
+    torch.manual_seed(11)
+    ref = nodes.VAEDecode().decode(ltxv, {"samples": z})[0]
+    low = smallest(ltxv, tuple(z.shape), "decode")
+    torch.manual_seed(11)  # ComfyUI's decode noise: the global generator, drawn where and as ComfyUI draws it
+    got = Decode().decode({"samples": z}, ltxv, budget=str(low))[0]
+    torch.manual_seed(12)
+    other_noise = nodes.VAEDecode().decode(ltxv, {"samples": z})[0]
+    convs = [m for m in vk.bridge(ltxv).model.decoder.modules() if isinstance(m, torch.nn.Conv3d)]
+    for conv in convs:  # a mutation: diffusers' zero padding
+        conv.padding_mode = "zeros"
+    torch.manual_seed(11)
+    zero_padded = Decode().decode({"samples": z}, ltxv, budget=str(low))[0]
+    for conv in convs:
+        conv.padding_mode = "reflect"
+    ref_z = nodes.VAEEncode().encode(ltxv, pixels)[0]["samples"]
+    low_encode = smallest(ltxv, (1, 3, 9, 64, 96), "encode")
+    got_z = Encode().encode(pixels, ltxv, budget=str(low_encode))[0]["samples"]
+model = vk.bridge(ltxv).model
+results["ltxv"] = dict(rel=rel(got, ref), shape=list(got.shape), ref_shape=list(ref.shape),
+                       streamed=vaekit.plan(model, tuple(z.shape), low).mode == "stream",
+                       other_noise_rel=rel(other_noise, ref), zero_padded_rel=rel(zero_padded, ref),
+                       encode_rel=rel(got_z, ref_z), encode_shape=list(got_z.shape), ref_encode_shape=list(ref_z.shape),
+                       encode_streamed=vaekit.plan(model, (1, 3, 9, 64, 96), low_encode, "encode").mode == "stream")
+del ltxv, model
 
 # ---- what ComfyUI does after an out-of-memory: three passes of overlapping tiles ------------------------
 with torch.inference_mode():

@@ -58,6 +58,17 @@ def test_wan22_video_decode_and_encode(measured):
     assert wan["encode_shape"] == wan["ref_encode_shape"] == [1, 48, 2, 12, 10] and wan["encode_rel"] <= REL_TOL, wan
 
 
+def test_ltxv_decode_with_comfyuis_noise_and_encode(measured):
+    """ComfyUI's LTX-Video VAE (0.9.1's decoder, 0.9.5's encoder): the decode noise ComfyUI draws for the
+    same seed, its per-channel statistics, its reflection padding; a zero-padded decoder (diffusers') or
+    another seed's noise is far off."""
+    ltxv = measured["ltxv"]
+    assert ltxv["shape"] == ltxv["ref_shape"] == [9, 96, 80, 3] and ltxv["streamed"] and ltxv["rel"] <= REL_TOL, ltxv
+    assert ltxv["other_noise_rel"] > 100 * REL_TOL and ltxv["zero_padded_rel"] > 100 * REL_TOL, ltxv
+    assert ltxv["encode_shape"] == ltxv["ref_encode_shape"] == [1, 128, 3, 8, 12], ltxv
+    assert ltxv["encode_streamed"] and ltxv["encode_rel"] <= REL_TOL, ltxv
+
+
 def test_hunyuan_image_decode_and_encode(measured):
     """HunyuanImage 2.1's VAE, as ComfyUI builds it from the file's keys (mapped by loader.convert_hunyuan_image)."""
     got = measured["hunyuan"]

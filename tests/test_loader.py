@@ -184,6 +184,100 @@ def test_hunyuan_image_single_file_is_converted_offline(tmp_path):
     assert relative_error(vaekit.decode(loaded, z, low), ref) <= REL_TOL
 
 
+def to_ltx_original(state: dict) -> dict[str, torch.Tensor]:
+    """An AutoencoderKLLTXVideo state dict in the original LTX-Video layout (ComfyUI's, the released files'):
+    each side's modules one flat list. The encoder: per block its resnets, downsampler and channel-changing
+    resnet, then the mid block; the decoder: the mid block, then per block its channel-changing resnet,
+    upsampler, and resnets (with the block's time embedder)."""
+    top = {"decoder.time_embedder.": "decoder.last_time_embedder.",
+           "decoder.scale_shift_table": "decoder.last_scale_shift_table",
+           "latents_mean": "per_channel_statistics.mean-of-means", "latents_std": "per_channel_statistics.std-of-means"}
+    out = {}
+    for part, blocks in (("encoder", "down_blocks"), ("decoder", "up_blocks")):
+        n = len({k.split(".")[2] for k in state if k.startswith(f"{part}.{blocks}.")})
+        subs = ("", ".downsamplers.0", ".conv_out") if part == "encoder" else (".conv_in", ".upsamplers.0", "")
+        modules = [f"{blocks}.{i}{sub}" for i in range(n) for sub in subs]
+        modules = [*modules, "mid_block"] if part == "encoder" else ["mid_block", *modules]
+        owner = {}  # key -> the module of the list it belongs to (the longest that prefixes it)
+        for key in state:
+            rest = key[len(part) + 1:]
+            if key.startswith(f"{part}.") and (found := [m for m in modules if rest.startswith(m + ".")]):
+                owner[key] = max(found, key=len)
+        index = {m: i for i, m in enumerate(m for m in modules if m in owner.values())}
+        for key, module in owner.items():
+            tail = key[len(part) + len(module) + 2:]
+            for old, new in (("resnets.", "res_blocks."), ("conv_shortcut.conv.", "conv_shortcut."),
+                             ("norm3.", "norm3.norm.")):
+                tail = tail.replace(old, new)
+            out[f"{part}.{blocks}.{index[module]}.{tail}"] = state[key]
+    for key, value in state.items():
+        if not any(key.startswith(f"{part}.{b}.") for part in ("encoder", "decoder")
+                   for b in ("down_blocks", "up_blocks", "mid_block")):
+            out[next((new + key[len(old):] for old, new in top.items() if key.startswith(old)), key)] = value
+    return out
+
+
+#: LTX-Video's released VAE configs (diffusers' conversion script), built on the meta device only
+LTX_RELEASED = {
+    "0.9.0": {},
+    "0.9.1": dict(decoder_block_out_channels=(256, 512, 1024), decoder_layers_per_block=(5, 6, 7, 8),
+                  decoder_spatio_temporal_scaling=(True, True, True), decoder_inject_noise=(True, True, True, False),
+                  upsample_residual=(True,) * 3, upsample_factor=(2,) * 3, timestep_conditioning=True),
+}
+LTX_RELEASED["0.9.5"] = dict(
+    LTX_RELEASED["0.9.1"], block_out_channels=(128, 256, 512, 1024, 2048), layers_per_block=(4, 6, 6, 2, 2),
+    down_block_types=("LTXVideo095DownBlock3D",) * 4, decoder_layers_per_block=(5, 5, 5, 5),
+    spatio_temporal_scaling=(True,) * 4, decoder_inject_noise=(False,) * 4,
+    downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"), spatial_compression_ratio=32,
+    temporal_compression_ratio=8)
+
+
+@pytest.mark.parametrize("version", LTX_RELEASED)
+def test_ltx_video_released_layouts_convert_as_diffusers_converts_them(version):
+    """At the released sizes (meta tensors: shapes only), vaekit's converter gives the keys diffusers' own
+    single-file converter gives, and the config read from the shapes builds the same model."""
+    from diffusers import AutoencoderKLLTXVideo
+    from diffusers.loaders.single_file_utils import convert_ltx_vae_checkpoint_to_diffusers
+
+    from vaekit.loader import convert_ltx_video, ltx_video_config
+
+    with torch.device("meta"):
+        vae = AutoencoderKLLTXVideo(**LTX_RELEASED[version])
+    state = vae.state_dict()
+    original = to_ltx_original(state)
+    theirs = convert_ltx_vae_checkpoint_to_diffusers({f"vae.{k}": v for k, v in original.items()})
+    ours = convert_ltx_video(original)
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()} == \
+        {k: v.shape for k, v in state.items()}
+    config = ltx_video_config(ours)
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in vae.config.items() if k in config and v is not None}
+    assert {k: config[k] for k in given} == given
+    assert (config["spatial_compression_ratio"], config["temporal_compression_ratio"]) == (32, 8)  # as released
+
+
+@pytest.mark.parametrize("version", ["0.9.0", "0.9.1", "0.9.5"])
+def test_ltx_video_single_file_is_converted_offline(tmp_path, version):
+    """A scaled-down LTX-Video VAE in the original layout: the sizes diffusers' converter would group wrongly
+    (it reads 0.9.5's grouping from one width), loaded exactly."""
+    from test_ltx_video import V090, V091, V095, make
+
+    vae = make({"0.9.0": V090, "0.9.1": V091, "0.9.5": V095}[version], seed=2)
+    save_file({f"vae.{k}": v.clone() for k, v in to_ltx_original(vae.state_dict()).items()},
+              tmp_path / "ltx-video.safetensors")
+    loaded = vaekit.load(tmp_path / "ltx-video.safetensors")
+    assert type(loaded).__name__ == "AutoencoderKLLTXVideo"
+    assert loaded.state_dict().keys() == vae.state_dict().keys()
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in vae.state_dict().items())
+    z = torch.randn(1, 8, 2, 3, 5, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([0.05]) if vae.config.timestep_conditioning else None
+    torch.manual_seed(1)
+    with torch.no_grad():
+        ref = vae.decode(z, t).sample
+    torch.manual_seed(1)
+    out = vaekit.decode(loaded, z, budgets_for(loaded, tuple(z.shape))["smallest"], timestep=t)
+    assert relative_error(out, ref) <= REL_TOL
+
+
 def _taesd_state(variant: str, part: str) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     return getattr(TinyAutoencoder(variant), part).state_dict()

@@ -6,6 +6,8 @@
     an LDM single-file VAE      A1111 / ComfyUI .safetensors (or .pt/.ckpt) -> AutoencoderKL, converted
                                 by diffusers' own single-file utilities, config derived from the
                                 weights' shapes (nothing fetched)
+    a Wan 2.1/2.2, HunyuanImage 2.1 or LTX-Video 0.9.x single-file VAE (the original repositories' layout,
+                                as ComfyUI loads them) -> its diffusers class, configured from the shapes
 
 Weights are read only with safetensors or ``torch.load(weights_only=True)``: a file that needs
 arbitrary unpickling is refused, as is a truncated or empty one, each with a CheckpointError.
@@ -84,10 +86,12 @@ def _load_files(paths: list[Path]):
         return _ldm_vae(states[paths[0]], paths[0])
     if len(paths) == 1 and _is_wan_vae(states[paths[0]]):
         return _converted(states[paths[0]], paths[0], wan_model, "Wan 2.1 or 2.2")
+    if len(paths) == 1 and _is_ltx_video_vae(states[paths[0]]):
+        return _converted(states[paths[0]], paths[0], ltx_video_model, "LTX-Video 0.9.x")
     names = ", ".join(p.name for p in paths)
     raise CheckpointError(f"{names}: not a VAE vaekit recognises (a TAESD-family .pth, an LDM single-file VAE "
-                          "with encoder./decoder. keys, a Wan or HunyuanImage 2.1 VAE file); for a diffusers model pass its "
-                          "folder")
+                          "with encoder./decoder. keys, a Wan, HunyuanImage 2.1 or LTX-Video 0.9.x VAE file); for a "
+                          "diffusers model pass its folder")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -399,3 +403,132 @@ def convert_hunyuan_image(state: dict) -> dict:
         new[-2] = names.get(new[-2], new[-2])
         out[".".join(new)] = value
     return out
+
+
+# ---- LTX-Video 0.9.x single-file VAE (the original layout, as ComfyUI loads it) -------------------------
+
+
+def _is_ltx_video_vae(state: dict) -> bool:
+    return "decoder.up_blocks.0.res_blocks.0.conv1.conv.weight" in _strip_prefix(state)  # ComfyUI's test
+
+
+def ltx_video_model(vae: dict, *, decoder_causal: bool = False, upsample_residual=None):
+    """The AutoencoderKLLTXVideo (meta device) of an original-layout LTX-Video 0.9.x VAE state dict, configured
+    from its shapes, and the function mapping such a state dict to diffusers' keys. Two things shapes cannot
+    say come as arguments: whether the decoder is causal (no released one is) and whether each upsampler adds
+    its input back (``upsample_residual``, in the decoder's order; default: those that halve channels do, as
+    in every release)."""
+    from diffusers import AutoencoderKLLTXVideo
+
+    config = ltx_video_config(convert_ltx_video(vae), decoder_causal=decoder_causal,
+                              upsample_residual=upsample_residual)
+    with torch.device("meta"):
+        model = AutoencoderKLLTXVideo(**config).eval()
+    return model, convert_ltx_video
+
+
+def convert_ltx_video(state: dict) -> dict:
+    """Original LTX-Video 0.9.x VAE keys -> diffusers'. The original lists each side's blocks flat (stacks of
+    resnets, resamplers, channel-changing resnets); diffusers groups them. diffusers' own converter picks its
+    grouping by one tensor's width, so it maps only the released sizes: this one reads the grouping from
+    what each entry holds, and so maps any size."""
+    out, groups = {}, {}
+    for part, blocks in (("encoder", "down_blocks"), ("decoder", "up_blocks")):
+        entries = sorted({int(k.split(".")[2]) for k in state if k.startswith(f"{part}.{blocks}.")})
+        groups.update(_ltx_groups(part, blocks, entries, state))
+    renames = {"res_blocks.": "resnets.", "conv_shortcut.": "conv_shortcut.conv.", "norm3.norm.": "norm3.",
+               "decoder.last_time_embedder.": "decoder.time_embedder.",
+               "decoder.last_scale_shift_table": "decoder.scale_shift_table",
+               "per_channel_statistics.mean-of-means": "latents_mean",
+               "per_channel_statistics.std-of-means": "latents_std"}
+    for key, value in state.items():
+        if key.startswith("per_channel_statistics.") and key[23:] not in ("mean-of-means", "std-of-means"):
+            continue  # the other statistics: no tensor of the model
+        parts = key.split(".")
+        if parts[1] in ("down_blocks", "up_blocks"):
+            key = ".".join([parts[0], groups[parts[0], int(parts[2])], *parts[3:]])
+        for old, new in renames.items():
+            key = key.replace(old, new)
+        out[key] = value
+    return out
+
+
+def _ltx_groups(part: str, blocks: str, entries: list[int], state: dict) -> dict:
+    """(part, entry) -> the diffusers module it becomes. A stack of resnets (``res_blocks``) is a block's
+    resnets (the encoder's last one and the decoder's first: the mid block); a resampler is the
+    downsampler after, or the upsampler before, a stack; a lone resnet is the encoder's ``conv_out`` after a
+    stack or the decoder's ``conv_in`` before one."""
+    def kind(i: int) -> str:
+        keys = [k[len(f"{part}.{blocks}.{i}."):] for k in state if k.startswith(f"{part}.{blocks}.{i}.")]
+        return "stack" if any(k.startswith("res_blocks.") for k in keys) else \
+            "resnet" if "conv1.conv.weight" in keys else "resampler"
+
+    kinds = {i: kind(i) for i in entries}
+    stacks = [i for i in entries if kinds[i] == "stack"]
+    groups, block = {}, -1
+    if part == "encoder":  # down_blocks.i = [stack, (downsampler), (conv_out)]; the last stack: the mid block
+        for i in entries:
+            block += kinds[i] == "stack"
+            where = {"stack": "", "resampler": ".downsamplers.0", "resnet": ".conv_out"}[kinds[i]]
+            groups[part, i] = "mid_block" if i == stacks[-1] else f"down_blocks.{block}{where}"
+    else:  # the first stack: the mid block; up_blocks.i = [(conv_in), (upsampler), stack]
+        for i in entries:
+            where = {"stack": "", "resampler": ".upsamplers.0", "resnet": ".conv_in"}[kinds[i]]
+            groups[part, i] = "mid_block" if i == stacks[0] else f"up_blocks.{block + 1}{where}"
+            block += kinds[i] == "stack" and i != stacks[0]
+    return groups
+
+
+def ltx_video_config(state: dict, *, decoder_causal: bool = False, upsample_residual=None) -> dict:
+    """The AutoencoderKLLTXVideo config of a diffusers-layout state dict, from its shapes."""
+    def count(prefix: str) -> int:
+        return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
+
+    def width(key: str, dim: int = 0) -> int:
+        return state[key].shape[dim]
+
+    patch = math.isqrt(width("encoder.conv_in.conv.weight", 1) // 3)  # RGB folded into channels by patch x patch
+    # the encoder: down blocks of resnets at their input width, each maybe with a downsampler; 0.9.5's change
+    # channels in the downsampler (a space/time-to-depth fold), 0.9.0's in a resnet after it
+    downs = count("encoder.down_blocks.")
+    folds = any(f"encoder.down_blocks.{i}.downsamplers.0.conv.conv.weight" in state for i in range(downs))
+    widths = [width(f"encoder.down_blocks.{i}.resnets.0.conv1.conv.weight") for i in range(downs)]
+    widths += [width("encoder.mid_block.resnets.0.conv1.conv.weight")] if folds else []
+    kinds, space, time = [], 0, 0
+    for i in range(downs):
+        if f"encoder.down_blocks.{i}.downsamplers.0.conv.conv.weight" in state:  # folds stride's cells into channels
+            cells = widths[i + 1] // width(f"encoder.down_blocks.{i}.downsamplers.0.conv.conv.weight")
+            kinds.append({4: "spatial", 2: "temporal", 8: "spatiotemporal"}[cells])
+        else:
+            kinds.append("conv")  # a strided 3x3x3 conv (or none)
+        if f"encoder.down_blocks.{i}.downsamplers.0.conv.weight" in state or kinds[-1] != "conv":
+            space += kinds[-1] != "temporal"
+            time += kinds[-1] != "spatial"
+    # the decoder, from the latents: the mid block, then up blocks of (upsampler) + resnets; an upsampler
+    # whose input is `factor` times its block's width halves the channels as it unfolds
+    ups = count("decoder.up_blocks.")
+    resamples = [f"decoder.up_blocks.{i}.upsamplers.0.conv.conv.weight" in state for i in range(ups)]
+    up_widths = [width(f"decoder.up_blocks.{i}.resnets.0.conv1.conv.weight") for i in range(ups)]
+    factors = [width(f"decoder.up_blocks.{i}.upsamplers.0.conv.conv.weight", 1) // up_widths[i] if resamples[i] else 1
+               for i in range(ups)]
+    noise = [f"decoder.{b}.resnets.0.per_channel_scale1" in state
+             for b in ["mid_block", *(f"up_blocks.{i}" for i in range(ups))]]
+    residual = upsample_residual if upsample_residual is not None else [f > 1 for f in factors]
+    return dict(
+        in_channels=3, out_channels=width("decoder.conv_out.conv.weight") // patch**2,
+        latent_channels=width("decoder.conv_in.conv.weight", 1), block_out_channels=tuple(widths),
+        down_block_types=("LTXVideo095DownBlock3D" if folds else "LTXVideoDownBlock3D",) * downs,
+        layers_per_block=tuple(count(f"encoder.down_blocks.{i}.resnets.") for i in range(downs))
+        + (count("encoder.mid_block.resnets."),),
+        spatio_temporal_scaling=tuple(f"encoder.down_blocks.{i}.downsamplers.0.conv.weight" in state
+                                      or f"encoder.down_blocks.{i}.downsamplers.0.conv.conv.weight" in state
+                                      for i in range(downs)),
+        downsample_type=tuple(kinds),
+        decoder_block_out_channels=tuple(reversed([w * f for w, f in zip(up_widths, factors, strict=True)])),
+        decoder_layers_per_block=tuple(reversed([count("decoder.mid_block.resnets."),
+                                                 *(count(f"decoder.up_blocks.{i}.resnets.") for i in range(ups))])),
+        decoder_spatio_temporal_scaling=tuple(reversed(resamples)), decoder_inject_noise=tuple(reversed(noise)),
+        upsample_residual=tuple(reversed(residual)), upsample_factor=tuple(reversed(factors)),
+        timestep_conditioning="decoder.timestep_scale_multiplier" in state, patch_size=patch, patch_size_t=1,
+        encoder_causal=True, decoder_causal=decoder_causal,
+        spatial_compression_ratio=patch * 2**space, temporal_compression_ratio=2**time)

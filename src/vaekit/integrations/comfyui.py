@@ -17,8 +17,9 @@ untiled node gives, streamed inside a budget:
   vaekit's errors reach the UI as one line that names the node and what would work.
 
 Families: ComfyUI's LDM-format AutoencoderKL (SD 1.x/2.x, SDXL, SD3, FLUX.1 VAEs), its TAESD (taesd,
-taesdxl, taesd3, taef1) and its Wan 2.1 and 2.2 video VAEs (Qwen-Image's is Wan 2.1's; LATENT (B, 16 or
-48, T, h, w) -> the frames as an IMAGE batch, as its VAE Decode gives them), and HunyuanImage 2.1's VAE.
+taesdxl, taesd3, taef1), its Wan 2.1 and 2.2 video VAEs (Qwen-Image's is Wan 2.1's; LATENT (B, 16 or
+48, T, h, w) -> the frames as an IMAGE batch, as its VAE Decode gives them), its LTX-Video 0.9.x VAEs (with
+the decode noise ComfyUI draws, from the same global generator), and HunyuanImage 2.1's VAE.
 Other VAEs ComfyUI loads are refused with a message saying so.
 ``vaekit comfyui install COMFYUI_DIR`` links ``comfyui_pack/`` into ``custom_nodes/``.
 """
@@ -45,13 +46,15 @@ PREVIEW_PX = 1024  #: with an output file, the IMAGE returned is a preview at mo
 @dataclass
 class Bridge:
     """A ComfyUI VAE's network as a model vaekit streams: ``model`` on the meta device, and how
-    ComfyUI's state dict becomes its weights. TAESD latents in ComfyUI are unscaled: ``scale``/``shift``
-    are its ``vae_scale``/``vae_shift`` (1 and 0 for other families)."""
+    ComfyUI's state dict becomes its weights. Where ComfyUI's VAE object maps latents itself (TAESD's
+    unscaled latents; LTXV's per-channel statistics and decode noise), ``to_model(model, latents)`` and
+    ``from_model(model, latents)`` do what it does, and ``timestep`` is what its decoder is given."""
 
     model: torch.nn.Module
     convert: object  # ComfyUI state dict -> the model's state dict (same tensors, renamed or viewed)
-    scale: float = 1.0
-    shift: float = 0.0
+    to_model: object = None  # (model, ComfyUI's latents) -> the model's, before a decode
+    from_model: object = None  # (model, the model's latents) -> ComfyUI's, after an encode
+    timestep: float | None = None
 
 
 _BRIDGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -77,6 +80,8 @@ def _make_bridge(vae) -> Bridge:
         return _taesd_bridge(state)
     if kind == "WanVAE" and type(network).__module__ in ("comfy.ldm.wan.vae", "comfy.ldm.wan.vae2_2"):
         return _wan_bridge(state)
+    if kind == "VideoVAE" and type(network).__module__ == "comfy.ldm.lightricks.vae.causal_video_autoencoder":
+        return _ltxv_bridge(network, state)
     decoder = getattr(network, "decoder", None)
     if type(decoder).__module__ == "comfy.ldm.hunyuan_video.vae":  # HunyuanImage 2.1 (its file's layout)
         from ..loader import hunyuan_image_model
@@ -87,7 +92,8 @@ def _make_bridge(vae) -> Bridge:
         return _kl_bridge(state)
     raise UnsupportedModelError(
         f"vaekit cannot stream ComfyUI's {kind} ({type(decoder).__module__}.{type(decoder).__name__}): it streams "
-        "the SD 1.x/2.x, SDXL, SD3, FLUX.1, HunyuanImage 2.1, Wan 2.1/2.2 and Qwen-Image VAEs and TAESD; use "
+        "the SD 1.x/2.x, SDXL, SD3, FLUX.1, HunyuanImage 2.1, Wan 2.1/2.2, Qwen-Image and LTX-Video 0.9.x VAEs "
+        "and TAESD; use "
         "ComfyUI's VAE Decode for this one")
 
 
@@ -123,7 +129,45 @@ def _taesd_bridge(state: dict) -> Bridge:
     def convert(sd: dict) -> dict:
         return {names[k[:14]] + k[14:]: v for k, v in sd.items() if k[:14] in names}
 
-    return Bridge(model, convert, float(state["vae_scale"]), float(state["vae_shift"]))
+    scale, shift = float(state["vae_scale"]), float(state["vae_shift"])
+    return Bridge(model, convert, lambda _, x: (x - shift) * scale, lambda _, z: z / scale + shift)
+
+
+#: ComfyUI's LTXV decode (VideoVAE.decode's defaults): a timestep-conditioned decoder is given this timestep,
+#: and its latents this share of noise from the global generator first
+LTXV_TIMESTEP, LTXV_NOISE = 0.05, 0.025
+
+
+def _ltxv_bridge(network, state: dict) -> Bridge:
+    """ComfyUI's LTX-Video 0.9.x VAE (the original layout) as diffusers' AutoencoderKLLTXVideo, configured from
+    the shapes; what shapes do not say comes from ComfyUI's modules: whether the decoder is causal, which
+    upsamplers add their input back, and the spatial padding of each side (ComfyUI's decoder pads by
+    reflection where diffusers' pads zeros). Latents are normalized per channel, as its VideoVAE does."""
+    from ..loader import ltx_video_model
+
+    residual = [m.residual for m in network.decoder.up_blocks if hasattr(m, "residual")]  # DepthToSpaceUpsample
+    model, convert = ltx_video_model(state, decoder_causal=network.decoder.causal, upsample_residual=residual)
+    for side in ("encoder", "decoder"):
+        padding = getattr(network, side).conv_in.conv.padding_mode  # one mode for every conv of a side
+        for conv in getattr(model, side).modules():
+            if isinstance(conv, torch.nn.Conv3d):
+                conv.padding_mode = padding
+    timestep = LTXV_TIMESTEP if model.config.timestep_conditioning else None
+
+    def stats(model, x: torch.Tensor):
+        return model.latents_std.view(1, -1, 1, 1, 1).to(x), model.latents_mean.view(1, -1, 1, 1, 1).to(x)
+
+    def to_model(model, x: torch.Tensor) -> torch.Tensor:
+        if timestep is not None:  # as VideoVAE.decode: noise first, drawn like its randn_like
+            x = torch.randn_like(x) * LTXV_NOISE + (1.0 - LTXV_NOISE) * x
+        std, mean = stats(model, x)
+        return x * std + mean
+
+    def from_model(model, z: torch.Tensor) -> torch.Tensor:
+        std, mean = stats(model, z)
+        return (z - mean) / std
+
+    return Bridge(model, convert, to_model, from_model, timestep)
 
 
 class _Bound:
@@ -161,17 +205,20 @@ def _run(node: str, vae, op: str, x: torch.Tensor, budget: str, out: Path | None
         mm.load_models_gpu([vae.patcher], memory_required=named or estimate(x.shape, vae.vae_dtype),
                            force_full_load=True)  # the stages need every weight on the device
         limit = named or int(mm.get_free_memory(vae.device) * AUTO_SHARE)
-        if op == "decode":
-            x = (x - the_bridge.shift) * the_bridge.scale  # TAESD: as ComfyUI's own decode scales (else 0, 1)
-        x = x.to(vae.vae_dtype)
+        x = x.to(vae.vae_dtype).to(vae.device)  # where ComfyUI's own decode puts them (its noise is drawn there)
         with _Bound(the_bridge, vae) as model:
+            if op == "decode" and the_bridge.to_model is not None:
+                x = the_bridge.to_model(model, x)
             plan = vaekit.plan(model, tuple(x.shape), limit, op, device=vae.device, out=out)
             chunks = len(family(model).chunk_frames(model, op, x.shape[2])) if x.dim() == 5 else 1
             progress = _progress_bar(plan, chunks)
             if op == "decode":
-                return vaekit.decode(model, x, limit, device=vae.device, progress=progress, out=out)
+                timestep = None if the_bridge.timestep is None else torch.full((x.shape[0],), the_bridge.timestep)
+                return vaekit.decode(model, x, limit, device=vae.device, progress=progress, out=out, timestep=timestep)
             latents = vaekit.encode(model, x, limit, device=vae.device, progress=progress)
-        return latents.to(vae.output_device).float() / the_bridge.scale + the_bridge.shift
+            if the_bridge.from_model is not None:
+                latents = the_bridge.from_model(model, latents)
+        return latents.to(vae.output_device).float()
     except VaekitError as e:
         raise RuntimeError(f"{node}: {e}") from e
     finally:
