@@ -37,6 +37,7 @@ CASES = {
     "minimax-encode": ("minimax", "encode", (1, 3, 17, 19, 27), "smallest", None),  # strided convs, frame stats
     "hunyuan-video-decode": ("hunyuan_video", "decode", (1, 4, 7, 5, 7), "smallest", None),  # clips of 5, 4, 1
     "kvae-decode": ("kvae", "decode", (1, 4, 6, 5, 7), "smallest", None),  # chunks of 5 and 1, latents' norms
+    "mochi-encode": ("mochi", "encode", (1, 3, 13, 40, 56), "smallest", None),  # attention over each pixel's frames
     "wan-decode-npy": ("wan", "decode", (1, 4, 3, 13, 9), "smallest", ".npy"),  # rank 0 writes the frames
     "wan-decode-mp4": ("wan", "decode", (1, 4, 3, 13, 9), "smallest", ".mp4"),
 }
@@ -76,6 +77,10 @@ def model(name: str):
         from test_minimax import make as make_minimax
 
         return make_minimax()
+    if name == "mochi":
+        from test_mochi import make as make_mochi
+
+        return make_mochi()
     return make_vae("sd") if name == "sd" else make_dc("sana")
 
 
@@ -83,7 +88,7 @@ def main(out: Path) -> None:
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
     models = {name: model(name) for name in ("sd", "dc", "wan", "hunyuan", "ltx2", "hunyuan15", "minimax",
-                                                  "hunyuan_video", "kvae")}
+                                                  "hunyuan_video", "kvae", "mochi")}
     for case, (name, op, shape, budget_name, suffix) in CASES.items():
         vae, x = models[name], inputs(op, shape)
         budget = budgets_for(vae, shape, op)[budget_name]

@@ -139,7 +139,8 @@ def _one_process(case):
 @pytest.mark.parametrize("case", ["sd-decode-smallest", "sd-decode-mixed", "sd-encode", "dc-decode", "dc-encode",
                                   "wan-decode", "wan-encode", "hunyuan-decode", "hunyuan-encode", "ltx2-decode",
                                   "ltx2-encode", "hunyuan15-decode", "hunyuan15-encode", "minimax-decode",
-                                  "minimax-encode", "hunyuan-video-decode", "kvae-decode"])
+                                  "minimax-encode", "hunyuan-video-decode", "kvae-decode",
+                                  "mochi-encode"])
 def test_two_ranks_give_the_pixels_of_one_process(ranks_out, case):
     streamed, whole = _one_process(case)
     got = torch.load(ranks_out / f"{case}.pt", weights_only=True)

@@ -96,8 +96,6 @@ def test_streamed_equals_untiled_and_float64(name, op, batch, h, w, frames, wher
         frames = 1
     if name == "hunyuan15":  # diffusers' own attention takes one video at a time
         batch = 1
-    if name == "mochi":  # its encoder is not streamed
-        op = "decode"
     x = _input(vae, op, batch, h, w, frames, seed)
     shape = tuple(x.shape)
     if name in ("ltx2", "ltxv", "hunyuan15", "minimax", "hunyuan_video", "mochi", "cogvideox", "kvae"):  # the model's runs

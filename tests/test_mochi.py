@@ -1,7 +1,8 @@
 """Mochi 1's VAE (AutoencoderKLMochi): its decoder over the whole video (or, framewise, the model's own
 runs of 2 latent frames) streamed in rows, equal to diffusers' own decode; copies of the first frame in
 front, edge rows and columns repeated, each frame's GroupNorm statistics, channels unfolded into frames
-and pixels, the first frames dropped as the model drops them."""
+and pixels, the first frames dropped as the model drops them. Its encoder too: Fourier features, convs
+of kernel = stride, and attention over each pixel's frames (causal), equal to diffusers' own encode."""
 
 import dataclasses
 
@@ -19,7 +20,6 @@ from conftest import (
     zero_borders,
 )
 from conftest import whole_video_budgets as budgets
-from vaekit.errors import UnsupportedModelError
 
 #: Mochi's structure (three up blocks unfolding 1, 2 and 3 frames and 2x2 pixels), narrow
 SMALL = dict(in_channels=15, out_channels=3, latent_channels=4, encoder_block_out_channels=(32,) * 4,
@@ -63,13 +63,60 @@ def test_the_border_and_each_frames_statistics_matter(mochi, monkeypatch, mutati
     assert relative_error(out, ref) > 100 * REL_TOL
 
 
-def test_encode_is_refused_and_apply_gives_it_to_the_model(mochi):
-    x = torch.rand(1, 3, 7, 16, 16) * 2 - 1
-    with pytest.raises(UnsupportedModelError, match="encoder"):
-        vaekit.encode(mochi, x)
+def _video(frames: int, h: int, w: int, batch: int = 2) -> torch.Tensor:
+    return torch.rand(batch, 3, frames, h, w, generator=torch.Generator().manual_seed(frames)) * 2 - 1
+
+
+@pytest.mark.parametrize("frames, h, w", [(13, 40, 56), (10, 24, 40), (1, 40, 56)])
+def test_encode_is_exact_at_every_budget(mochi, frames, h, w):
+    """Whole runs of 6k + 1 frames and of others (the model floors), and one frame (its attention then
+    projects the values alone)."""
+    x = _video(frames, h, w)
     with torch.no_grad():
-        ref, out = with_and_without_apply(mochi, lambda: mochi.encode(x).latent_dist.mode(), "1GiB", streams=False)
-    assert torch.equal(ref, out)
+        ref = mochi.encode(x).latent_dist.mode()
+    assert ref.shape == (2, 4, 1 + (frames - 1) // 6, h // 8, w // 8)
+    assert_exact_at_every_budget(mochi, x, ref, "encode", budgets=budgets(mochi, tuple(x.shape), "encode"))
+
+
+@pytest.mark.parametrize("mutation", ["attention not causal", "other frequencies", "all frames' statistics"])
+def test_the_encoders_causal_attention_features_and_statistics_matter(mochi, monkeypatch, mutation):
+    import vaekit.ops.act as act
+    import vaekit.ops.attention as attention
+
+    if mutation == "attention not causal":  # in vaekit's kernel only (the model's own stays causal)
+        functional = torch.nn.functional
+
+        class NotCausal:
+            def __getattr__(self, name):
+                return getattr(functional, name)
+
+            @staticmethod
+            def scaled_dot_product_attention(*args, is_causal=False, **kwargs):
+                return functional.scaled_dot_product_attention(*args, **kwargs)
+
+        monkeypatch.setattr(attention, "F", NotCausal())
+    elif mutation == "other frequencies":
+        features = act.fourier_features
+        monkeypatch.setattr(act, "fourier_features", lambda x: features(x, 5, 7))
+    else:
+        program_for = vaekit.arch.program_for
+        monkeypatch.setattr("vaekit.api.program_for", lambda vae, op: dataclasses.replace(program_for(vae, op),
+                                                                                           frame_stats="all"))
+    x = _video(13, 40, 56)
+    with torch.no_grad():
+        ref = mochi.encode(x).latent_dist.mode()
+        out = vaekit.encode(mochi, x, budgets(mochi, tuple(x.shape), "encode")["smallest"])
+    assert relative_error(out, ref) > 100 * REL_TOL
+
+
+def test_encode_under_apply_and_compiled(mochi):
+    x = _video(7, 24, 40, batch=1)
+    with torch.no_grad():
+        ref, out = with_and_without_apply(mochi, lambda: mochi.encode(x).latent_dist.mode(),
+                                          budgets(mochi, tuple(x.shape), "encode")["smallest"])
+        assert relative_error(out, ref) <= REL_TOL
+        compiled = vaekit.encode(mochi, x, budgets(mochi, tuple(x.shape), "encode")["mixed"], compile=True)
+    assert relative_error(compiled, ref) <= REL_TOL
 
 
 def test_the_pipeline_is_the_same_under_apply():

@@ -21,6 +21,7 @@ from .program import (
     AttentionStage,
     CausalConvStage,
     ConvStage,
+    FrameAttentionStage,
     GLUStage,
     KeyValueStage,
     LinearKVStage,
@@ -269,6 +270,10 @@ def _chunk_bytes(stage, shapes, itemsize: int, rows: int, tiers: dict[str, str],
         return read_buffer(stage.src, rows) + tokens * (c_in * (8 + itemsize) + inner * (8 + 6 * itemsize))
     if isinstance(stage, TokenBlockStage):
         return _token_block_bytes(stage, shapes, itemsize, rows, read_buffer, kv_rows, samples)
+    if isinstance(stage, FrameAttentionStage):  # residual, normalized (fp32), its frames gathered; q, k, v (and
+        # normed), out, its frames scattered, the sum; the scores and their softmax of every pixel's frames, fp32
+        band, f = b * rows * src_w * c_in, b // (samples or 1)
+        return read_buffer(stage.src, rows) + band * (temp + 9 * itemsize) + 2 * band // 32 * f * 4
     if isinstance(stage, GLUStage):
         hidden = stage.block.conv_point.in_channels
         halo_rows = min(rows + 2 * stage.halo, src_h)
@@ -325,6 +330,8 @@ def whole_bytes(program: Program, shapes, itemsize: int) -> int:
             peak = max(peak, skip + at_conv + held + 2 * dst)
         elif isinstance(stage, AttentionStage):
             peak = max(peak, 6 * src)  # residual, normalized, q, k, v, out (flash-style SDPA keeps no scores)
+        elif isinstance(stage, FrameAttentionStage):  # as a band of all rows, and the input
+            peak = max(peak, 12 * src)
         elif isinstance(stage, GLUStage):
             peak = max(peak, 14 * src)
         elif isinstance(stage, TokenBlockStage):  # x, q, k, v, rotated copies; the FFN's 4x expansion, twice, gated

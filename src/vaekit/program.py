@@ -17,7 +17,7 @@ from torch import nn
 
 __all__ = ["MapSpec", "Shortcut", "SpatialNorm", "ConvAttention", "SHUFFLE_ORDERS", "ConvStage", "KeyValueStage",
            "AttentionStage", "GLUStage", "LinearKVStage", "LinearQueryStage", "CausalConvStage", "TokenKVStage",
-           "TokenBlockStage", "Registers", "Program", "Stage", "ACTIVATIONS", "TIME_PADS"]
+           "TokenBlockStage", "Registers", "FrameAttentionStage", "Program", "Stage", "ACTIVATIONS", "TIME_PADS"]
 
 #: element-wise functions a stage may apply before its conv (``act``) or after its skip add (``post``)
 ACTIVATIONS = (
@@ -27,6 +27,7 @@ ACTIVATIONS = (
     "from_signed",  # (x + 1) / 2: [-1, 1] images to the [0, 1] that TAESD encoders expect
     "to_signed",  # x * 2 - 1: back to [-1, 1]
     "clamp",  # to [-1, 1]: the Wan decoders' last step
+    "fourier",  # [x, sin(2^k 2 pi x), cos(2^k 2 pi x)], k = 6, 7: Mochi's encoder input, 5x the channels
 )
 
 
@@ -303,6 +304,21 @@ class TokenBlockStage(_AllKeys):
 
 
 @dataclass(frozen=True, eq=False)
+class FrameAttentionStage(_SameSize):
+    """Attention over time, pixel by pixel (Mochi's encoder): after a GroupNorm with each frame's
+    statistics, each pixel's tokens, one per frame of its video, attend to their own frame and those
+    before it; + src, written over src. A band needs no rows of other bands, but every frame of its
+    rows: the model's one chunk is the whole video (arch.mochi.chunk_frames)."""
+
+    name: str
+    src: str
+    dst: str
+    attn: nn.Module  # diffusers Attention: heads of 32, L2-normed queries and keys, causal
+    norm: nn.Module  # a GroupNorm, its statistics collected by the stage that wrote src
+    stats_groups: int | None = None
+
+
+@dataclass(frozen=True, eq=False)
 class GLUStage(_SameSize):
     """DC-AE's GLUMBConv, one band: 1x1 expand + SiLU, depthwise 3x3, gate, 1x1, RMSNorm, + src."""
 
@@ -559,7 +575,7 @@ TIME_PADS = ("cache", "first", "edges", "zeros")
 
 
 Stage = (ConvStage | KeyValueStage | AttentionStage | GLUStage | LinearKVStage | LinearQueryStage | CausalConvStage
-         | TokenKVStage | TokenBlockStage)
+         | TokenKVStage | TokenBlockStage | FrameAttentionStage)
 
 
 @dataclass(frozen=True)

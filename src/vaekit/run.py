@@ -13,7 +13,7 @@ from torch import nn
 
 from .arch import family
 from .errors import PrecisionError
-from .ops.attention import attention_band, kv_band
+from .ops.attention import attention_band, frame_attention_band, kv_band
 from .ops.causal import causal_conv_band, causal_first_band
 from .ops.compiled import compiled_causal_band, compiled_conv_band
 from .ops.conv import conv_band
@@ -26,6 +26,7 @@ from .program import (
     AttentionStage,
     CausalConvStage,
     ConvStage,
+    FrameAttentionStage,
     GLUStage,
     KeyValueStage,
     LinearKVStage,
@@ -245,6 +246,8 @@ def _compute(stage, weights, read, stats, r0, r1, src_h, dst_h, kv_rows, kernels
         return token_block_band(stage, weights, read, stats, r0, r1, src_h, dst_h, kv_rows, samples)
     if isinstance(stage, TokenKVStage):
         return token_kv_band(stage, weights, read, stats, r0, r1, src_h, dst_h, samples)
+    if isinstance(stage, FrameAttentionStage):
+        return frame_attention_band(stage, weights, read, stats, r0, r1, src_h, dst_h, samples)
     return (kernels or _KERNELS)[type(stage)](stage, weights, read, stats, r0, r1, src_h, dst_h)
 
 
@@ -279,6 +282,10 @@ def stage_weights(stage, device, dtype) -> dict[str, dict[str, torch.Tensor]]:
                 "shortcut": shortcut}
     if isinstance(stage, TokenKVStage | TokenBlockStage):
         return vit_weights(stage, device, dtype)
+    if isinstance(stage, FrameAttentionStage):
+        attn = stage.attn
+        return {"norm": params(stage.norm), **{p: params(getattr(attn, p)) for p in ("to_q", "to_k", "to_v")},
+                "to_out": params(attn.to_out[0])}
     if isinstance(stage, GLUStage):
         block = stage.block
         return {"inverted": _as_linear(params(block.conv_inverted)), "depth": params(block.conv_depth),

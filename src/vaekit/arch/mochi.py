@@ -1,4 +1,4 @@
-"""diffusers AutoencoderKLMochi (Mochi 1): its decoder as a stage program over the whole video.
+"""diffusers AutoencoderKLMochi (Mochi 1): its decoder and encoder as stage programs over the whole video.
 
 diffusers' default decode runs every frame at once (framewise decoding is off): causal 3x3x3 convs
 padded by repeating (copies of the first frame in front, the edge rows and columns), GroupNorms with
@@ -15,7 +15,15 @@ replicate padding takes no cache): clips of 2. One row per block:
     block_out         resnets
     proj_out          silu + a linear layer per pixel                             image px
 
-Its encoder (Fourier features, attention in its down blocks) is not streamed yet: encode is refused.
+Its encoder runs every frame at once too (diffusers has no framewise encoding for it), one row per block:
+
+    proj_in           Fourier features of each pixel (x, sin, cos at two frequencies), a linear layer
+    block_in          resnets
+    down              a conv of kernel = stride (t, s, s), copies of the first frame in front; then per
+                      layer a resnet and (add_attention_block) attention over time: each pixel's frames
+                      attend to those before, after a GroupNorm of each frame (FrameAttentionStage)
+    block_out         resnets and attention
+    proj_out          norm_out + silu + a linear layer per pixel to mean and log-variance   latent px
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from torch import nn
 
 from ..clips import Clips
 from ..errors import UnsupportedModelError
-from ..program import Program
+from ..program import FrameAttentionStage, Program
 from . import kl
 from .builder import LinearConv, ProgramBuilder, frames_first, repeat_padded
 
@@ -36,8 +44,7 @@ CAUSAL = {"time_pad": "first", "border": "replicate"}  #: how every 3x3x3 conv o
 
 def program(vae, op: str) -> Program:
     if op == "encode":
-        raise UnsupportedModelError("AutoencoderKLMochi: vaekit streams its decoder; its encoder (Fourier "
-                                    "features, attention in its down blocks) is not streamed yet: use vae.encode")
+        return _encoder(vae)
     dec = vae.decoder
     b = ProgramBuilder("decode", dec.conv_in.in_channels)
     x = b.causal("conv_in", b.input, dec.conv_in)
@@ -52,15 +59,39 @@ def program(vae, op: str) -> Program:
     return b.build(output=x)
 
 
+def _encoder(vae) -> Program:
+    enc = vae.encoder
+    fourier = enc.fourier_features
+    _require((fourier.start, fourier.stop, fourier.step) == (6, 8, 1), "Fourier features other than 2^6, 2^7")
+    b = ProgramBuilder("encode", enc.proj_in.in_features // 5)  # image px; 5 features a channel
+    x = b.causal("proj_in", b.input, LinearConv(enc.proj_in), act="fourier")
+    x = _resnets(b, "block_in", x, enc.block_in)
+    for i, block in enumerate(enc.down_blocks):
+        t, s = block.temporal_expansion, block.spatial_expansion
+        x = b.causal(f"down.{i}.conv_in", x, _patches(block.conv_in, t, s), time_pad="first", border="replicate",
+                     stride=s, time_stride=t, pad=(0, 0, 0, 0))
+        x = _resnets(b, f"down.{i}", x, block)
+    x = _resnets(b, "block_out", x, enc.block_out)
+    return b.build(output=b.causal("proj_out", x, LinearConv(enc.proj_out), norm=_norm(enc.norm_out),
+                                   act=_act(enc.nonlinearity)))  # latent px: mean and log-variance
+
+
 def _resnets(b: ProgramBuilder, name: str, x: str, block: nn.Module) -> str:
-    """norm1+silu+conv1, norm2+silu+conv2, + x: written over x."""
-    _require(all(a is None for a in getattr(block, "attentions", [])), f"{name}: attention in a decoder block")
-    for j, resnet in enumerate(block.resnets):
+    """Per layer norm1+silu+conv1, norm2+silu+conv2, + x, and (the encoder's) attention over time; each
+    written over x."""
+    attentions = getattr(block, "attentions", [None] * len(block.resnets))
+    for j, (resnet, attn) in enumerate(zip(block.resnets, attentions, strict=True)):
         act = _act(resnet.nonlinearity)
         h = b.causal(f"{name}.resnets.{j}.conv1", x, _conv(resnet.conv1), norm=_norm(resnet.norm1), act=act,
                      **CAUSAL)
         x = b.causal(f"{name}.resnets.{j}.conv2", h, _conv(resnet.conv2), dst=x, norm=_norm(resnet.norm2), act=act,
                      skip=x, **CAUSAL)
+        if attn is not None:
+            _require(b.op == "encode", f"{name}: attention in a decoder block")
+            _require(attn.is_causal and attn.rescale_output_factor == 1 and not attn.residual_connection
+                     and type(attn.norm_q).__name__ == "LpNorm", f"{name}: attention other than Mochi's")
+            norm = _norm(block.norms[j])
+            b.add(FrameAttentionStage(f"{name}.attentions.{j}", x, x, attn, norm), norm=norm)
     return x
 
 
@@ -68,6 +99,16 @@ def _conv(causal: nn.Module) -> nn.Conv3d:
     """A CogVideoXCausalConv3d in Mochi's "replicate" mode: padded by repeating, copies of the first frame in front."""
     conv = repeat_padded(causal)
     _require(conv is not None, f"only causal convs padded by repeating, got {causal.conv}")
+    return conv
+
+
+def _patches(causal: nn.Module, t: int, s: int) -> nn.Conv3d:
+    """A down block's CogVideoXCausalConv3d: kernel = stride = (t, s, s), t - 1 copies of the first frame in front."""
+    conv = causal.conv
+    ok = conv.kernel_size == conv.stride == (t, s, s) and conv.padding == (0, 0, 0) and conv.groups == 1
+    ok = ok and getattr(causal, "pad_mode", None) == "replicate" and tuple(causal.time_causal_padding) == (
+        0, 0, 0, 0, t - 1, 0)
+    _require(ok, f"a downsampling conv other than patches of kernel = stride, got {conv}")
     return conv
 
 
@@ -87,10 +128,12 @@ def _require(condition: bool, message: str) -> None:
         raise UnsupportedModelError(f"AutoencoderKLMochi: {message}")
 
 
-def clips(vae, op: str, frames: int) -> Clips:
-    """The model's own runs: the whole video, or (framewise decoding) num_latent_frames_batch_size
+def clips(vae, op: str, frames: int) -> Clips | None:
+    """The model's own decode runs: the whole video, or (framewise decoding) num_latent_frames_batch_size
     latent frames at a time, each alone; then its first temporal factor - 1 frames dropped, if the
-    video has that many (drop_last_temporal_frames)."""
+    video has that many (drop_last_temporal_frames). It encodes the whole video: None."""
+    if op == "encode":
+        return None
     ratio = vae.temporal_compression_ratio
     size = vae.num_latent_frames_batch_size if vae.use_framewise_decoding else frames
     windows = tuple((i, min(i + size, frames)) for i in range(0, frames, size))
@@ -105,8 +148,8 @@ def chunk_frames(vae, op: str, frames: int) -> list[int]:
 
 
 def whole(vae, op: str, x):
-    """The model's own decoder on a run, untiled (its decode would honour enable_tiling())."""
-    return vae.decoder(x)[0]
+    """The model's own decoder or encoder on a run, untiled (its decode and encode would honour enable_tiling())."""
+    return vae.decoder(x)[0] if op == "decode" else vae.encoder(x)[0]
 
 
 finish = kl.finish
