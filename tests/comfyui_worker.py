@@ -205,6 +205,33 @@ results["ltxv"] = dict(rel=rel(got, ref), shape=list(got.shape), ref_shape=list(
                        encode_streamed=vaekit.plan(model, (1, 3, 9, 64, 96), low_encode, "encode").mode == "stream")
 del ltxv, model
 
+# ---- Mochi: ComfyUI's own (genmo's) VideoVAE at its one size, seeded ------------------------------------------
+import comfy.ldm.genmo.vae.model as mochi_vae  # noqa: E402
+
+torch.manual_seed(8)
+mochi = comfy.sd.VAE(sd=seeded({"": mochi_vae.VideoVAE()}, 0.03))  # 0.01: outputs ~ 0.01, every video alike
+z = torch.randn(1, 12, 3, 8, 6, generator=g)  # 6 * 3 - 5 = 13 frames of 64x48
+pixels = torch.rand(13, 64, 48, 3, generator=g)
+with torch.inference_mode():
+    ref = nodes.VAEDecode().decode(mochi, {"samples": z})[0]
+    low = smallest(mochi, tuple(z.shape), "decode")
+    got = Decode().decode({"samples": z}, mochi, budget=str(low))[0]
+    ref_z = nodes.VAEEncode().encode(mochi, pixels)[0]["samples"]
+    low_encode = smallest(mochi, (1, 3, 13, 64, 48), "encode")
+    got_z = Encode().encode(pixels, mochi, budget=str(low_encode))[0]["samples"]
+    from diffusers import AutoencoderKLMochi  # noqa: E402
+
+    diffusers_mochi = AutoencoderKLMochi().eval()  # what diffusers computes with the same weights: another video
+    diffusers_mochi.load_state_dict(vk.bridge(mochi).convert(mochi.first_stage_model.state_dict()))
+    other, raw = diffusers_mochi.decode(z).sample, mochi.first_stage_model.decode(z)  # B,3,F,H,W in [-1, 1]
+model = vk.bridge(mochi).model
+results["mochi"] = dict(rel=rel(got, ref), shape=list(got.shape), ref_shape=list(ref.shape),
+                        streamed=vaekit.plan(model, tuple(z.shape), low).mode == "stream",
+                        diffusers_rel=rel(other, raw),
+                        encode_rel=rel(got_z, ref_z), encode_shape=list(got_z.shape), ref_encode_shape=list(ref_z.shape),
+                        encode_streamed=vaekit.plan(model, (1, 3, 13, 64, 48), low_encode, "encode").mode == "stream")
+del mochi, model, diffusers_mochi
+
 # ---- what ComfyUI does after an out-of-memory: three passes of overlapping tiles ------------------------
 with torch.inference_mode():
     z = torch.randn(1, 4, 40, 36, generator=g)

@@ -69,6 +69,16 @@ def test_ltxv_decode_with_comfyuis_noise_and_encode(measured):
     assert ltxv["encode_streamed"] and ltxv["encode_rel"] <= REL_TOL, ltxv
 
 
+def test_mochi_decode_and_encode_as_comfyui_computes_them(measured):
+    """ComfyUI's Mochi VAE (genmo's code, its one size, seeded): its up blocks drop frames as they unfold
+    them and its encoder's attention is not causal; diffusers' decode of the same weights is far off."""
+    mochi = measured["mochi"]
+    assert mochi["shape"] == mochi["ref_shape"] == [13, 64, 48, 3] and mochi["streamed"] and mochi["rel"] <= REL_TOL
+    assert mochi["diffusers_rel"] > 100 * REL_TOL, mochi
+    assert mochi["encode_shape"] == mochi["ref_encode_shape"] == [1, 12, 3, 8, 6], mochi
+    assert mochi["encode_streamed"] and mochi["encode_rel"] <= REL_TOL, mochi
+
+
 def test_hunyuan_image_decode_and_encode(measured):
     """HunyuanImage 2.1's VAE, as ComfyUI builds it from the file's keys (mapped by loader.convert_hunyuan_image)."""
     got = measured["hunyuan"]

@@ -307,8 +307,9 @@ class TokenBlockStage(_AllKeys):
 class FrameAttentionStage(_SameSize):
     """Attention over time, pixel by pixel (Mochi's encoder): after a GroupNorm with each frame's
     statistics, each pixel's tokens, one per frame of its video, attend to their own frame and those
-    before it; + src, written over src. A band needs no rows of other bands, but every frame of its
-    rows: the model's one chunk is the whole video (arch.mochi.chunk_frames)."""
+    before it (to every frame where the attention is not causal: ComfyUI's); + src, written over src. A
+    band needs no rows of other bands, but every frame of its rows: the model's one chunk is the whole
+    video (arch.mochi.chunk_frames)."""
 
     name: str
     src: str

@@ -52,6 +52,9 @@ def program(vae, op: str) -> Program:
     for i, block in enumerate(dec.up_blocks):
         x = _resnets(b, f"up.{i}", x, block)
         t, s = block.temporal_expansion, block.spatial_expansion
+        if getattr(block, "drops_first_frames", False):  # genmo's (ComfyUI's): unfolded, then its first t - 1 dropped
+            x = b.causal(f"up.{i}.proj", x, LinearConv(block.proj), time_shuffle=t, shuffle=s)  # (c, t, row, col)
+            continue
         order = frames_first(block.proj.out_features // (t * s * s), t, s * s)  # its (c, t, row, column) channels
         x = b.causal(f"up.{i}.proj", x, LinearConv(block.proj, order), time_split=t, shuffle=s)
     x = _resnets(b, "block_out", x, dec.block_out)
@@ -88,7 +91,7 @@ def _resnets(b: ProgramBuilder, name: str, x: str, block: nn.Module) -> str:
                      skip=x, **CAUSAL)
         if attn is not None:
             _require(b.op == "encode", f"{name}: attention in a decoder block")
-            _require(attn.is_causal and attn.rescale_output_factor == 1 and not attn.residual_connection
+            _require(attn.rescale_output_factor == 1 and not attn.residual_connection
                      and type(attn.norm_q).__name__ == "LpNorm", f"{name}: attention other than Mochi's")
             norm = _norm(block.norms[j])
             b.add(FrameAttentionStage(f"{name}.attentions.{j}", x, x, attn, norm), norm=norm)
@@ -137,9 +140,18 @@ def clips(vae, op: str, frames: int) -> Clips | None:
     ratio = vae.temporal_compression_ratio
     size = vae.num_latent_frames_batch_size if vae.use_framewise_decoding else frames
     windows = tuple((i, min(i + size, frames)) for i in range(0, frames, size))
-    total = frames * ratio
+    total = sum(_frames_made(vae, b - a) for a, b in windows)
     drop = ratio - 1 if vae.drop_last_temporal_frames and total >= ratio else 0
-    return Clips(windows=windows, keep=(0, size * ratio), keep_first=(drop, size * ratio), frames=total - drop)
+    made = _frames_made(vae, size)
+    return Clips(windows=windows, keep=(0, made), keep_first=(drop, made), frames=total - drop)
+
+
+def _frames_made(vae, latent_frames: int) -> int:
+    """Frames the decoder makes of a run: each up block unfolds t per frame (genmo's then drops t - 1)."""
+    for block in vae.decoder.up_blocks:
+        t = block.temporal_expansion
+        latent_frames = latent_frames * t - (t - 1 if getattr(block, "drops_first_frames", False) else 0)
+    return latent_frames
 
 
 def chunk_frames(vae, op: str, frames: int) -> list[int]:

@@ -26,6 +26,8 @@ Other VAEs ComfyUI loads are refused with a message saying so.
 
 from __future__ import annotations
 
+import functools
+import re
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +84,8 @@ def _make_bridge(vae) -> Bridge:
         return _wan_bridge(state)
     if kind == "VideoVAE" and type(network).__module__ == "comfy.ldm.lightricks.vae.causal_video_autoencoder":
         return _ltxv_bridge(network, state)
+    if kind == "VideoVAE" and type(network).__module__ == "comfy.ldm.genmo.vae.model":
+        return _mochi_bridge()
     decoder = getattr(network, "decoder", None)
     if type(decoder).__module__ == "comfy.ldm.hunyuan_video.vae":  # HunyuanImage 2.1 (its file's layout)
         from ..loader import hunyuan_image_model
@@ -92,8 +96,8 @@ def _make_bridge(vae) -> Bridge:
         return _kl_bridge(state)
     raise UnsupportedModelError(
         f"vaekit cannot stream ComfyUI's {kind} ({type(decoder).__module__}.{type(decoder).__name__}): it streams "
-        "the SD 1.x/2.x, SDXL, SD3, FLUX.1, HunyuanImage 2.1, Wan 2.1/2.2, Qwen-Image and LTX-Video 0.9.x VAEs "
-        "and TAESD; use "
+        "the SD 1.x/2.x, SDXL, SD3, FLUX.1, HunyuanImage 2.1, Wan 2.1/2.2, Qwen-Image, LTX-Video 0.9.x and Mochi "
+        "VAEs and TAESD; use "
         "ComfyUI's VAE Decode for this one")
 
 
@@ -168,6 +172,96 @@ def _ltxv_bridge(network, state: dict) -> Bridge:
         return (z - mean) / std
 
     return Bridge(model, convert, to_model, from_model, timestep)
+
+
+def _mochi_bridge() -> Bridge:
+    """ComfyUI's Mochi VAE (genmo's layout and code, one size) as diffusers' AutoencoderKLMochi, which has
+    the same weights but computes two things differently; the model is set to compute them as ComfyUI
+    does: each up block drops its first t - 1 frames as it unfolds them (diffusers drops 5 once, at the
+    end), and the encoder's attention over each pixel's frames is not causal, its queries and keys
+    L2-normed with F.normalize's own eps."""
+    from diffusers import AutoencoderKLMochi
+
+    with torch.device("meta"):
+        model = AutoencoderKLMochi().eval()  # diffusers' defaults: the released Mochi 1 VAE, ComfyUI's one size
+    model.drop_last_temporal_frames = False
+    for block in model.decoder.up_blocks:
+        block.__class__ = _unfold_then_drop()
+    for block in (*model.encoder.down_blocks, model.encoder.block_out):
+        for attn in block.attentions:
+            attn.is_causal, attn.norm_q.eps, attn.norm_k.eps = False, 1e-12, 1e-12
+    return Bridge(model, _mochi_keys)
+
+
+@functools.cache
+def _unfold_then_drop() -> type:
+    from diffusers.models.autoencoders.autoencoder_kl_mochi import MochiUpBlock3D
+
+    class MochiUnfoldThenDrop(MochiUpBlock3D):
+        """genmo's (ComfyUI's) up block: after unfolding frames, the first temporal_expansion - 1 dropped."""
+
+        drops_first_frames = True
+
+        def forward(self, hidden_states, conv_cache=None):
+            out, cache = super().forward(hidden_states, conv_cache)
+            return out[:, :, self.temporal_expansion - 1:], cache  # B,C,F,H,W image frames
+
+    return MochiUnfoldThenDrop
+
+
+def _mochi_keys(state: dict) -> dict:
+    """ComfyUI's (genmo's) Mochi keys -> diffusers': each side's flat ``layers``/``blocks`` into diffusers'
+    blocks; a resnet's ``stack.0/2/3/5`` into norm1/conv1/norm2/conv2; an attention's joint qkv into thirds."""
+    resnet = {"0": "norm1.norm_layer", "2": "conv1.conv", "3": "norm2.norm_layer", "5": "conv2.conv"}
+    out = {}
+
+    def block_layer(prefix: str, j: int, rest: list[str], value) -> None:  # resnet j of a diffusers block
+        if rest[0] == "stack":
+            out[f"{prefix}.resnets.{j}.{resnet[rest[1]]}.{rest[2]}"] = value
+        elif rest[:2] == ["attn_block", "norm"]:
+            out[f"{prefix}.norms.{j}.norm_layer.{rest[2]}"] = value
+        elif rest[2] == "qkv":
+            for name, third in zip(("to_q", "to_k", "to_v"), value.chunk(3), strict=True):
+                out[f"{prefix}.attentions.{j}.{name}.{rest[3]}"] = third
+        else:  # attn.out
+            out[f"{prefix}.attentions.{j}.to_out.0.{rest[3]}"] = value
+
+    downs = sorted({int(k.split(".")[2]) for k in state if re.match(r"encoder\.layers\.\d+\.layers\.", k)})
+    ups = sorted({int(k.split(".")[2]) for k in state if re.match(r"decoder\.blocks\.\d+\.proj\.", k)})
+    last = max(int(k.split(".")[2]) for k in state if k.startswith("decoder.blocks."))
+    for key, value in state.items():
+        part, parts = key.split(".")[0], key.split(".")
+        if parts[1] in ("output_proj", "output_norm"):
+            out[f"{part}.{'proj_out' if parts[1] == 'output_proj' else 'norm_out.norm_layer'}.{parts[-1]}"] = value
+        elif part == "encoder":
+            i = int(parts[2])
+            if i == 0:
+                out[f"encoder.proj_in.{parts[3]}"] = value
+            elif i in downs:  # layers.0: the strided conv; then resnets (and attention)
+                d, j = downs.index(i), int(parts[4])
+                if j == 0:
+                    out[f"encoder.down_blocks.{d}.conv_in.conv.{parts[5]}"] = value
+                else:
+                    block_layer(f"encoder.down_blocks.{d}", j - 1, parts[5:], value)
+            elif i < downs[0]:
+                block_layer("encoder.block_in", i - 1, parts[3:], value)
+            else:
+                block_layer("encoder.block_out", i - downs[-1] - 1, parts[3:], value)
+        elif parts[2] == "0":  # decoder.blocks.0: conv_in, then resnets
+            j = int(parts[3])
+            if j == 0:
+                out[f"decoder.conv_in.{parts[4]}"] = value
+            else:
+                block_layer("decoder.block_in", j - 1, parts[4:], value)
+        elif int(parts[2]) in ups:
+            u = ups.index(int(parts[2]))
+            if parts[3] == "proj":
+                out[f"decoder.up_blocks.{u}.proj.{parts[4]}"] = value
+            else:
+                block_layer(f"decoder.up_blocks.{u}", int(parts[4]), parts[5:], value)
+        elif int(parts[2]) == last:
+            block_layer("decoder.block_out", int(parts[3]), parts[4:], value)
+    return out
 
 
 class _Bound:

@@ -134,8 +134,8 @@ def _run(vae, op: str, x, args: tuple, kwargs: dict):
 
 
 def _streams_an_op(vae) -> None:
-    """UnsupportedModelError unless vaekit streams the decode or the encode of ``vae`` (Mochi's decoder
-    alone, Kandinsky 5's encoder alone: the other op goes to the model's own method)."""
+    """UnsupportedModelError unless vaekit streams the decode or the encode of ``vae`` (a model of which it
+    streams one op only: the other goes to the model's own method)."""
     try:
         api.program_for(vae, "decode")
     except UnsupportedModelError:

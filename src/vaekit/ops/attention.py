@@ -118,8 +118,8 @@ def online_softmax(q: torch.Tensor, blocks, scale: float) -> torch.Tensor:
 
 def frame_attention_band(stage, w: dict, read, stats: dict, r0: int, r1: int, src_h: int, dst_h: int,
                          samples: int) -> torch.Tensor:
-    """Rows [r0, r1) of a FrameAttentionStage: each pixel's frames attend causally to each other, as
-    diffusers' MochiVaeAttnProcessor2_0 computes it; + src. (B * F, rows, W, C)."""
+    """Rows [r0, r1) of a FrameAttentionStage: each pixel's frames attend to each other (causally, as the
+    attention says), as diffusers' MochiVaeAttnProcessor2_0 computes it; + src. (B * F, rows, W, C)."""
     attn = stage.attn
     residual = read(stage.src, r0, r1)  # (B * F, rows, W, C)  map px
     n, rows, width, c = residual.shape
@@ -132,7 +132,7 @@ def frame_attention_band(stage, w: dict, read, stats: dict, r0: int, r1: int, sr
         q, k, v = (F.linear(x, w[p]["weight"], w[p].get("bias")) for p in ("to_q", "to_k", "to_v"))
         q, k, v = (t.view(t.shape[0], f, attn.heads, -1).transpose(1, 2) for t in (q, k, v))  # (pixels, heads, F, d)
         q, k = F.normalize(q, dim=-1, eps=attn.norm_q.eps), F.normalize(k, dim=-1, eps=attn.norm_k.eps)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=attn.is_causal)
         out = out.transpose(1, 2).reshape(-1, f, attn.heads * out.shape[-1]).to(q.dtype)  # (pixels, F, inner)
     out = F.linear(out, w["to_out"]["weight"], w["to_out"].get("bias"))  # (pixels, F, C)
     out = out.view(samples, rows, width, f, c).permute(0, 3, 1, 2, 4).reshape(n, rows, width, c)
