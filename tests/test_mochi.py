@@ -141,3 +141,26 @@ def test_the_pipeline_is_the_same_under_apply():
 
     ref, out = with_and_without_apply(pipe, run, budgets(vae, (1, 12, 3, 4, 6))["smallest"])
     assert out.shape == ref.shape == (1, 13, 3, 32, 48) and relative_error(out, ref) <= REL_TOL
+
+
+def test_comfyuis_computation_streams_exactly_too():
+    """The model as the ComfyUI bridge sets it (genmo's computation): up blocks that drop their first t - 1
+    frames as they unfold them, no drop at the end, an encoder attention that is not causal. Exact both
+    ways, and not diffusers' video (test_comfyui.py compares it with ComfyUI's own)."""
+    from vaekit.integrations.comfyui import _unfold_then_drop
+
+    vae, ref_vae = make(), make()
+    vae.drop_last_temporal_frames = False
+    for block in vae.decoder.up_blocks:
+        block.__class__ = _unfold_then_drop()
+    for block in (*vae.encoder.down_blocks, vae.encoder.block_out):
+        for attn in block.attentions:
+            attn.is_causal = False
+    x = _video(13, 40, 56)
+    with torch.no_grad():
+        ref = vae.decode(Z).sample
+        assert ref.shape == (2, 3, 13, 40, 56) and relative_error(ref, ref_vae.decode(Z).sample) > 100 * REL_TOL
+        assert_exact_at_every_budget(vae, Z, ref, budgets=budgets(vae, tuple(Z.shape)))
+        ref = vae.encode(x).latent_dist.mode()
+        assert relative_error(ref, ref_vae.encode(x).latent_dist.mode()) > 100 * REL_TOL
+        assert_exact_at_every_budget(vae, x, ref, "encode", budgets=budgets(vae, tuple(x.shape), "encode"))
