@@ -21,12 +21,14 @@ import vaekit  # noqa: E402
 from conftest import make_vae  # noqa: E402
 from test_ltx2 import make as make_ltx2  # noqa: E402
 from test_minimax import make as make_minimax  # noqa: E402
+from test_mochi import make as make_mochi  # noqa: E402
 from test_wan import make as make_wan  # noqa: E402
 
 #: latent sizes: the long profile's TAEF2 latents are big enough that its first tanh is split across
 #: threads (ATen's grain is 32768 values), where MKL's first-call race was (vector_math.py)
-SIZES = {"short": dict(taef2=(20, 28), sd=(11, 13), wan=(3, 7, 9), ltx2=(3, 5, 7), minimax=(7, 5, 7)),
-         "long": dict(taef2=(64, 64), sd=(24, 19), wan=(5, 12, 10), ltx2=(3, 6, 7), minimax=(12, 6, 9))}
+SIZES = {"short": dict(taef2=(20, 28), sd=(11, 13), wan=(3, 7, 9), ltx2=(3, 5, 7), minimax=(7, 5, 7), mochi=(7, 24, 40)),
+         "long": dict(taef2=(64, 64), sd=(24, 19), wan=(5, 12, 10), ltx2=(3, 6, 7), minimax=(12, 6, 9),
+                      mochi=(13, 48, 56))}
 
 
 def jobs(profile: str) -> dict:
@@ -41,6 +43,7 @@ def jobs(profile: str) -> dict:
     z_ltx2 = torch.randn(1, 8, *s["ltx2"], generator=g)
     ltx2 = make_ltx2()
     z_minimax, minimax = torch.randn(1, 8, *s["minimax"], generator=g), make_minimax()
+    video, mochi = torch.rand(1, 3, *s["mochi"], generator=g) * 2 - 1, make_mochi()
     return {
         "taef2-decode-8MiB": lambda r: vaekit.decode(taef2, z_taef2, "8MiB", report=r),
         "taef2-decode-whole": lambda r: vaekit.decode(taef2, z_taef2, report=r),
@@ -51,6 +54,7 @@ def jobs(profile: str) -> dict:
         "wan-decode-1MiB": lambda r: vaekit.decode(wan, z_wan, "1MiB", report=r),
         "ltx2-decode-5MiB": lambda r: vaekit.decode(ltx2, z_ltx2, "5MiB", report=r),  # every frame, reflected rows
         "minimax-decode-500KiB": lambda r: vaekit.decode(minimax, z_minimax, "500KiB", report=r),  # key blocks, clips
+        "mochi-encode-2MiB": lambda r: vaekit.encode(mochi, video, "2MiB", report=r),  # attention over each pixel's frames
     }
 
 
