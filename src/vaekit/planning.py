@@ -78,8 +78,10 @@ def plan_video(program: Program, vae, shape, budget, op: str, device: torch.devi
     itemsize = torch.empty((), dtype=dtype or model_dtype(vae)).element_size()
     whole = rest.whole_peak_bytes + 2 * math.prod(out_shape) * itemsize
     mode = "stream" if stream or compiled or out is not None or (limit is not None and whole > limit) else "whole"
-    if clips is not None:
+    if clips is not None and len(clips.windows) > 1:
         runs = f"in the model's own {len(clips.windows)} clips of up to {clips.length} frames, each one run"
+    elif clips is not None:
+        runs = ""  # one clip: the whole video in one run (Mochi's, its first frames then dropped)
     else:
         runs = "" if len(chunks) == 1 else f"in {len(chunks)} chunks of frames: {chunks[0]}, then {max(chunks[1:])} each"
     video = dict(in_shape=shape, out_shape=out_shape, whole_peak_bytes=whole, runs=runs)
