@@ -257,12 +257,14 @@ def test_ltx_video_released_layouts_convert_as_diffusers_converts_them(version):
 
 @pytest.mark.parametrize("version", ["0.9.0", "0.9.1", "0.9.5"])
 def test_ltx_video_single_file_is_converted_offline(tmp_path, version):
-    """A scaled-down LTX-Video VAE in the original layout: the sizes diffusers' converter would group wrongly
-    (it reads 0.9.5's grouping from one width), loaded exactly."""
+    """A scaled-down LTX-Video VAE in the original layout, in a whole checkpoint (its vae. keys beside the
+    transformer's, which are not read): the sizes diffusers' converter would group wrongly (it reads 0.9.5's
+    grouping from one width), loaded exactly."""
     from test_ltx_video import V090, V091, V095, make
 
     vae = make({"0.9.0": V090, "0.9.1": V091, "0.9.5": V095}[version], seed=2)
-    save_file({f"vae.{k}": v.clone() for k, v in to_ltx_original(vae.state_dict()).items()},
+    transformer = {"model.diffusion_model.patchify_proj.weight": torch.zeros(64, 128)}  # a whole checkpoint's
+    save_file({**transformer, **{f"vae.{k}": v.clone() for k, v in to_ltx_original(vae.state_dict()).items()}},
               tmp_path / "ltx-video.safetensors")
     loaded = vaekit.load(tmp_path / "ltx-video.safetensors")
     assert type(loaded).__name__ == "AutoencoderKLLTXVideo"

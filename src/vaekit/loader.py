@@ -100,11 +100,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError, safe_open
 
         try:
-            state = load_file(str(path))
+            with safe_open(str(path), "pt") as f:  # memory-mapped: only the tensors taken are read
+                keys = list(f.keys())
+                # a whole checkpoint (SD's first_stage_model., LTX's vae. beside a 2-19 B transformer): its VAE only
+                prefix = next((p for p in LDM_PREFIXES if any(k.startswith(p) for k in keys)), "")
+                state = {k: f.get_tensor(k) for k in keys if k.startswith(prefix)}
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path} is not a readable safetensors file ({e}): truncated or corrupt?") from None
     elif path.suffix in TORCH_SUFFIXES:
