@@ -61,18 +61,18 @@ def budgets_for(vae, shape, op: str = "decode", compiled: bool = False) -> dict[
     return {"smallest": low, "mixed": (low + plan.whole_peak_bytes) // 2, "whole": plan.whole_peak_bytes}
 
 
-def whole_video_budgets(vae, shape, op: str = "decode") -> dict[str, int]:
+def whole_video_budgets(vae, shape, op: str = "decode", compiled: bool = False) -> dict[str, int]:
     """budgets_for of a model that runs the whole video or clip in one chunk (LTX-2, HunyuanVideo, MiniMax
     H3) or in its own chunks (Kandinsky 5, CogVideoX): smallest (every map on disk, one row and one key
-    row per chunk), mixed, and whole (never below the smallest)."""
+    row per chunk; ``compiled``: the rows compiled graphs take), mixed, and whole (never below the smallest)."""
     import vaekit
     from vaekit.plan import smallest_budget
 
     program, run = vaekit.arch.program_for(vae, op), planned_shape(vae, shape, op)
     chunks = vaekit.arch.family(vae).chunk_frames(vae, op, run[2])  # one, or the model's own (Kandinsky 5, CogVideoX)
-    low = smallest_budget(program, (*run[:2], chunks[0], *run[3:]), 4, first=True)
+    low = smallest_budget(program, (*run[:2], chunks[0], *run[3:]), 4, first=True, compiled=compiled)
     if len(chunks) > 1:  # a later chunk reads the time caches
-        low = max(low, smallest_budget(program, (*run[:2], max(chunks[1:]), *run[3:]), 4))
+        low = max(low, smallest_budget(program, (*run[:2], max(chunks[1:]), *run[3:]), 4, compiled=compiled))
     whole = max(vaekit.plan(vae, shape, budget=None, op=op).whole_peak_bytes, low)
     return {"smallest": low, "mixed": (low + whole) // 2, "whole": whole}
 

@@ -101,7 +101,7 @@ def test_streamed_equals_untiled_and_float64(name, op, batch, h, w, frames, wher
     x = _input(vae, op, batch, h, w, frames, seed)
     shape = tuple(x.shape)
     if name in ("ltx2", "ltxv", "hunyuan15", "minimax", "hunyuan_video", "mochi", "cogvideox", "kvae"):  # the model's runs
-        low_high = whole_video_budgets(vae, shape, op)
+        low_high = whole_video_budgets(vae, shape, op, compiled=compile)
     else:
         low_high = video_budgets(vae, shape, op) if x.dim() == 5 else budgets_for(vae, shape, op, compiled=compile)
     low = low_high["smallest"]

@@ -285,10 +285,12 @@ def compiled_causal_band(stage: CausalConvStage, w: dict, read, stats: dict, r0:
 
 
 def _graphs_take(stage: CausalConvStage) -> bool:
-    """Whether the causal graphs compute ``stage``: Wan's kinds (a time cache, 'same' zero borders, L2
-    norm, no rearranged output, no conditioning)."""
+    """Whether the causal graphs compute ``stage``: Wan's kinds (a time cache with zeros before a video's
+    first chunk, 'same' zero borders, L2 norm, no rearranged or pooled output, no conditioning). Kandinsky
+    5's and CogVideoX's time caches start from copies of the first frame: eager (the graphs would pad zeros)."""
     plain = (stage.time_unshuffle, stage.time_shuffle, stage.shuffle, stage.unshuffle) == (1, 1, 1, 1)
-    return (plain and stage.time_pad == "cache" and stage.border == "zeros" and not stage.repeat_last
+    return (plain and stage.time_pad == "cache" and stage.first_pad == "cache" and stage.time_pool == 1
+            and stage.spatial_norm is None and stage.border == "zeros" and not stage.repeat_last
             and not stage.packing and not stage.modulated and stage.noise_scale is None
             and stage.stride == 1 and stage.pad is None and stage.upsample == stage.time_upsample == 1
             and (stage.norm is None or hasattr(stage.norm, "gamma"))
