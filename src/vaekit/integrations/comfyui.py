@@ -19,7 +19,8 @@ untiled node gives, streamed inside a budget:
 Families: ComfyUI's LDM-format AutoencoderKL (SD 1.x/2.x, SDXL, SD3, FLUX.1 VAEs), its TAESD (taesd,
 taesdxl, taesd3, taef1), its Wan 2.1 and 2.2 video VAEs (Qwen-Image's is Wan 2.1's; LATENT (B, 16 or
 48, T, h, w) -> the frames as an IMAGE batch, as its VAE Decode gives them), its LTX-Video 0.9.x VAEs (with
-the decode noise ComfyUI draws, from the same global generator), and HunyuanImage 2.1's VAE.
+the decode noise ComfyUI draws, from the same global generator), its Mochi VAE (computed as genmo's code,
+which ComfyUI runs, computes it, not as diffusers does), and HunyuanImage 2.1's VAE.
 Other VAEs ComfyUI loads are refused with a message saying so.
 ``vaekit comfyui install COMFYUI_DIR`` links ``comfyui_pack/`` into ``custom_nodes/``.
 """
@@ -97,8 +98,7 @@ def _make_bridge(vae) -> Bridge:
     raise UnsupportedModelError(
         f"vaekit cannot stream ComfyUI's {kind} ({type(decoder).__module__}.{type(decoder).__name__}): it streams "
         "the SD 1.x/2.x, SDXL, SD3, FLUX.1, HunyuanImage 2.1, Wan 2.1/2.2, Qwen-Image, LTX-Video 0.9.x and Mochi "
-        "VAEs and TAESD; use "
-        "ComfyUI's VAE Decode for this one")
+        "VAEs and TAESD; use ComfyUI's VAE Decode for this one")
 
 
 def _kl_bridge(state: dict) -> Bridge:
