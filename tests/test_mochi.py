@@ -147,7 +147,7 @@ def test_comfyuis_computation_streams_exactly_too():
     """The model as the ComfyUI bridge sets it (genmo's computation): up blocks that drop their first t - 1
     frames as they unfold them, no drop at the end, an encoder attention that is not causal. Exact both
     ways, and not diffusers' video (test_comfyui.py compares it with ComfyUI's own)."""
-    from vaekit.integrations.comfyui import _unfold_then_drop
+    from vaekit.integrations.comfyui_bridges import _unfold_then_drop
 
     vae, ref_vae = make(), make()
     vae.drop_last_temporal_frames = False
