@@ -1,7 +1,8 @@
 """``make gpu-check`` / ``vaekit bench --device cuda``: what the CUDA paths do, measured on this GPU.
 
     1 exactness   SD-VAE and Sana DC-AE, streamed at the smallest and a mixed budget against the
-                  untiled model, in float32, bfloat16 and float16 (odd sizes)
+                  untiled model, in float32, bfloat16 and float16 (odd sizes); and the video VAEs
+                  users run out of memory on (Wan 2.1, LTX-2 and Mochi 1, real configs), both ways
     2 peaks       the allocator's measured peak (max_memory_allocated) against the plan's, at
                   several budgets
     3 ladder      real CUDA out-of-memory (set_per_process_memory_fraction below the plan): the
@@ -33,6 +34,22 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
 
 
+#: the video VAEs of the exactness matrix: (diffusers class, real config, --quick config, latent frames, rows and
+#: columns of one video, and --quick's). Wan 2.1: 9 frames of 240x416; LTX-2: 17 of 256x384; Mochi
+#: 1: 13 of 240x424 (--quick: latents of 3 frames, a few rows)
+VIDEO = {
+    "wan": ("AutoencoderKLWan", {}, dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1),
+            (3, 30, 52), (3, 5, 7)),
+    "ltx2": ("AutoencoderKLLTX2Video", dict(decoder_causal=False, spatial_compression_ratio=32,
+                                            temporal_compression_ratio=8),
+             dict(latent_channels=8, block_out_channels=(8, 16, 16, 16), decoder_block_out_channels=(16, 32, 64),
+                  layers_per_block=(1,) * 5, decoder_layers_per_block=(1,) * 4, decoder_causal=False,
+                  spatial_compression_ratio=32, temporal_compression_ratio=8), (3, 8, 12), (3, 3, 5)),
+    "mochi": ("AutoencoderKLMochi", {}, dict(latent_channels=4, encoder_block_out_channels=(32,) * 4,
+                                             decoder_block_out_channels=(32,) * 4, layers_per_block=(1,) * 5),
+              (3, 30, 53), (3, 4, 5)),
+}
+
 #: --quick: the same architectures, narrower and shallower (every stage kind, scale factor and attention kept)
 SMALL_SD = dict(block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=8)
 SMALL_SANA = dict(encoder_block_out_channels=(32, 64, 64, 64, 128, 128),
@@ -49,6 +66,7 @@ def run_checks(device: torch.device, quick: bool = False, dtypes=tuple(DTYPES)) 
     models = {"sd": sd_vae(seed=0, **(SMALL_SD if quick else {})), "sana": sana_dc(seed=0, **(SMALL_SANA if quick else {}))}
     report["exactness"] = [_exactness(models, device, d, quick) for d in dtypes if _runs(device, d)]
     report["exactness"] = [row for rows in report["exactness"] for row in rows]
+    report["exactness"] += [row for d in dtypes if _runs(device, d) for row in _video_exactness(device, d, quick)]
     report["peaks"] = _peaks(models["sd"], device, quick)
     report["ladder"] = _ladder(models["sd"], device, quick)
     report["tiers"] = _tiers(models["sd"], device, quick)
@@ -102,6 +120,54 @@ def _exactness(models: dict, device: torch.device, dtype: str, quick: bool) -> l
         vae.to("cpu", torch.float32)
         _free(device)
     return rows
+
+
+def _video_exactness(device: torch.device, dtype: str, quick: bool) -> list[dict]:
+    """Each VIDEO model (seeded) decoded and encoded at the smallest and a mixed budget against its own
+    untiled call, in ``dtype``."""
+    import diffusers
+
+    import vaekit
+
+    rows = []
+    for name, (cls, real, small, latents, small_latents) in VIDEO.items():
+        torch.manual_seed(0)
+        vae = getattr(diffusers, cls)(**(small if quick else real)).eval().to(device, DTYPES[dtype])
+        program = vaekit.arch.program_for(vae, "decode")
+        c, (frames, h, w) = program.maps[program.input].channels, small_latents if quick else latents
+        f, t = vaekit.arch.scale_factor(vae), vaekit.arch.temporal_factor(vae)
+        g = torch.Generator().manual_seed(1)
+        inputs = {"decode": torch.randn(1, c, frames, h, w, generator=g),
+                  "encode": torch.rand(1, 3, 1 + t * (frames - 1), h * f, w * f, generator=g) * 2 - 1}
+        for op, x in inputs.items():
+            x = x.to(device, DTYPES[dtype])
+            with torch.no_grad():
+                ref = vae.decode(x).sample if op == "decode" else vae.encode(x).latent_dist.mode()
+            low = _video_smallest(vae, tuple(x.shape), op)
+            whole = vaekit.plan(vae, tuple(x.shape), None, op, device="meta", dtype=x.dtype).whole_peak_bytes
+            run = vaekit.decode if op == "decode" else vaekit.encode
+            for label, budget in (("smallest", low), ("mixed", (low + max(whole, low)) // 2)):
+                report = vaekit.RunReport()
+                error = _rel(run(vae, x, budget, report=report), ref)
+                rows.append(dict(model=f"{name}-{op}", dtype=dtype, size="x".join(map(str, x.shape[2:])),
+                                 budget=label, mode=report.mode, rel_error=error, ok=error <= TOLERANCE[dtype],
+                                 upcasts=len(report.upcasts)))
+        del vae
+        _free(device)
+    return rows
+
+
+def _video_smallest(vae, shape: tuple, op: str) -> int:
+    """The least budget a streamed run of a video fits in: its first chunk of frames, and the later ones."""
+    from ..arch import family, program_for
+    from ..plan import smallest_budget
+
+    program, itemsize = program_for(vae, op), 2 if next(vae.parameters()).dtype != torch.float32 else 4
+    chunks = family(vae).chunk_frames(vae, op, shape[2])
+    low = smallest_budget(program, (*shape[:2], chunks[0], *shape[3:]), itemsize, first=True)
+    if len(chunks) > 1:
+        low = max(low, smallest_budget(program, (*shape[:2], max(chunks[1:]), *shape[3:]), itemsize))
+    return low
 
 
 def _peaks(vae, device: torch.device, quick: bool) -> list[dict]:
