@@ -379,3 +379,56 @@ def test_taef2_is_built_in(tmp_path, monkeypatch):
     monkeypatch.setattr(vaekit.loader, "__file__", str(tmp_path / "loader.py"))  # nowhere: a clear error
     with pytest.raises(vaekit.errors.CheckpointError, match="VAEKIT_WEIGHTS"):
         vaekit.load("taef2")
+
+
+def test_ltx2_released_layout_converts_as_diffusers_converts_it():
+    """LTX-2's original layout is LTX-Video 0.9.5's: at the released size (meta tensors) vaekit's converter
+    gives diffusers' LTX-2 keys, and the sizes read from the shapes are the released config's."""
+    from diffusers import AutoencoderKLLTX2Video
+    from diffusers.loaders.single_file_utils import convert_ltx2_vae_to_diffusers
+
+    from vaekit.loader import convert_ltx_video, ltx2_model
+
+    with torch.device("meta"):
+        vae = AutoencoderKLLTX2Video(decoder_causal=False, spatial_compression_ratio=32, temporal_compression_ratio=8)
+    state = vae.state_dict()
+    original = to_ltx_original(state)
+    theirs = convert_ltx2_vae_to_diffusers({f"vae.{k}": v for k, v in original.items()})
+    assert {k: v.shape for k, v in convert_ltx_video(original).items()} == {k: v.shape for k, v in theirs.items()} == \
+        {k: v.shape for k, v in state.items()}
+    model, _ = ltx2_model(original, {"decoder_spatial_padding_mode": "reflect", "causal_decoder": False})
+    public = {k: tuple(v) if isinstance(v, list) else v for k, v in model.config.items() if not k.startswith("_")}
+    assert public == {k: tuple(v) if isinstance(v, list) else v for k, v in vae.config.items() if not k.startswith("_")}
+
+
+def _ltx2_file(vae, path: Path, config: dict | None) -> Path:
+    import json
+
+    metadata = None if config is None else {"config": json.dumps({"vae": config})}
+    save_file({f"vae.{k}": v.clone() for k, v in to_ltx_original(vae.state_dict()).items()}, path, metadata=metadata)
+    return path
+
+
+def test_ltx2_single_file_reads_the_config_it_carries(tmp_path):
+    """An LTX-2 file (scaled down) with the config its metadata carries, as the released ones do: loaded as
+    AutoencoderKLLTX2Video with its padding and causality, decoded exactly. Without the config it is refused
+    (its padding is not in the weights); its padding read from the config matters."""
+    from test_ltx2 import LTX2, make
+
+    vae = make(seed=3)
+    blocks = [["res_x", {"num_layers": 1}], ["compress_all", {"residual": True, "multiplier": 2}]] * 3 + [["res_x", {}]]
+    config = {"encoder_spatial_padding_mode": "zeros", "decoder_spatial_padding_mode": "reflect", "causal_decoder": False,
+              "decoder_blocks": blocks}
+    loaded = vaekit.load(_ltx2_file(vae, tmp_path / "ltx-2.safetensors", config))
+    assert type(loaded).__name__ == "AutoencoderKLLTX2Video"
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in vae.state_dict().items())
+    z = torch.randn(1, 8, 2, 3, 5, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = vae.decode(z).sample
+    assert relative_error(vaekit.decode(loaded, z, budgets_for(loaded, tuple(z.shape))["smallest"]), ref) <= REL_TOL
+    zeros = vaekit.load(_ltx2_file(vae, tmp_path / "zeros.safetensors", {**config, "decoder_spatial_padding_mode": "zeros"}))
+    with torch.no_grad():
+        assert relative_error(zeros.decode(z).sample, ref) > 100 * REL_TOL
+    with pytest.raises(CheckpointError, match="LTX-2 VAE without the config"):
+        vaekit.load(_ltx2_file(vae, tmp_path / "bare.safetensors", None))
+    assert LTX2["decoder_spatial_padding_mode"] == "reflect"

@@ -6,8 +6,9 @@
     an LDM single-file VAE      A1111 / ComfyUI .safetensors (or .pt/.ckpt) -> AutoencoderKL, converted
                                 by diffusers' own single-file utilities, config derived from the
                                 weights' shapes (nothing fetched)
-    a Wan 2.1/2.2, HunyuanImage 2.1 or LTX-Video 0.9.x single-file VAE (the original repositories' layout,
-                                as ComfyUI loads them) -> its diffusers class, configured from the shapes
+    a Wan 2.1/2.2, HunyuanImage 2.1, LTX-Video 0.9.x or LTX-2 single-file VAE (the original repositories'
+                                layout, as ComfyUI loads them) -> its diffusers class, configured from the
+                                shapes (and LTX-2's from the config its file carries)
 
 Weights are read only with safetensors or ``torch.load(weights_only=True)``: a file that needs
 arbitrary unpickling is refused, as is a truncated or empty one, each with a CheckpointError.
@@ -87,6 +88,13 @@ def _load_files(paths: list[Path]):
     if len(paths) == 1 and _is_wan_vae(states[paths[0]]):
         return _converted(states[paths[0]], paths[0], wan_model, "Wan 2.1 or 2.2")
     if len(paths) == 1 and _is_ltx_video_vae(states[paths[0]]):
+        config = read_vae_config(paths[0])
+        if config is not None and "decoder_spatial_padding_mode" in config:  # LTX-2's: a padding mode per side
+            return _converted(states[paths[0]], paths[0], lambda vae: ltx2_model(vae, config), "LTX-2")
+        if _is_ltx2_layout(_strip_prefix(states[paths[0]])):
+            raise CheckpointError(f"{paths[0].name} is an LTX-2 VAE without the config its released files carry "
+                                  "(safetensors metadata 'config'): its padding and causality are not in the "
+                                  "weights; load its diffusers folder (e.g. Lightricks/LTX-2, subfolder vae)")
         return _converted(states[paths[0]], paths[0], ltx_video_model, "LTX-Video 0.9.x")
     names = ", ".join(p.name for p in paths)
     raise CheckpointError(f"{names}: not a VAE vaekit recognises (a TAESD-family .pth, an LDM single-file VAE "
@@ -119,6 +127,24 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} does not hold a flat dict of tensors")
     return state
+
+
+def read_vae_config(path: Path) -> dict | None:
+    """The VAE's section of the config a safetensors file carries in its metadata (LTX's files: the
+    original config's ``vae``), or None."""
+    if path.suffix != ".safetensors":
+        return None
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata() or {}
+    try:
+        config = json.loads(metadata.get("config", "{}"))
+    except json.JSONDecodeError:
+        return None
+    return config.get("vae") if isinstance(config, dict) and isinstance(config.get("vae"), dict) else None
 
 
 def _torch_load(path: Path):
@@ -415,6 +441,13 @@ def _is_ltx_video_vae(state: dict) -> bool:
     return "decoder.up_blocks.0.res_blocks.0.conv1.conv.weight" in _strip_prefix(state)  # ComfyUI's test
 
 
+def _is_ltx2_layout(vae: dict) -> bool:
+    """LTX-2's VAE: space/time-to-depth downsamplers (as 0.9.5's) and a decoder without timestep conditioning
+    (every LTX-Video release from 0.9.5 on has one)."""
+    folds = any(re.fullmatch(r"encoder\.down_blocks\.\d+\.conv\.conv\.weight", k) for k in vae)
+    return folds and "decoder.timestep_scale_multiplier" not in vae
+
+
 def ltx_video_model(vae: dict, *, decoder_causal: bool = False, upsample_residual=None):
     """The AutoencoderKLLTXVideo (meta device) of an original-layout LTX-Video 0.9.x VAE state dict, configured
     from its shapes, and the function mapping such a state dict to diffusers' keys. Two things shapes cannot
@@ -480,6 +513,33 @@ def _ltx_groups(part: str, blocks: str, entries: list[int], state: dict) -> dict
             groups[part, i] = "mid_block" if i == stacks[0] else f"up_blocks.{block + 1}{where}"
             block += kinds[i] == "stack" and i != stacks[0]
     return groups
+
+
+#: the original config's names of LTX's upsamplers -> diffusers' upsample_type
+LTX_UPSAMPLERS = {"compress_all": "spatiotemporal", "compress_space": "spatial", "compress_time": "temporal"}
+
+
+def ltx2_model(vae: dict, config: dict):
+    """The AutoencoderKLLTX2Video (meta device) of an original-layout LTX-2 VAE state dict, and its key
+    mapping. Its layout is LTX-Video 0.9.5's (``convert_ltx_video``), its sizes come from the shapes; what the
+    shapes do not say comes from the file's own config (safetensors metadata): the padding of each side,
+    whether the decoder is causal, each upsampler's kind and whether it adds its input back."""
+    from diffusers import AutoencoderKLLTX2Video
+
+    upsamplers = [(LTX_UPSAMPLERS[name], (params if isinstance(params, dict) else {}).get("residual", False))
+                  for name, params in config.get("decoder_blocks", []) if name in LTX_UPSAMPLERS]  # from the pixels
+    residual = [r for _, r in reversed(upsamplers)] if upsamplers else None  # from the latents, as the up blocks
+    shapes = ltx_video_config(convert_ltx_video(vae), decoder_causal=bool(config.get("causal_decoder", False)),
+                              upsample_residual=residual)
+    downs = len(shapes["down_block_types"])
+    kinds = tuple(kind for kind, _ in upsamplers) or ("spatiotemporal",) * len(shapes["decoder_block_out_channels"])
+    settings = {**shapes, "block_out_channels": shapes["block_out_channels"][1:],  # each down block's output
+                "down_block_types": ("LTX2VideoDownBlock3D",) * downs, "upsample_type": kinds,
+                "encoder_spatial_padding_mode": config.get("encoder_spatial_padding_mode", "zeros"),
+                "decoder_spatial_padding_mode": config["decoder_spatial_padding_mode"]}
+    with torch.device("meta"):
+        model = AutoencoderKLLTX2Video(**settings).eval()
+    return model, convert_ltx_video
 
 
 def ltx_video_config(state: dict, *, decoder_causal: bool = False, upsample_residual=None) -> dict:
