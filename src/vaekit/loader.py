@@ -434,7 +434,7 @@ def convert_hunyuan_image(state: dict) -> dict:
     return out
 
 
-# ---- LTX-Video 0.9.x single-file VAE (the original layout, as ComfyUI loads it) -------------------------
+# ---- LTX single-file VAEs: LTX-Video 0.9.x and LTX-2 (the original layout, as ComfyUI loads it) ------------
 
 
 def _is_ltx_video_vae(state: dict) -> bool:
