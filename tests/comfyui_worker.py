@@ -33,6 +33,7 @@ import vaekit  # noqa: E402
 from vaekit.integrations import comfyui as vk  # noqa: E402
 from vaekit.models import sd_vae  # noqa: E402
 from vaekit.plan import smallest_budget  # noqa: E402
+from vaekit.planning import smallest_video_budget  # noqa: E402
 from vaekit.taesd import TinyAutoencoder  # noqa: E402
 
 results: dict = {"comfyui_version": comfyui_version.__version__}
@@ -60,11 +61,7 @@ def smallest(vae, shape, op) -> int:
     model = vk.bridge(vae).model
     program = vaekit.arch.program_for(model, op)
     if len(shape) == 5:  # a video runs in chunks of frames (Wan: one latent frame; LTX: all): the first's and the rest's
-        chunks = vaekit.arch.family(model).chunk_frames(model, op, shape[2])
-        low = smallest_budget(program, (*shape[:2], chunks[0], *shape[3:]), 4, first=True)
-        if len(chunks) > 1:
-            low = max(low, smallest_budget(program, (*shape[:2], max(chunks[1:]), *shape[3:]), 4))
-        return low
+        return smallest_video_budget(program, model, shape, op, 4)
     return smallest_budget(program, shape, 4)
 
 

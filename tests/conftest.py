@@ -66,13 +66,10 @@ def whole_video_budgets(vae, shape, op: str = "decode", compiled: bool = False) 
     H3) or in its own chunks (Kandinsky 5, CogVideoX): smallest (every map on disk, one row and one key
     row per chunk; ``compiled``: the rows compiled graphs take), mixed, and whole (never below the smallest)."""
     import vaekit
-    from vaekit.plan import smallest_budget
+    from vaekit.planning import smallest_video_budget
 
     program, run = vaekit.arch.program_for(vae, op), planned_shape(vae, shape, op)
-    chunks = vaekit.arch.family(vae).chunk_frames(vae, op, run[2])  # one, or the model's own (Kandinsky 5, CogVideoX)
-    low = smallest_budget(program, (*run[:2], chunks[0], *run[3:]), 4, first=True, compiled=compiled)
-    if len(chunks) > 1:  # a later chunk reads the time caches
-        low = max(low, smallest_budget(program, (*run[:2], max(chunks[1:]), *run[3:]), 4, compiled=compiled))
+    low = smallest_video_budget(program, vae, run, op, 4, compiled)  # one chunk, or the model's own (CogVideoX)
     whole = max(vaekit.plan(vae, shape, budget=None, op=op).whole_peak_bytes, low)
     return {"smallest": low, "mixed": (low + whole) // 2, "whole": whole}
 
@@ -133,6 +130,17 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 def untiled(vae, z: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return vae.decode(z).sample
+
+
+def untiled_result(vae, op: str, x: torch.Tensor) -> torch.Tensor:
+    """What ``vaekit.decode``/``encode`` must give: the model's own untiled call, through its family (the
+    model's own call where it cuts the video into clips: its tiling is off)."""
+    from vaekit.arch import family
+
+    with torch.no_grad():
+        if getattr(family(vae), "clips", None) is not None:
+            return vae.decode(x).sample if op == "decode" else vae.encode(x).latent_dist.mode()
+        return family(vae).finish(vae, op, family(vae).whole(vae, op, x))
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vaekit
-from conftest import REL_TOL, budgets_for, make_vae, relative_error, whole_video_budgets
+from conftest import REL_TOL, budgets_for, make_vae, relative_error, untiled_result, whole_video_budgets
 from test_cogvideox import make as make_cogvideox
 from test_dc import make_dc
 from test_flux2 import make_flux2
@@ -56,13 +56,6 @@ def _model(name: str):
         vae = BUILDERS[name]()
         _models[name] = (vae, copy.deepcopy(vae).double())
     return _models[name]
-
-
-def _untiled(vae, op: str, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        if getattr(family(vae), "clips", None) is not None:  # the model's own clips (its tiling is off)
-            return vae.decode(x).sample if op == "decode" else vae.encode(x).latent_dist.mode()
-        return family(vae).finish(vae, op, family(vae).whole(vae, op, x))
 
 
 def _input(vae, op: str, batch: int, h: int, w: int, frames: int, seed: int) -> torch.Tensor:
@@ -110,7 +103,7 @@ def test_streamed_equals_untiled_and_float64(name, op, batch, h, w, frames, wher
     budget = int(low + where * (high - low))  # 0: every map on disk, one row a chunk; 1: whole
     run = vaekit.decode if op == "decode" else vaekit.encode
     out = run(vae, x, budget, compile=compile)  # never refused: a compiled video batch too (test_wan.py)
-    ref, ref64 = _untiled(vae, op, x), _untiled(vae64, op, x.double())
+    ref, ref64 = untiled_result(vae, op, x), untiled_result(vae64, op, x.double())
     assert out.shape == ref.shape and out.dtype == ref.dtype
     assert relative_error(out, ref) <= REL_TOL, (name, op, shape, budget)
     assert relative_error(out.double(), ref64) <= REL_TOL, (name, op, shape, budget)

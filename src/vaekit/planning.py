@@ -13,13 +13,24 @@ from . import inflight
 from .arch import clips_of, family
 from .checks import check_shape, model_dtype
 from .errors import BudgetError
-from .plan import HOST_SHARE, Plan, make_plan
+from .plan import HOST_SHARE, Plan, make_plan, smallest_budget
 from .program import Program
 from .sinks import sink_bytes
 from .units import format_bytes, parse_bytes
 
-__all__ = ["plan_image", "plan_video", "limit_of", "free_memory", "free_share", "hold", "host_budget_for",
-           "check_disk"]
+__all__ = ["plan_image", "plan_video", "smallest_video_budget", "limit_of", "free_memory", "free_share", "hold",
+           "host_budget_for", "check_disk"]
+
+
+def smallest_video_budget(program: Program, vae, shape, op: str, itemsize: int, compiled: bool = False) -> int:
+    """The least budget any streamed run of a video of ``shape`` (B, C, F, H, W: one run, a whole video or one
+    of the model's clips) fits in: its first chunk of frames, and the later ones, which read the time caches."""
+    chunks = family(vae).chunk_frames(vae, op, shape[2])
+    low = smallest_budget(program, (*shape[:2], chunks[0], *shape[3:]), itemsize, first=True, compiled=compiled)
+    if len(chunks) > 1:
+        later = smallest_budget(program, (*shape[:2], max(chunks[1:]), *shape[3:]), itemsize, compiled=compiled)
+        low = max(low, later)
+    return low
 
 
 def plan_image(program: Program, vae, shape, budget, op: str, device: torch.device, dtype=None,

@@ -18,6 +18,7 @@ eager, a second graph unfolds its output and adds the residuals.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -284,16 +285,21 @@ def compiled_causal_band(stage: CausalConvStage, w: dict, read, stats: dict, r0:
     return _per_sample(bands), None if tails[0] is None else _per_sample(tails)
 
 
+#: the CausalConvStage fields the causal graphs compute, with any value (norm and shortcut within what
+#: _graphs_take allows); every other field must keep its default, the plain Wan kind
+_GRAPH_FIELDS = frozenset({"name", "src", "dst", "conv", "cache", "cache_out", "norm", "act", "skip", "shortcut",
+                           "time_split", "time_stride", "first", "post", "skip2", "stats_groups"})
+
+
 def _graphs_take(stage: CausalConvStage) -> bool:
     """Whether the causal graphs compute ``stage``: Wan's kinds (a time cache with zeros before a video's
-    first chunk, 'same' zero borders, L2 norm, no rearranged or pooled output, no conditioning). Kandinsky
-    5's and CogVideoX's time caches start from copies of the first frame: eager (the graphs would pad zeros)."""
-    plain = (stage.time_unshuffle, stage.time_shuffle, stage.shuffle, stage.unshuffle) == (1, 1, 1, 1)
-    return (plain and stage.time_pad == "cache" and stage.first_pad == "cache" and stage.time_pool == 1
-            and stage.spatial_norm is None and stage.border == "zeros" and not stage.repeat_last
-            and not stage.packing and not stage.modulated and stage.noise_scale is None
-            and stage.stride == 1 and stage.pad is None and stage.upsample == stage.time_upsample == 1
-            and (stage.norm is None or hasattr(stage.norm, "gamma"))
+    first chunk, 'same' zero borders, L2 norm, no rearranged or pooled output, no conditioning). A stage
+    that sets any other option runs eagerly, so an option added later is never computed as if absent
+    (Kandinsky 5's and CogVideoX's caches that start from copies of the first frame once were: the graphs
+    padded zeros)."""
+    plain = all(getattr(stage, f.name) is f.default or getattr(stage, f.name) == f.default
+                for f in dataclasses.fields(stage) if f.name not in _GRAPH_FIELDS)
+    return (plain and (stage.norm is None or hasattr(stage.norm, "gamma"))
             and (stage.shortcut is None or stage.shortcut.norm is None))
 
 

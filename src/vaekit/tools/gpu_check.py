@@ -128,6 +128,7 @@ def _video_exactness(device: torch.device, dtype: str, quick: bool) -> list[dict
     import diffusers
 
     import vaekit
+    from vaekit.planning import smallest_video_budget
 
     rows = []
     for name, (cls, real, small, latents, small_latents) in VIDEO.items():
@@ -143,7 +144,7 @@ def _video_exactness(device: torch.device, dtype: str, quick: bool) -> list[dict
             x = x.to(device, DTYPES[dtype])
             with torch.no_grad():
                 ref = vae.decode(x).sample if op == "decode" else vae.encode(x).latent_dist.mode()
-            low = _video_smallest(vae, tuple(x.shape), op)
+            low = smallest_video_budget(vaekit.arch.program_for(vae, op), vae, tuple(x.shape), op, x.element_size())
             whole = vaekit.plan(vae, tuple(x.shape), None, op, device="meta", dtype=x.dtype).whole_peak_bytes
             run = vaekit.decode if op == "decode" else vaekit.encode
             for label, budget in (("smallest", low), ("mixed", (low + max(whole, low)) // 2)):
@@ -155,19 +156,6 @@ def _video_exactness(device: torch.device, dtype: str, quick: bool) -> list[dict
         del vae
         _free(device)
     return rows
-
-
-def _video_smallest(vae, shape: tuple, op: str) -> int:
-    """The least budget a streamed run of a video fits in: its first chunk of frames, and the later ones."""
-    from ..arch import family, program_for
-    from ..plan import smallest_budget
-
-    program, itemsize = program_for(vae, op), 2 if next(vae.parameters()).dtype != torch.float32 else 4
-    chunks = family(vae).chunk_frames(vae, op, shape[2])
-    low = smallest_budget(program, (*shape[:2], chunks[0], *shape[3:]), itemsize, first=True)
-    if len(chunks) > 1:
-        low = max(low, smallest_budget(program, (*shape[:2], max(chunks[1:]), *shape[3:]), itemsize))
-    return low
 
 
 def _peaks(vae, device: torch.device, quick: bool) -> list[dict]:
