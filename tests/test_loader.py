@@ -396,7 +396,7 @@ def test_ltx2_released_layout_converts_as_diffusers_converts_it():
     theirs = convert_ltx2_vae_to_diffusers({f"vae.{k}": v for k, v in original.items()})
     assert {k: v.shape for k, v in convert_ltx_video(original).items()} == {k: v.shape for k, v in theirs.items()} == \
         {k: v.shape for k, v in state.items()}
-    model, _ = ltx2_model(original, {"decoder_spatial_padding_mode": "reflect", "causal_decoder": False})
+    model, _ = ltx2_model(original, {"causal_decoder": False})  # the decoder's padding: reflect, by default
     public = {k: tuple(v) if isinstance(v, list) else v for k, v in model.config.items() if not k.startswith("_")}
     assert public == {k: tuple(v) if isinstance(v, list) else v for k, v in vae.config.items() if not k.startswith("_")}
 
@@ -411,24 +411,30 @@ def _ltx2_file(vae, path: Path, config: dict | None) -> Path:
 
 def test_ltx2_single_file_reads_the_config_it_carries(tmp_path):
     """An LTX-2 file (scaled down) with the config its metadata carries, as the released ones do: loaded as
-    AutoencoderKLLTX2Video with its padding and causality, decoded exactly. Without the config it is refused
-    (its padding is not in the weights); its padding read from the config matters."""
+    AutoencoderKLLTX2Video with its padding and causality, read with the keys and defaults of Lightricks' own
+    loader (ltx_core's video VAE configurator, 2026-08: the decoder's padding is "spatial_padding_mode",
+    reflect by default), decoded exactly. Without the config it is refused (its padding is not in the
+    weights), and so is a VAE class diffusers does not have; its padding read from the config matters."""
     from test_ltx2 import LTX2, make
 
     vae = make(seed=3)
     blocks = [["res_x", {"num_layers": 1}], ["compress_all", {"residual": True, "multiplier": 2}]] * 3 + [["res_x", {}]]
-    config = {"encoder_spatial_padding_mode": "zeros", "decoder_spatial_padding_mode": "reflect", "causal_decoder": False,
+    config = {"_class_name": "CausalVideoAutoencoder", "encoder_spatial_padding_mode": "zeros", "causal_decoder": False,
               "decoder_blocks": blocks}
-    loaded = vaekit.load(_ltx2_file(vae, tmp_path / "ltx-2.safetensors", config))
-    assert type(loaded).__name__ == "AutoencoderKLLTX2Video"
-    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in vae.state_dict().items())
     z = torch.randn(1, 8, 2, 3, 5, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         ref = vae.decode(z).sample
-    assert relative_error(vaekit.decode(loaded, z, budgets_for(loaded, tuple(z.shape))["smallest"]), ref) <= REL_TOL
-    zeros = vaekit.load(_ltx2_file(vae, tmp_path / "zeros.safetensors", {**config, "decoder_spatial_padding_mode": "zeros"}))
+    for name, extra in [("default", {}), ("reflect", {"spatial_padding_mode": "reflect"})]:
+        loaded = vaekit.load(_ltx2_file(vae, tmp_path / f"{name}.safetensors", {**config, **extra}))
+        assert type(loaded).__name__ == "AutoencoderKLLTX2Video"
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in vae.state_dict().items())
+        assert relative_error(vaekit.decode(loaded, z, budgets_for(loaded, tuple(z.shape))["smallest"]), ref) <= REL_TOL
+    zeros = vaekit.load(_ltx2_file(vae, tmp_path / "zeros.safetensors", {**config, "spatial_padding_mode": "zeros"}))
+    assert zeros.config.decoder_spatial_padding_mode == "zeros"
     with torch.no_grad():
         assert relative_error(zeros.decode(z).sample, ref) > 100 * REL_TOL
     with pytest.raises(CheckpointError, match="LTX-2 VAE without the config"):
         vaekit.load(_ltx2_file(vae, tmp_path / "bare.safetensors", None))
+    with pytest.raises(CheckpointError, match="CausalDiffusionVAE, which has no diffusers class"):
+        vaekit.load(_ltx2_file(vae, tmp_path / "diffusion.safetensors", {**config, "_class_name": "CausalDiffusionVAE"}))
     assert LTX2["decoder_spatial_padding_mode"] == "reflect"

@@ -89,12 +89,8 @@ def _load_files(paths: list[Path]):
         return _converted(states[paths[0]], paths[0], wan_model, "Wan 2.1 or 2.2")
     if len(paths) == 1 and _is_ltx_video_vae(states[paths[0]]):
         config = read_vae_config(paths[0])
-        if config is not None and "decoder_spatial_padding_mode" in config:  # LTX-2's: a padding mode per side
-            return _converted(states[paths[0]], paths[0], lambda vae: ltx2_model(vae, config), "LTX-2")
-        if _is_ltx2_layout(_strip_prefix(states[paths[0]])):
-            raise CheckpointError(f"{paths[0].name} is an LTX-2 VAE without the config its released files carry "
-                                  "(safetensors metadata 'config'): its padding and causality are not in the "
-                                  "weights; load its diffusers folder (e.g. Lightricks/LTX-2, subfolder vae)")
+        if _is_ltx2_layout(_strip_prefix(states[paths[0]])) or "encoder_spatial_padding_mode" in (config or {}):
+            return _ltx2(states[paths[0]], paths[0], config)
         return _converted(states[paths[0]], paths[0], ltx_video_model, "LTX-Video 0.9.x")
     names = ", ".join(p.name for p in paths)
     raise CheckpointError(f"{names}: not a VAE vaekit recognises (a TAESD-family .pth, an LDM single-file VAE "
@@ -519,6 +515,20 @@ def _ltx_groups(part: str, blocks: str, entries: list[int], state: dict) -> dict
 LTX_UPSAMPLERS = {"compress_all": "spatiotemporal", "compress_space": "spatial", "compress_time": "temporal"}
 
 
+def _ltx2(state: dict, path: Path, config: dict | None):
+    """An LTX-2 single file, configured as Lightricks' own loader (ltx_core's video VAE configurator)
+    configures it: from the config its safetensors metadata carries."""
+    if config is None:
+        raise CheckpointError(f"{path.name} is an LTX-2 VAE without the config its released files carry "
+                              "(safetensors metadata 'config'): its padding and causality are not in the "
+                              "weights; load its diffusers folder (e.g. Lightricks/LTX-2, subfolder vae)")
+    kind = config.get("_class_name", "CausalVideoAutoencoder")
+    if kind != "CausalVideoAutoencoder":
+        raise CheckpointError(f"{path.name} is an LTX {kind}, which has no diffusers class; vaekit loads LTX-2's "
+                              "CausalVideoAutoencoder (diffusers' AutoencoderKLLTX2Video)")
+    return _converted(state, path, lambda vae: ltx2_model(vae, config), "LTX-2")
+
+
 def ltx2_model(vae: dict, config: dict):
     """The AutoencoderKLLTX2Video (meta device) of an original-layout LTX-2 VAE state dict, and its key
     mapping. Its layout is LTX-Video 0.9.5's (``convert_ltx_video``), its sizes come from the shapes; what the
@@ -535,8 +545,10 @@ def ltx2_model(vae: dict, config: dict):
     kinds = tuple(kind for kind, _ in upsamplers) or ("spatiotemporal",) * len(shapes["decoder_block_out_channels"])
     settings = {**shapes, "block_out_channels": shapes["block_out_channels"][1:],  # each down block's output
                 "down_block_types": ("LTX2VideoDownBlock3D",) * downs, "upsample_type": kinds,
+                # the keys and defaults of Lightricks' loader (ltx_core, 2026-08): the decoder's padding is the
+                # config's plain "spatial_padding_mode"
                 "encoder_spatial_padding_mode": config.get("encoder_spatial_padding_mode", "zeros"),
-                "decoder_spatial_padding_mode": config["decoder_spatial_padding_mode"]}
+                "decoder_spatial_padding_mode": config.get("spatial_padding_mode", "reflect")}
     with torch.device("meta"):
         model = AutoencoderKLLTX2Video(**settings).eval()
     return model, convert_ltx_video
