@@ -1,6 +1,8 @@
 """The Wan family (AutoencoderKLWan, AutoencoderKLQwenImage): decode streamed in chunks of frames and
 rows, time caches in the store, equal to diffusers' own (frame-chunked, untiled) decode."""
 
+import types
+
 import pytest
 import torch
 from diffusers import AutoencoderKLQwenImage, AutoencoderKLWan
@@ -492,6 +494,39 @@ def test_qwen_image_21_is_exact_at_every_budget(changes):
                 out = (vaekit.decode if op == "decode" else vaekit.encode)(vae, inp, budget, report=report)
                 assert report.mode == ("whole" if name == "whole" else "stream"), (op, name)
                 assert out.shape == ref.shape and relative_error(out, ref) <= REL_TOL, (op, name)
+
+
+def test_qwen_image_21_pipeline_is_the_same_under_apply():
+    """QwenImage21Pipeline (text to image) under apply at a budget that streams. Its processor (Qwen3-VL's:
+    a tokenizer and a chat template from the Hub) cannot be built offline, and with prompt embeddings given
+    the pipeline asks it only, when it is made, for the system prompt's token count and the image token's
+    id: a stub answers those two, as the other pipelines' tests pass no tokenizer."""
+    import diffusers
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImage21Transformer2DModel
+
+    from conftest import with_and_without_apply
+
+    class Processor:
+        tokenizer = types.SimpleNamespace(encode=lambda text: [7])
+
+        def apply_chat_template(self, messages, tokenize=True, return_dict=False):
+            return [[0] * 5]
+
+    torch.manual_seed(0)
+    transformer = QwenImage21Transformer2DModel(patch_size=1, in_channels=4, out_channels=4, num_layers=1,
+                                                attention_head_dim=16, num_attention_heads=2, context_in_dim=16,
+                                                axes_dims_rope=(4, 6, 6)).eval()
+    pipe = diffusers.QwenImage21Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=make_qwen21(),
+                                         text_encoder=None, processor=Processor(), transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    emb, mask = torch.randn(1, 6, 16, generator=torch.Generator().manual_seed(1)), torch.ones(1, 6, dtype=torch.long)
+
+    def call():  # the pipeline's own latent size is height/16 x width/16: 8x10 latent px, decoded to 64x80
+        return pipe(prompt_embeds=emb, prompt_embeds_mask=mask, height=128, width=160, num_inference_steps=2,
+                    output_type="pt", generator=torch.Generator().manual_seed(0)).images
+
+    ref, out = with_and_without_apply(pipe, call, "1MiB")
+    assert out.shape == ref.shape == (1, 4, 64, 80) and relative_error(out, ref) <= REL_TOL
 
 
 def test_qwen_image_21_takes_single_frames():
