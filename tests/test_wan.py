@@ -153,6 +153,29 @@ def test_compiled_batch_of_videos_is_exact():
         _assert_compiled_exact(vae, op, shape, budget, per_sample=True)
 
 
+def test_a_batch_of_videos_is_exact_eagerly():
+    """Two videos at once, eager, at the smallest budget: their frames in a conv's input sit beside the time
+    cache's, so the prologue cannot write them as one NHWC band (ops.causal._nhwc) and copies them in;
+    one video writes them in place. Both exact, each video on its own, both directions."""
+    from vaekit.ops.causal import _nhwc
+
+    x5 = torch.empty(2, 3, 5, 4, 6).to(memory_format=torch.channels_last_3d)  # (B, C, T, rows, W)
+    assert _nhwc(x5[:, :, 2:]) is None  # two videos' frames beside the cache's: no one band
+    slot = _nhwc(x5[:1, :, 2:])
+    slot.fill_(7)  # one video: a view that writes the frames it holds, and no others
+    assert slot.shape == (3, 4, 6, 3) and (x5[0, :, 2:] == 7).all() and not (x5[0, :, :2] == 7).any()
+    wan = make(seed=5)
+    for op, shape in (("decode", (2, 4, 3, 5, 6)), ("encode", (2, 3, 5, 40, 48))):
+        generator = torch.Generator().manual_seed(sum(shape))
+        x = torch.randn(*shape, generator=generator) if op == "decode" else torch.rand(*shape, generator=generator) * 2 - 1
+        with torch.no_grad():
+            ref = wan.decode(x).sample if op == "decode" else wan.encode(x).latent_dist.mode()
+        run = vaekit.decode if op == "decode" else vaekit.encode
+        out = run(wan, x, budgets(wan, shape, op)["smallest"])
+        for i in range(2):
+            assert relative_error(out[i], ref[i]) <= REL_TOL, (op, i)
+
+
 def _assert_compiled_exact(vae, op: str, shape, budget: str, per_sample: bool = False) -> None:
     generator = torch.Generator().manual_seed(sum(shape))
     x = torch.randn(*shape, generator=generator) if op == "decode" else torch.rand(*shape, generator=generator) * 2 - 1

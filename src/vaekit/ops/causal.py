@@ -39,19 +39,29 @@ def causal_conv_band(stage: CausalConvStage, w: dict, read, stats: dict, r0: int
     x = read(stage.src, a // u, -(-b // u))  # (B*F, rows, W, C)  src px
     n = cache.shape[0] // stage.cache_frames if cache is not None else samples or x.shape[0]  # videos
     zq = None if stage.spatial_norm is None else _latents(stage, w, read, a // u, -(-b // u), n, first, x.shape[0])
-    x = _prologue(stage, w, stats, x, n, zq)
-    x = _upsampled(stage, x, n, a - a // u * u, b - a, first)  # (B*F', b-a, W*u, C)  the conv's input px
     past = stage.cache_frames if cache is not None else 0
     front, back = stage.pad_frames if not copies else (stage.time_kernel - 1, 0)  # copies, zeros (no cache)
-    frames, width, channels = x.shape[0] // n, x.shape[2], x.shape[3]
     top, bottom, (_, _, left, right) = a - lo, hi - b, stage.padding  # padding rows at the image border only
     # The conv's input: [cache ; frames] in time, padded in space, (B, C, T+F, rows', W') channels_last_3d:
     # in memory (B, T+F, rows', W', C), the frames' own NHWC order, so filling it and reading the output
     # (B, C, F', rows, W), NHWC frames too, are block copies and views, not transposes.
-    shape5 = (n, channels, past + front + frames + back, b - a + top + bottom, width + left + right)
-    x5 = torch.empty(shape5, dtype=x.dtype, device=x.device, memory_format=conv_layout(shape5, w["conv"]["weight"]))
-    inner = x5[:, :, :, top : top + b - a, left : left + width]
-    inner[:, :, past + front : past + front + frames] = x.unflatten(0, (n, frames)).permute(0, 4, 1, 2, 3)
+    def conv_input(frames: int, width: int, channels: int):  # x5, and its frames' rows without the padding
+        shape5 = (n, channels, past + front + frames + back, b - a + top + bottom, width + left + right)
+        x5 = torch.empty(shape5, dtype=x.dtype, device=x.device, memory_format=conv_layout(shape5, w["conv"]["weight"]))
+        return x5, x5[:, :, :, top : top + b - a, left : left + width]
+
+    frames, x5, slot = x.shape[0] // n, None, None
+    if (u == 1 and zq is None and not stage.modulated and stage.act != "fourier"  # the prologue keeps its shape
+            and stage.upsampled_frames(frames, first) == frames):
+        x5, inner = conv_input(frames, x.shape[2], x.shape[3])  # the prologue writes into it: no copy after
+        slot = _nhwc(inner[:, :, past + front : past + front + frames])
+    x = _prologue(stage, w, stats, x, n, zq, slot)
+    if slot is None:
+        x = _upsampled(stage, x, n, a - a // u * u, b - a, first)  # (B*F', b-a, W*u, C)  the conv's input px
+        frames = x.shape[0] // n
+        if x5 is None:
+            x5, inner = conv_input(frames, x.shape[2], x.shape[3])
+        inner[:, :, past + front : past + front + frames] = x.unflatten(0, (n, frames)).permute(0, 4, 1, 2, 3)
     if cache is not None:
         inner[:, :, :past] = cache.unflatten(0, (n, past)).permute(0, 4, 1, 2, 3)
     _time_pad(stage, inner, front, back, frames)
@@ -117,10 +127,23 @@ def conv_layout(shape5, weight: torch.Tensor) -> torch.memory_format:
     return torch.channels_last_3d if math.prod(shape5) >= weight.numel() else torch.contiguous_format
 
 
-def _prologue(stage: CausalConvStage, w: dict, stats: dict, x: torch.Tensor, n: int, zq=None) -> torch.Tensor:
+def _nhwc(frames5: torch.Tensor) -> torch.Tensor | None:
+    """Frames (B, C, F, rows, W) of a conv's input as an NHWC band (B*F, rows, W, C) that writes into
+    them, or None where that is no view (several videos, beside other frames: B and F do not merge)."""
+    try:
+        return frames5.permute(0, 2, 3, 4, 1).view(-1, *frames5.shape[3:], frames5.shape[1])
+    except RuntimeError:
+        return None
+
+
+def _prologue(stage: CausalConvStage, w: dict, stats: dict, x: torch.Tensor, n: int, zq=None,
+              out: torch.Tensor | None = None) -> torch.Tensor:
     """act(norm(x)); for a ``modulated`` stage act(norm(x) * (1 + scale) + shift) with the run's
     per-video, per-channel (scale, shift) (LTX's timestep conditioning); with a spatial norm,
-    act(norm(x) * y + b), ``zq`` the (y, b) of the band's latents (Kandinsky 5)."""
+    act(norm(x) * y + b), ``zq`` the (y, b) of the band's latents (Kandinsky 5). ``out``: the frames'
+    slot of the conv's input, written in the norm's last pass (a plain stage's only)."""
+    if out is not None:
+        return normalize(x, stats.get(stage.src), stage.norm, stage.act, w["norm"], inplace=False, out=out)
     if zq is not None:
         y, b = zq
         return activate(normalize(x, stats.get(stage.src), stage.norm, None, w["norm"]) * y + b, stage.act,

@@ -77,16 +77,18 @@ class GroupStats:
 
 
 def norm_act(band: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor], norm, act: str | None,
-             weights) -> torch.Tensor:
+             weights, out: torch.Tensor | None = None) -> torch.Tensor:
     """GroupNorm with known global ``stats`` (then ``act``) of an NHWC band, in one fused multiply-add.
 
-    ``weights`` holds the norm's affine ``weight`` and ``bias`` on the compute device.
+    ``weights`` holds the norm's affine ``weight`` and ``bias`` on the compute device. ``out``: where
+    a float32 band's result goes (in the same pass); other dtypes' are returned as new tensors.
     """
     b, _, _, c = band.shape
     scale, shift = group_scale_shift(stats, norm.eps, weights, b, c)
-    out = torch.addcmul(shift, band, scale)  # fp32 for any compute dtype
-    out = activate(out, act, inplace=True)
-    return out if out.dtype == band.dtype else out.to(band.dtype)
+    if out is not None and band.dtype == torch.float32:
+        return activate(torch.addcmul(shift, band, scale, out=out), act, inplace=True)
+    result = activate(torch.addcmul(shift, band, scale), act, inplace=True)  # fp32 for any compute dtype
+    return result if result.dtype == band.dtype else result.to(band.dtype)
 
 
 def group_scale_shift(stats: tuple[torch.Tensor, torch.Tensor], eps: float, weights, b: int, c: int):
@@ -102,14 +104,20 @@ def group_scale_shift(stats: tuple[torch.Tensor, torch.Tensor], eps: float, weig
     return scale.to(torch.float32).view(b, 1, 1, c), shift.to(torch.float32).view(b, 1, 1, c)
 
 
-def normalize(band: torch.Tensor, stats, norm, act: str | None, weights: dict, inplace: bool = True) -> torch.Tensor:
+def normalize(band: torch.Tensor, stats, norm, act: str | None, weights: dict, inplace: bool = True,
+              out: torch.Tensor | None = None) -> torch.Tensor:
     """``act(norm(band))`` for any norm a stage applies to its source: a GroupNorm with the map's
-    global ``stats``, a per-pixel norm, or none (``inplace`` False when ``band`` may be a stored map)."""
+    global ``stats``, a per-pixel norm, or none (``inplace`` False when ``band`` may be a stored map).
+    ``out``: a tensor of the band's shape to write the result into (a slot of a conv's input), returned;
+    GroupNorm and Wan's RMS norm write it in their last pass, the others are copied there."""
     if isinstance(norm, torch.nn.GroupNorm):
-        return norm_act(band, stats, norm, act, weights)
-    if norm is not None:
-        band = local_norm(band, norm, weights)
-    return activate(band, act, inplace=inplace and norm is not None)
+        result = norm_act(band, stats, norm, act, weights, out)
+    elif out is not None and hasattr(norm, "gamma") and band.dtype == torch.float32:
+        result = activate(l2_norm(band, weights, out), act, inplace=True)
+    else:
+        band = local_norm(band, norm, weights) if norm is not None else band
+        result = activate(band, act, inplace=inplace and norm is not None)
+    return result if out is None or result is out else out.copy_(result)  # an activation that is not in place
 
 
 def local_norm(band: torch.Tensor, norm, weights: dict) -> torch.Tensor:
@@ -127,16 +135,17 @@ def local_norm(band: torch.Tensor, norm, weights: dict) -> torch.Tensor:
     return pixel_norm(band, isinstance(norm, torch.nn.BatchNorm2d), norm.eps, weights)
 
 
-def l2_norm(band: torch.Tensor, weights: dict) -> torch.Tensor:
+def l2_norm(band: torch.Tensor, weights: dict, out: torch.Tensor | None = None) -> torch.Tensor:
     """Wan's RMS norm of an NHWC band, as diffusers computes it: F.normalize over channels (in float32
-    for half types), times sqrt(C), times gamma, plus bias."""
+    for half types), times sqrt(C), times gamma, plus bias. ``out``: where a float32 band's goes."""
     if band.dtype in (torch.float16, torch.bfloat16):  # as diffusers: normalized in float32, then rounded
-        out = torch.nn.functional.normalize(band.float(), dim=-1).to(band.dtype) * band.shape[-1] ** 0.5
-        out = out * weights["gamma"].flatten()
-    else:  # one product and one in-place division: x * (sqrt(C) gamma) / max(|x|, eps), the same to rounding
-        norm = torch.linalg.vector_norm(band, dim=-1, keepdim=True).clamp_min_(1e-12)  # F.normalize's eps
-        out = (band * (weights["gamma"].flatten() * band.shape[-1] ** 0.5)).div_(norm)
-    return out + weights["bias"].flatten() if "bias" in weights else out
+        result = torch.nn.functional.normalize(band.float(), dim=-1).to(band.dtype) * band.shape[-1] ** 0.5
+        result = result * weights["gamma"].flatten()
+        return result + weights["bias"].flatten() if "bias" in weights else result
+    # one product and one in-place division: x * (sqrt(C) gamma) / max(|x|, eps), the same to rounding
+    norm = torch.linalg.vector_norm(band, dim=-1, keepdim=True).clamp_min_(1e-12)  # F.normalize's eps
+    result = torch.mul(band, weights["gamma"].flatten() * band.shape[-1] ** 0.5, out=out).div_(norm)
+    return result.add_(weights["bias"].flatten()) if "bias" in weights else result
 
 
 def pixel_norm(band: torch.Tensor, batch: bool, eps: float, weights: dict) -> torch.Tensor:
