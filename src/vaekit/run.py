@@ -170,6 +170,7 @@ class _Run:
                     raise
                 error = e.with_traceback(None)  # drop the frames: they hold the failed chunk's tensors
             if error is not None:
+                weights.pop("scratch", None)  # a band buffer sized for the chunk that did not fit
                 rows, kv_rows = self.ladder.step(stage, r0, r1, rows, kv_rows, error)
                 continue
             if self.dtype != torch.float32 and not bool(torch.isfinite(band).all()):
