@@ -109,7 +109,7 @@ def normalize(band: torch.Tensor, stats, norm, act: str | None, weights: dict, i
     """``act(norm(band))`` for any norm a stage applies to its source: a GroupNorm with the map's
     global ``stats``, a per-pixel norm, or none (``inplace`` False when ``band`` may be a stored map).
     ``out``: a tensor of the band's shape to write the result into (a slot of a conv's input), returned;
-    GroupNorm and Wan's RMS norm write it in their last pass, the others are copied there."""
+    GroupNorm and Wan's RMS norm of a float32 band write it in their last pass, the rest is copied there."""
     if isinstance(norm, torch.nn.GroupNorm):
         result = norm_act(band, stats, norm, act, weights, out)
     elif out is not None and hasattr(norm, "gamma") and band.dtype == torch.float32:
