@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test docs fuzz bench bench-quick gpu-check lint setup clean
+.PHONY: demo test docs fuzz bench bench-quick gpu-check device-bundle bare-check lint setup clean
 
 setup: $(STAMP)
 
@@ -46,9 +46,27 @@ bench-quick: $(STAMP)
 gpu-check: $(STAMP)
 	$(BIN)/vaekit gpu-check --out benchmarks/results
 
+# .device/ (ignored by git) for a GPU machine with no package index: wheels of vaekit and of what it needs beyond
+# such a machine's packages (diffusers, importlib-metadata, zipp; the versions tested here), and run.sh, which
+# installs them into a temporary folder and runs gpu-check with a deadline (docs/guides/gpu.md)
+DEVICE_WHEELS := diffusers importlib-metadata zipp
+device-bundle: $(STAMP)
+	rm -rf .device && mkdir -p .device/wheels
+	$(BIN)/pip wheel -q --no-deps -w .device/wheels .
+	$(BIN)/pip download -q --no-deps --only-binary=:all: -d .device/wheels \
+		$$($(BIN)/python -c "import importlib.metadata as m, sys; print(*(f'{d}=={m.version(d)}' for d in sys.argv[1:]))" $(DEVICE_WHEELS))
+	cp device/run.sh .device/run.sh
+	@ls -1 .device/wheels
+	@echo "device bundle: $$(du -sh .device | cut -f1) in .device/ (on the GPU machine: bash .device/run.sh)"
+
+# the bundle's run on this CPU as a bare GPU machine sees it: a fresh venv of the CPU torch and that machine's
+# packages only (tests/test_device_bundle.py; slow: it makes the venv)
+bare-check: device-bundle
+	VAEKIT_BARE=1 $(BIN)/python -m pytest -q tests/test_device_bundle.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache site
+	rm -rf $(VENV) demo-out .pytest_cache site .device

@@ -133,14 +133,10 @@ def untiled(vae, z: torch.Tensor) -> torch.Tensor:
 
 
 def untiled_result(vae, op: str, x: torch.Tensor) -> torch.Tensor:
-    """What ``vaekit.decode``/``encode`` must give: the model's own untiled call, through its family (the
-    model's own call where it cuts the video into clips: its tiling is off)."""
-    from vaekit.arch import family
+    """What ``vaekit.decode``/``encode`` must give (vaekit.testing.untiled: the model's own untiled call)."""
+    from vaekit.testing import untiled as untiled_call
 
-    with torch.no_grad():
-        if getattr(family(vae), "clips", None) is not None:
-            return vae.decode(x).sample if op == "decode" else vae.encode(x).latent_dist.mode()
-        return family(vae).finish(vae, op, family(vae).whole(vae, op, x))
+    return untiled_call(vae, op, x)
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,8 @@ whole) × compile, streamed, against the model's own untiled call in float32 and
 
 `make test` runs a short profile; `make fuzz` (VAEKIT_FUZZ=long) a long one, with compile=True among
 the draws. Every failure it finds becomes a regression test beside the family's own tests.
-Not drawn: dtypes other than float32 (the CPU runs float32; float16's overflow path has its own tests)
-and the host tier, which exists on CUDA only (the CPU's tiers are the device and disk)."""
+bfloat16 and float16 are drawn too, held to the half-precision rule (vaekit.testing.Fidelity). Not drawn:
+the host tier, which exists on CUDA only (the CPU's tiers are the device and disk)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vaekit
-from conftest import REL_TOL, budgets_for, make_vae, relative_error, untiled_result, whole_video_budgets
+from conftest import REL_TOL, make_vae, relative_error, untiled_result
 from test_cogvideox import make as make_cogvideox
 from test_dc import make_dc
 from test_flux2 import make_flux2
@@ -29,10 +29,11 @@ from test_ltx_video import make as make_ltxv
 from test_minimax import make as make_minimax
 from test_mochi import make as make_mochi
 from test_tiny import TINY_CONFIG
-from test_wan import budgets as video_budgets
 from test_wan import make as make_wan
 from test_wan import make_qwen21, make_wan22
 from vaekit.arch import family
+from vaekit.testing import fidelity
+from vaekit.tools.gpu_cases import smallest, whole_budget
 
 LONG = os.environ.get("VAEKIT_FUZZ") == "long"
 BUILDERS = {"sd": lambda: make_vae("sd"), "flux": lambda: make_vae("flux"), "flux2": make_flux2,
@@ -69,16 +70,8 @@ def _input(vae, op: str, batch: int, h: int, w: int, frames: int, seed: int) -> 
     return torch.rand(shape, generator=g) * 2 - 1
 
 
-SETTINGS = settings(max_examples=200 if LONG else 12, deadline=None, derandomize=not LONG,
-                    suppress_health_check=list(HealthCheck))
-
-
-@SETTINGS
-@given(name=st.sampled_from(sorted(BUILDERS)), op=st.sampled_from(["decode", "encode"]), batch=st.integers(1, 2),
-       h=st.integers(1, 9), w=st.integers(1, 9), frames=st.integers(1, 3), where=st.floats(0, 1),
-       compile=st.booleans() if LONG else st.just(False), seed=st.integers(0, 2**16))
-def test_streamed_equals_untiled_and_float64(name, op, batch, h, w, frames, where, compile, seed):
-    vae, vae64 = _model(name)
+def fitted(name: str, op: str, batch: int, h: int, w: int, frames: int) -> tuple[int, int, int, int]:
+    """(batch, h, w, frames) moved to the nearest that the family's model itself takes."""
     if name.startswith("dc"):  # its pixel (un)shuffles need latents of even size
         h, w = h + h % 2, w + w % 2
     if name in ("ltx2", "minimax"):  # reflect padding needs two rows and columns (the model's own refuses one)
@@ -92,18 +85,47 @@ def test_streamed_equals_untiled_and_float64(name, op, batch, h, w, frames, wher
         frames = 1
     if name == "hunyuan15":  # diffusers' own attention takes one video at a time
         batch = 1
+    return batch, h, w, frames
+
+
+def budget_range(vae, x: torch.Tensor, op: str, compile: bool = False) -> tuple[int, int]:
+    """(smallest, whole) in ``x``'s dtype: every map on disk and one row a chunk (a whole-video model's one
+    run, or its own clips or chunks), and the budget that runs the call whole (compile always streams)."""
+    low = smallest(vae, op, x, compiled=compile)
+    return low, max(whole_budget(vae, op, x), low)
+
+
+SETTINGS = settings(max_examples=200 if LONG else 12, deadline=None, derandomize=not LONG,
+                    suppress_health_check=list(HealthCheck))
+
+
+@SETTINGS
+@given(name=st.sampled_from(sorted(BUILDERS)), op=st.sampled_from(["decode", "encode"]), batch=st.integers(1, 2),
+       h=st.integers(1, 9), w=st.integers(1, 9), frames=st.integers(1, 3), where=st.floats(0, 1),
+       compile=st.booleans() if LONG else st.just(False), dtype=st.sampled_from(["float32", "bfloat16", "float16"]),
+       seed=st.integers(0, 2**16))
+def test_streamed_equals_untiled_and_float64(name, op, batch, h, w, frames, where, compile, dtype, seed):
+    """float32: within REL_TOL of the untiled call and of float64; bfloat16 and float16: no further from
+    float64 than the untiled call in that dtype (vaekit.testing.Fidelity)."""
+    vae, vae64 = _model(name)
+    batch, h, w, frames = fitted(name, op, batch, h, w, frames)
     x = _input(vae, op, batch, h, w, frames, seed)
-    shape = tuple(x.shape)
-    if name in ("ltx2", "ltxv", "hunyuan15", "minimax", "hunyuan_video", "mochi", "cogvideox", "kvae"):  # the model's runs
-        low_high = whole_video_budgets(vae, shape, op, compiled=compile)
-    else:
-        low_high = video_budgets(vae, shape, op) if x.dim() == 5 else budgets_for(vae, shape, op, compiled=compile)
-    low = low_high["smallest"]
-    high = max(low_high["whole"], low)  # compile always streams: its smallest may be above the whole peak
+    low, high = budget_range(vae, x, op, compile)
     budget = int(low + where * (high - low))  # 0: every map on disk, one row a chunk; 1: whole
     run = vaekit.decode if op == "decode" else vaekit.encode
+    if dtype != "float32":  # at least 6x6 latents: over fewer values RMS errors are chance (test_half_precision)
+        x = _input(vae, op, batch, max(h, 6), max(w, 6), frames, seed)
+        half, xh = copy.deepcopy(vae).to(getattr(torch, dtype)), x.to(getattr(torch, dtype))
+        low, high = budget_range(half, xh, op, compile)  # maps of 2-byte values
+        out = run(half, xh, int(low + where * (high - low)), compile=compile)
+        assert out.dtype == xh.dtype
+        truth = untiled_result(copy.deepcopy(half).double(), op, xh.double())  # the same weights, in float64
+        f = fidelity(out, untiled_result(half, op, xh), truth)
+        assert f.ok, (name, op, dtype, tuple(x.shape), budget, f)
+        return
+    ref64 = untiled_result(vae64, op, x.double())
     out = run(vae, x, budget, compile=compile)  # never refused: a compiled video batch too (test_wan.py)
-    ref, ref64 = untiled_result(vae, op, x), untiled_result(vae64, op, x.double())
+    ref = untiled_result(vae, op, x)
     assert out.shape == ref.shape and out.dtype == ref.dtype
-    assert relative_error(out, ref) <= REL_TOL, (name, op, shape, budget)
-    assert relative_error(out.double(), ref64) <= REL_TOL, (name, op, shape, budget)
+    assert relative_error(out, ref) <= REL_TOL, (name, op, tuple(x.shape), budget)
+    assert relative_error(out.double(), ref64) <= REL_TOL, (name, op, tuple(x.shape), budget)

@@ -11,7 +11,7 @@ import vaekit
 PUBLIC = {"decode", "encode", "plan", "load", "apply", "unapply", "audit", "VaeManager", "Plan", "RunReport",
           "errors", "testing", "VaekitError", "BudgetError", "__version__"}
 ERRORS = {"VaekitError", "InputError", "UnsupportedModelError", "BudgetError", "CheckpointError",
-          "PrecisionError", "DeviceError", "DiskError"}
+          "PrecisionError", "DeviceError", "DiskError", "DependencyError"}
 
 
 def test_top_level_all():

@@ -9,8 +9,10 @@
     ├── CheckpointError         a model file that is missing, truncated, junk or pickle-only
     ├── PrecisionError          a dtype the device cannot run, or overflow even in fp32
     ├── DeviceError             a device that does not exist or cannot be used
-    └── DiskError               a scratch or output file failed under a run: disk full, read-only,
-                                truncated (also an OSError); nothing is left behind
+    ├── DiskError               a scratch or output file failed under a run: disk full, read-only,
+    │                           truncated (also an OSError); nothing is left behind
+    └── DependencyError         an optional package a feature needs is not installed (names the extra;
+                                also an ImportError)
 
 Every message says what was wrong and what would work instead.
 """
@@ -26,6 +28,7 @@ __all__ = [
     "PrecisionError",
     "DeviceError",
     "DiskError",
+    "DependencyError",
 ]
 
 
@@ -85,3 +88,11 @@ class DiskError(VaekitError, OSError):
     and partial output are removed; an existing output file is left as it was."""
 
     exit_code = 8
+
+
+class DependencyError(VaekitError, ImportError):
+    """A package that one feature needs (a file format's writer, the benchmark's plot) is not installed.
+    The core (planning, ``decode``/``encode`` to tensors, the GPU check) needs none of them; the message
+    names the extra that brings it, e.g. ``pip install 'vaekit[video]'``."""
+
+    exit_code = 9

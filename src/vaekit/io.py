@@ -13,6 +13,7 @@ import torch
 from safetensors import SafetensorError
 
 from .errors import CheckpointError, InputError
+from .extras import require
 
 __all__ = ["load_latents", "load_image", "save_output", "save_latents", "atomic_path", "temp_beside", "open_mode",
            "to_uint8", "quantize"]
@@ -93,8 +94,7 @@ def load_image(path) -> torch.Tensor:
         raise InputError(f"cannot read an image from {path}: use one of {', '.join(IMAGE_SUFFIXES)}")
     try:
         if suffix in (".tif", ".tiff"):
-            import tifffile
-
+            tifffile = require("tifffile", "reading a .tif image")
             pixels = tifffile.imread(path)
         else:
             from PIL import Image
@@ -129,7 +129,7 @@ def load_video(path) -> torch.Tensor:
         raise InputError(f"cannot read a video from {path}: use one of {', '.join(VIDEO_SUFFIXES + LATENT_SUFFIXES)}")
     if not path.is_file():
         raise InputError(f"video file {path} does not exist")
-    import av
+    av = require("av", "reading a video file")
 
     try:
         with av.open(str(path)) as container:

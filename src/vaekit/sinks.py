@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .extras import require
 from .io import quantize, temp_beside
 
 __all__ = ["open_sink", "Sink", "SINK_SUFFIXES", "TILE", "sink_bytes", "sink_rows", "check_shared", "open_video_sink",
@@ -205,8 +206,7 @@ class _TiffSink(_PullSink):
                 yield tile
 
     def _write_file(self, bands) -> None:
-        import tifffile
-
+        tifffile = require("tifffile", "a .tif output")
         with tifffile.TiffWriter(self.tmp, bigtiff=True) as tiff:
             tiff.write(self._tiles(bands), shape=(self.height, self.width, 3), dtype=np.uint8, tile=(TILE, TILE),
                        photometric="rgb")
@@ -216,8 +216,7 @@ class _PngSink(_PullSink):
     """PNG, one scanline at a time. Held at any time: the queued bands."""
 
     def _write_file(self, bands) -> None:
-        import png
-
+        png = require("png", "a .png output written band by band")
         rows = (row.reshape(-1) for band in bands for row in band)  # (W * 3,) per scanline
         with open(self.tmp, "wb") as f:
             png.Writer(self.width, self.height, greyscale=False, bitdepth=8).write(f, rows)
@@ -229,8 +228,7 @@ class _ZarrSink(Sink):
     directory = True
 
     def __init__(self, target: Path, shape: tuple[int, int, int, int], shared_tmp: str | None = None):
-        import zarr
-
+        zarr = require("zarr", "a .zarr output")
         super().__init__(target, shared_tmp)
         b, c, self.height, w = shape
         if self.owner:
@@ -261,7 +259,19 @@ def open_sink(path, shape: tuple[int, int, int, int], shared_tmp: str | None = N
     suffix = Path(path).suffix.lower()
     if suffix not in _SINKS:
         raise InputError(f"cannot stream to {path}: streaming outputs end in {', '.join(SINK_SUFFIXES)}")
+    check_writer(path)
     return _SINKS[suffix](Path(path), shape, shared_tmp)
+
+
+#: the optional package each output format's writer needs (extras.py): checked before any work
+_WRITERS = {".tif": "tifffile", ".tiff": "tifffile", ".png": "png", ".zarr": "zarr", ".mp4": "av"}
+
+
+def check_writer(path) -> None:
+    """DependencyError, before any work, when the package that writes ``path``'s format is missing."""
+    suffix = Path(path).suffix.lower()
+    if suffix in _WRITERS:
+        require(_WRITERS[suffix], f"writing {suffix} files")
 
 
 def check_shared(path) -> None:
@@ -330,8 +340,7 @@ class _ZarrVideo(VideoSink):
     directory = True
 
     def __init__(self, target: Path, shape: tuple[int, ...]):
-        import zarr
-
+        zarr = require("zarr", "a .zarr output")
         super().__init__(target)
         b, c, f, h, w = shape
         self.array = zarr.create_array(store=str(self.tmp), shape=(b, f, h, w, c), dtype=np.uint8,
@@ -347,8 +356,7 @@ class _Mp4Video(VideoSink):
     """H.264 (libx264), yuv420p: frames are encoded as they come and never held as a whole video."""
 
     def __init__(self, target: Path, shape: tuple[int, ...], fps: int = MP4_FPS, crf: int = MP4_CRF):
-        import av
-
+        av = require("av", "an .mp4 output")
         _, _, _, h, w = shape
         super().__init__(target)
         self.container = av.open(str(self.tmp), mode="w", format="mp4")
@@ -357,8 +365,7 @@ class _Mp4Video(VideoSink):
         self.stream.width, self.stream.height, self.stream.pix_fmt = w, h, "yuv420p"
 
     def write_frames(self, f0: int, frames: torch.Tensor) -> None:
-        import av
-
+        av = require("av", "an .mp4 output")
         for frame in frames[0]:
             rgb = quantize(frame)  # (H, W, 3) uint8
             for packet in self.stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
@@ -381,6 +388,7 @@ def check_video_sink(path, shape: tuple[int, ...]) -> None:
     suffix = Path(path).suffix.lower()
     if suffix not in VIDEO_SUFFIXES:
         raise InputError(f"cannot stream a video to {path}: video outputs end in {', '.join(VIDEO_SUFFIXES)}")
+    check_writer(path)
     b, c, _, h, w = shape
     if suffix == ".mp4" and (b != 1 or c != 3 or h % 2 or w % 2):
         raise InputError(f"an .mp4 output takes one RGB video of even width and height, not {b} of {c} channels "

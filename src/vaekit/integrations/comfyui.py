@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from ..extras import require
 from .comfyui_bridges import Bound, bridge
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "Decode", "Encode", "bridge", "install", "PACK",
@@ -186,8 +187,7 @@ def _preview(path: Path) -> torch.Tensor:
         from PIL import Image
 
         if suffix == ".mp4":
-            import av
-
+            av = require("av", "previewing an .mp4")
             with av.open(str(path)) as container:
                 im = next(container.decode(video=0)).to_image()
         else:
@@ -201,9 +201,7 @@ def _preview(path: Path) -> torch.Tensor:
         step = -(-max(image.shape[1:]) // PREVIEW_PX)
         small = (np.asarray(image[:3, ::step, ::step]).transpose(1, 2, 0) + 1) / 2  # h,w,3
     else:
-        import tifffile
-        import zarr
-
+        tifffile, zarr = require("tifffile", "previewing a .tif"), require("zarr", "previewing a .zarr")
         store = tifffile.imread(path, aszarr=True) if suffix in (".tif", ".tiff") else str(path)
         image = zarr.open_array(store, mode="r")  # H,W,3 (tif), B,H,W,3 or B,F,H,W,3 (zarr) uint8 image px
         first = (0,) * (image.ndim - 3)  # the first image (and frame), read by strides only

@@ -329,8 +329,9 @@ def _size_label(size) -> str:
 
 
 def _plot(rows: list[dict], path: Path, meta: dict) -> None:
-    import matplotlib
+    from ..extras import require
 
+    matplotlib = require("matplotlib", "the benchmark's plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

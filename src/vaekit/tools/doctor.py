@@ -52,7 +52,17 @@ def doctor() -> str:
     else:
         lines.append("cuda    not available")
     lines.append(f"would use  {choice}")
+    lines.append(_extras())
     return "\n".join(lines)
+
+
+def _extras() -> str:
+    """Each optional package (extras.py) and the extra that brings it where it is missing."""
+    from ..extras import EXTRAS
+
+    found = [f"{package} {_version(package)}" if _version(package) != "not installed" else
+             f"{package} missing (vaekit[{extra}])" for package, extra in EXTRAS.values()]
+    return "extras  " + ", ".join(found)
 
 
 def _disk_free() -> int:
