@@ -60,10 +60,12 @@ def test_run_sh_measures_within_its_deadline_and_leaves_a_valid_report(bare_pyth
     report = json.loads((out / "gpu-check-cpu.json").read_text())
     assert report["seconds"] <= 30 * 1.1 + 3 or any(s.get("note") for s in report["sections"].values())
     statuses = {name: s["status"] for name, s in report["sections"].items()}
+    print(f"run.sh: {seconds:.0f} s, gpu-check {report['seconds']:.0f} s, sections {statuses}, rows "
+          f"{ {name: len(report[name]) for name in statuses} }")
     assert "cut" in statuses.values(), statuses  # the whole quick matrix takes minutes on this CPU
     assert not {"error", "running"} & set(statuses.values()), report["sections"]
     cut = [name for name, status in statuses.items() if status == "cut" and report[name]]
     assert cut, statuses  # a section cut after some rows: what it measured was kept
-    assert all(row["ok"] for name in statuses for row in report[name]), report
+    assert all(row.get("ok", True) for name in statuses for row in report[name]), report  # timings: no verdict
     assert (out / "gpu-check-cpu.md").read_text().startswith("GPU check")
     assert (out / "run.log").read_text().count("run.sh:") >= 3
