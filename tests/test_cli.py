@@ -174,3 +174,13 @@ def test_recoveries_are_told_on_stderr(model_dir, latents_file, tmp_path, capsys
                      "--budget", "3MiB", "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "vaekit: note: " in err and "retried after freeing caches" in err
+
+
+def test_version_and_a_plan_of_the_default_model(capsys):
+    import vaekit
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"vaekit {vaekit.__version__}\n"
+    assert main(["plan", "--size", "512x512", "--budget", "64MiB"]) == 0  # taef2, as decode's default
+    assert "1x32x64x64 -> 1x3x512x512" in capsys.readouterr().out

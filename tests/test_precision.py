@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 import vaekit
-from conftest import make_vae
+from conftest import make_vae, untiled
 from vaekit.errors import PrecisionError
 from vaekit.precision import check_dtype, choose_dtype
+from vaekit.testing import fidelity
 
 
 def _overflowing(kind: str):
@@ -34,11 +37,13 @@ def test_float16_overflow_gives_a_finite_image_close_to_float32(kind):
         ref = vae.decode(z).sample
         half = vae.half()
         assert not bool(torch.isfinite(half.decode(z.half()).sample).all())  # diffusers: NaN/Inf
+    truth = untiled(copy.deepcopy(half).double(), z.half().double())  # the same weights, in float64
     for budget in (None, "2MiB"):
         report = vaekit.RunReport()
         out = vaekit.decode(half, z.half(), budget, report=report)
         assert out.dtype == torch.float16 and bool(torch.isfinite(out).all())
         assert float((out.float() - ref).abs().max()) < 0.02  # float16 rounding, not garbage
+        assert fidelity(out, half.decode(z.half()).sample, truth).ok  # the half rule: nearer the truth than NaN
         assert report.upcasts, report
         expected = "from here on" if kind == "activations" else "recomputed in float32"
         assert any(expected in e.action for e in report.upcasts), report

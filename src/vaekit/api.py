@@ -15,6 +15,7 @@ from .checks import check_shape, check_values, compute_device, is_video, model_d
 from .dist import peers_for, world
 from .errors import InputError, PrecisionError
 from .faults import cleanly
+from .io import check_folder
 from .measure import PeakMemory
 from .plan import Plan
 from .planning import free_memory
@@ -108,6 +109,8 @@ def run(vae, op: str, x: torch.Tensor, budget=None, *, device=None, progress=Non
 
     Runs under ``no_grad``, not ``inference_mode``: the result is a plain tensor callers may modify
     in place or use in autograd later, with no copy to make (an inference tensor would need one)."""
+    if scratch_dir is not None:  # before any work, and never blamed on the output (cleanly's DiskError)
+        check_folder(scratch_dir, "scratch files (the scratch folder)")
     auto = planning.limit_of(budget) is None  # no budget: the free memory, shared with the other calls in flight
     with cleanly(out), inflight.sharing() if auto else contextlib.nullcontext():
         return _run(vae, op, x, budget, device=device, progress=progress, compile=compile, scratch_dir=scratch_dir,

@@ -34,7 +34,7 @@ def usable_device(device) -> torch.device:
     """``device`` as a torch.device, or DeviceError when it does not exist here."""
     device = parse_device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device {device} was asked for but CUDA is not available here; use device='cpu'")
+        raise DeviceError(f"device {device} was asked for but CUDA is not available here: run on the CPU ('cpu')")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise DeviceError(f"device {device} does not exist: this machine has {torch.cuda.device_count()} CUDA devices")
     return device

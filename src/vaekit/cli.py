@@ -29,7 +29,8 @@ import sys
 
 import torch
 
-from .errors import InputError, VaekitError
+from . import __version__
+from .errors import DiskError, InputError, VaekitError
 
 __all__ = ["main"]
 
@@ -185,7 +186,10 @@ def _plan(args) -> int:
     else:
         factor = scale_factor(vae)
         if width % factor or height % factor:
-            raise InputError(f"size {width}x{height} is not a multiple of the VAE's {factor}x scale")
+            down, up = (f"{w}x{h}" for w, h in ((width // factor * factor, height // factor * factor),
+                                               (-(-width // factor) * factor, -(-height // factor) * factor)))
+            raise InputError(f"size {width}x{height} is not a multiple of the VAE's {factor}x scale: the nearest are "
+                             f"{down} and {up}")
         if video:  # latent frames: the first, then one per temporal_factor frames (Wan 4, LTX-2 8)
             frames = (latent_frames(vae, args.frames),)
         channels = program_for(vae, "decode").maps["input"].channels
@@ -212,6 +216,7 @@ def _comfyui(args) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vaekit", description="Exact streaming VAE decode and encode in a budget.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"vaekit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     model = argparse.ArgumentParser(add_help=False)
@@ -251,12 +256,12 @@ def _parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", help="print the plan for a size (and frames) and budget from the config alone: stages, "
                         "rows per chunk, each map's tier, predicted peak")
-    pl.add_argument("--model", required=True, nargs="+", help="a diffusers VAE folder (only config.json is read) "
-                    "or weights files")
-    pl.add_argument("--op", choices=("decode", "encode"), default="decode")
+    pl.add_argument("--model", nargs="+", default=["taef2"], help="a diffusers VAE folder (only config.json is "
+                    "read), weights files, or taef2 (built in, the default, as for decode)")
+    pl.add_argument("--op", choices=("decode", "encode"), default="decode", help="what to plan (default: decode)")
     pl.add_argument("--size", required=True, help="image size WIDTHxHEIGHT, e.g. 4096x4096")
     pl.add_argument("--budget", help="e.g. 4GiB (default: this machine's free memory)")
-    pl.add_argument("--batch", type=int, default=1)
+    pl.add_argument("--batch", type=int, default=1, help="images (videos) at once (default 1)")
     pl.add_argument("--frames", type=int, default=1,
                     help="a video model's frames (Wan: 1 + 4k, LTX-2: 1 + 8k, MiniMax H3: 17k + 5), default 1")
     pl.add_argument("--device", default="cpu", help="device to plan for (cpu, cuda): sets the store tiers")
@@ -281,6 +286,17 @@ def _parser() -> argparse.ArgumentParser:
                             "threads with the results (vaekit bench --help)")
     sub.add_parser("gpu-check", help="exactness, peaks, ladder, tiers and timings on a CUDA GPU (vaekit gpu-check --help)")
     return parser
+
+
+def _preflight(args) -> None:
+    """What the command will write, checked before any work: the output's folder and the scratch folder
+    exist and take a new file (the API checks the same as it opens them; here a failure costs no model load)."""
+    from .io import check_folder, check_writable
+
+    if getattr(args, "scratch_dir", None):
+        check_folder(args.scratch_dir, "scratch files (--scratch-dir)")
+    if isinstance(getattr(args, "out", None), str):
+        check_writable(args.out, directory=args.out.lower().endswith(".zarr"))
 
 
 def _delegated(argv: list[str]):
@@ -309,12 +325,13 @@ def main(argv=None) -> int:
         if delegated is not None:
             run, rest = delegated
             return run(rest)
+        _preflight(args)
         return args.run(args)
-    except VaekitError as e:
+    except (VaekitError, OSError) as e:  # an I/O failure nothing typed is still one line (as a DiskError)
         if args.debug:
             raise
         print(f"vaekit: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return e.exit_code if isinstance(e, VaekitError) else DiskError.exit_code
     except KeyboardInterrupt:
         print("vaekit: interrupted", file=sys.stderr)
         return 130

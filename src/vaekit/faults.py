@@ -59,5 +59,5 @@ def cleanly(out=None):
         if out is None:
             raise
         raise DiskError(f"cannot write the output {out}: {e.strerror or e} (a read-only folder, or its disk is "
-                        "full): choose another out= or free space; nothing was written and an existing file is "
+                        "full): choose another output path or free space; nothing was written and an existing file is "
                         "left as it was") from e

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, DiskError, InputError
 from .extras import require
 
 __all__ = ["load_latents", "load_image", "save_output", "save_latents", "atomic_path", "temp_beside", "open_mode",
-           "to_uint8", "quantize"]
+           "check_writable", "check_folder", "output_folder", "to_uint8", "quantize"]
 
 LATENT_SUFFIXES = (".safetensors", ".pt", ".pth", ".npy")
 OUTPUT_SUFFIXES = (".png", ".npy", ".pt", ".tif", ".tiff", ".zarr", ".mp4")  # .mp4: videos
@@ -28,7 +28,7 @@ def load_latents(path) -> torch.Tensor:
     """A latent tensor from .safetensors (key "latents" or the only tensor), .pt (weights_only) or .npy."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"latents file {path} does not exist")
+        raise InputError(f"latents file {path} {'is a folder' if path.is_dir() else 'does not exist'}")
     suffix = path.suffix.lower()
     try:
         if suffix == ".safetensors":
@@ -36,7 +36,10 @@ def load_latents(path) -> torch.Tensor:
         if suffix in (".pt", ".pth"):
             loaded = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(loaded, dict):
-                return loaded[_latents_key(loaded, path)]
+                loaded = loaded[_latents_key(loaded, path)]
+            if not isinstance(loaded, torch.Tensor):
+                raise InputError(f"{path} holds a {type(loaded).__name__}, not a latents tensor: save the tensor "
+                                 "itself (torch.save(latents, path)) or a dict holding it under 'latents'")
             return loaded
         if suffix == ".npy":  # memory-mapped: rows are read as the first stage needs them
             return torch.from_numpy(np.load(path, allow_pickle=False, mmap_mode="c"))
@@ -88,7 +91,7 @@ def load_image(path) -> torch.Tensor:
     """An RGB image file as (1, 3, H, W) float32 in [-1, 1] (8- or 16-bit; TIFF through tifffile)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"image file {path} does not exist")
+        raise InputError(f"image file {path} {'is a folder' if path.is_dir() else 'does not exist'}")
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise InputError(f"cannot read an image from {path}: use one of {', '.join(IMAGE_SUFFIXES)}")
@@ -157,8 +160,9 @@ def temp_beside(target: Path, directory: bool = False) -> Path:
     """A new empty temporary file (or directory) beside ``target``, to be renamed onto it when complete.
 
     mkstemp/mkdtemp make it private (0600/0700), and a rename keeps that mode: it is given the mode a
-    plain ``open()`` (``mkdir``) would, 0666 (0777) less the umask, so others can read what vaekit wrote."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    plain ``open()`` (``mkdir``) would, 0666 (0777) less the umask, so others can read what vaekit wrote.
+    The folder must exist: a typo in it is a DiskError, not a new folder."""
+    check_writable(target, directory=directory)
     prefix, suffix = f".{target.name}.", ".part" + target.suffix
     if directory:
         tmp = tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=target.parent)
@@ -188,15 +192,63 @@ def _umask() -> int:
     return mask
 
 
+def check_writable(target, what: str = "the output", directory: bool = False) -> None:
+    """DiskError, before any work, unless a file (``directory``: a folder, as .zarr is) can be written at
+    ``target``: its folder exists and takes a new file, and nothing of the other kind stands at ``target``."""
+    target = Path(target)
+    folder = target.parent
+    if target.is_dir() and not directory:
+        raise DiskError(f"cannot write {what} {target}: a folder of that name is there; name a file")
+    if target.is_file() and directory:
+        raise DiskError(f"cannot write {what} {target}: a file of that name is there, and this output is a folder")
+    check_folder(folder, f"{what} {target}")  # "cannot write the output x.png: the folder ..."
+
+
+def check_folder(folder, what: str) -> None:
+    """DiskError ("cannot write ``what``: ...") unless ``folder`` exists and takes a new file (one is made
+    and removed at once: permissions alone do not say, root ignores them and a read-only mount overrides)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        why = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise DiskError(f"cannot write {what}: the folder {folder} {why}; name an existing folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".vaekit-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DiskError(f"cannot write {what}: the folder {folder} takes no new file ({e.strerror or e}); choose "
+                        "another folder") from None
+
+
+def output_folder(folder, what: str) -> Path:
+    """A tool's output folder (demo, bench, gpu-check), made if missing, before any work: DiskError where a
+    file stands there or it takes no new file."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DiskError(f"cannot write {what}: {folder} is a file, not a folder; name a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DiskError(f"cannot write {what}: the folder {folder} cannot be made ({e.strerror or e})") from None
+    check_folder(folder, what)
+    return folder
+
+
 @contextmanager
 def atomic_path(target):
-    """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds."""
+    """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds.
+    An OSError on the way (a full disk, a folder made read-only) is a DiskError naming the folder."""
     target = Path(target)
     tmp = str(temp_beside(target))
     try:
         yield Path(tmp)
         os.chmod(tmp, open_mode())  # again: some writers (safetensors) replace the file with a 0600 one
         os.replace(tmp, target)
+    except DiskError:
+        raise
+    except OSError as e:
+        raise DiskError(f"cannot write {target} in the folder {target.parent}: {e.strerror or e} (its disk is full, "
+                        "or it is read-only); nothing was written and an existing file is left as it was") from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

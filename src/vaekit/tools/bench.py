@@ -395,6 +395,9 @@ def main(argv=None) -> int:
     if args.gigapixel_worker:
         print(json.dumps(_gigapixel_worker(args.gigapixel_worker, args.out)))
         return 0
+    from ..io import output_folder
+
+    output_folder(args.out, "the benchmark's results (--out)")  # before minutes of work
     print(f"vaekit bench: {machine()}, {THREADS} threads, fp32, each run a fresh process", file=sys.stderr, flush=True)
     if args.quick:
         run_quick(args.out)

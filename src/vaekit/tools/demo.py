@@ -193,13 +193,16 @@ def _picture(rows: list[dict], path: Path, crop: bool) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="vaekit demo", description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=DEMO_SIZE, help="photo side in px (a multiple of 64)")
-    parser.add_argument("--budget", default=DEMO_BUDGET)
-    parser.add_argument("--out", type=Path, default=Path("demo-out"))
+    parser.add_argument("--budget", default=DEMO_BUDGET, help=f"vaekit's budget in the comparison (default {DEMO_BUDGET})")
+    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="folder of demo.png (default demo-out)")
     parser.add_argument("--sd", action="store_true", help="also the SD-architecture panel (random weights)")
     parser.add_argument("--model", help="with --sd: a diffusers AutoencoderKL folder instead of random weights")
     args = parser.parse_args(argv)
     if args.size % 64:
         parser.error(f"--size {args.size} is not a multiple of 64 (the tiles split it in halves of whole latent px)")
+    from ..io import output_folder
+
+    output_folder(args.out, "the demo's pictures (--out)")  # before a minute of work
     run_demo(args.size, args.out, args.budget)
     if args.sd:
         print()

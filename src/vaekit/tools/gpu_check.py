@@ -207,6 +207,9 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("vaekit gpu-check: no CUDA GPU here, nothing measured (run it on a machine with one)")
         return 0
+    from ..io import output_folder
+
+    output_folder(args.out, "the GPU check's report (--out)")
     report = run_checks(device, args.out, args.quick, args.dtypes, args.deadline, args.sections)
     print(markdown(report))
     bad = failures(report)
