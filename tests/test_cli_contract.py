@@ -28,6 +28,7 @@ def place(tmp_path, monkeypatch):
     (tmp_path / "junk.png").write_bytes(b"not a png at all")
     torch.save({"not": "a tensor"}, tmp_path / "dict.pt")
     torch.save(torch.randn(1, 32, 2, 3, 4), tmp_path / "video.pt")
+    torch.save(torch.randn(1, 4, 3, 4), tmp_path / "sd.pt")
     (tmp_path / "file").write_text("a file, not a folder")
     (tmp_path / "ro").mkdir()
     (tmp_path / "sub").mkdir()
@@ -110,6 +111,9 @@ CASES = {
     "plan: negative budget": (["plan", "--model", "taef2", "--size", "512x512", "--budget=-1GiB"], BAD, "-1GiB",
                               None),
     "plan: a model that is not there": (["plan", "--model", "nope", "--size", "512x512"], CHECKPOINT, "nope", None),
+    "decode: SD latents, --model forgotten": (["decode", "sd.pt", "o.png"], BAD, "name yours with --model", None),
+    "decode: a TAESD model that is not built in": (["decode", "lat.pt", "o.png", "--model", "taesd"], CHECKPOINT,
+                                                   "taesd_encoder.pth taesd_decoder.pth", None),
     # the others
     "comfyui: no such folder": (["comfyui", "install", "nodir"], BAD, "nodir", None),
     "demo: --out is a file": (["demo", "--out", "file"], DISK, "is a file", None),

@@ -4,7 +4,7 @@
                                    (5-D video latents: OUT .mp4/.npy/.zarr [--fps 16] [--crf 18])
     vaekit encode IMAGE OUT.safetensors [--model MODEL] [--budget 2GiB] [--sample --seed 0]
     vaekit roundtrip IMAGE OUT.png [--model MODEL] [--budget 2GiB]      (prints the PSNR)
-    vaekit plan --model MODEL --size 4096x4096 [--budget 4GiB] [--op encode] [--frames 81]
+    vaekit plan --size 4096x4096 [--model MODEL] [--budget 4GiB] [--op encode] [--frames 81]
     vaekit doctor
     vaekit comfyui install COMFYUI_DIR [--copy]                         (the ComfyUI nodes)
 
@@ -102,6 +102,9 @@ def _decode(args) -> int:
     latents = load_latents(args.latents)
     if latents.dim() == 3:
         latents = latents[None]  # (C, h, w) -> (1, C, h, w)
+    if args.model == ["taef2"] and latents.dim() >= 4 and latents.shape[1] != 32:  # --model forgotten, most likely
+        raise InputError(f"{args.latents} holds latents of {latents.shape[1]} channels, and the default model, the "
+                         "built-in taef2, takes 32: name yours with --model (a diffusers folder or a weights file)")
     if latents.dim() == 5:  # a video's (B, C, frames, h, w): frame by frame into .npy, .zarr or .mp4
         if not args.out.lower().endswith((".npy", ".zarr", ".mp4")):
             raise InputError(f"cannot write a video to {args.out}: use .mp4, .npy or .zarr")

@@ -30,6 +30,8 @@ __all__ = ["load", "read_state_dict", "detect_taesd", "ldm_vae_config", "BUILTIN
 
 #: models vaekit knows by name: their weight files (src/vaekit/weights/README.md says where they come from)
 BUILTIN = {"taef2": ("taef2_encoder.pth", "taef2_decoder.pth")}
+#: the rest of the TAESD family: streamed, not built in (their weights are madebyollin/taesd's files)
+TAESD_FAMILY = ("taesd", "taesdxl", "taesd3", "taef1", "taesana")
 
 TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 LDM_PREFIXES = ("first_stage_model.", "vae.")
@@ -45,9 +47,12 @@ def load(path, *more, dtype: torch.dtype | None = None, device=None):
         path, *more = builtin_paths(str(path))
     paths = [Path(p) for p in (path, *more)]
     for p in paths:
+        if not p.exists() and str(p) in TAESD_FAMILY:
+            raise CheckpointError(f"{p} is not built in (only taef2 is): pass its files, e.g. {p}_encoder.pth "
+                                  f"{p}_decoder.pth (MIT, github.com/madebyollin/taesd)")
         if not p.exists():
-            raise CheckpointError(f"{p} does not exist: pass a diffusers VAE folder (with config.json) "
-                                  "or a weights file (.safetensors, .pth)")
+            raise CheckpointError(f"{p} does not exist: pass a diffusers VAE folder (with config.json), a weights "
+                                  "file (.safetensors, .pth), or taef2 (built in)")
     if paths[0].is_dir():
         if more:
             raise CheckpointError("a diffusers folder is a whole model: pass it alone")
