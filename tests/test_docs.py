@@ -165,3 +165,47 @@ def test_shell_examples_call_what_exists(page, monkeypatch):
             _check_vaekit_args(words[words.index("-m") + 2:], monkeypatch)
         elif words[0] == "make":
             assert all(w in targets for w in words[1:] if "=" not in w), line
+
+
+def _resolve(path: str):
+    """The object a ``::: path`` directive renders: the longest importable module, then attributes."""
+    import importlib
+
+    parts = path.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for name in parts[i:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ImportError(path)
+
+
+def test_the_api_reference_renders_every_public_name_and_no_private_module():
+    import inspect
+
+    import vaekit
+
+    text = (ROOT / "docs" / "reference.md").read_text()
+    directives = re.findall(r"^::: ([\w.]+)\n((?:    .*\n)*)", text, re.M)
+    rendered = set()
+    for path, options in directives:
+        obj = _resolve(path)
+        if inspect.ismodule(obj):  # the one public module rendered whole: its members named
+            assert obj is vaekit.errors, path
+            listed = re.search(r"members: \[([^\]]*)\]", options, re.S).group(1)
+            members = {m.strip() for m in listed.split(",")}
+            assert members == set(vaekit.errors.__all__), members
+            rendered |= {getattr(vaekit.errors, m) for m in members}
+        else:
+            rendered.add(obj)
+    for name in vaekit.__all__:
+        obj = getattr(vaekit, name)
+        if inspect.ismodule(obj) or name == "__version__":
+            assert f"`vaekit.{name}`" in text, name  # said in words: testing's members render one by one
+        else:
+            assert obj in rendered, name
+    for name in vaekit.testing.__all__:
+        assert getattr(vaekit.testing, name) in rendered, name

@@ -31,14 +31,29 @@ __all__ = ["decode", "encode", "plan", "run", "free_memory", "usable_device"]
 
 def plan(vae, shape, budget=None, op: str = "decode", *, device=None, dtype=None, out=None,
          host_budget=None) -> Plan:
-    """Plan ``op`` of an NCHW input of ``shape`` from the model's config and shapes alone.
+    """Plan ``op`` of an input of ``shape`` from the model's config and shapes alone (no data, no compute).
 
-    ``shape`` is the latent shape for decode, e.g. (1, 4, 128, 128), the image shape for encode,
-    e.g. (1, 3, 1024, 1024). Works for a model on the meta
-    device. ``budget``: bytes, or a string like "768MiB"; None plans for the free memory of the device.
-    ``out``: plan as ``decode(..., out=...)`` runs, with the image going to a file (not held).
-    ``host_budget``: on CUDA, the host RAM the maps that leave the GPU may take before the rest go to
-    disk (default: 80% of the RAM available now).
+    Works for a model on the meta device, so a GPU's plan can be made on a laptop.
+
+    Args:
+        vae: a diffusers VAE (or TAESD model) vaekit streams; its weights are not read.
+        shape: the latent shape for decode, e.g. (1, 4, 128, 128), the image shape for encode, e.g.
+            (1, 3, 1024, 1024); a video model's have a frames axis, (B, C, F, H, W).
+        budget: bytes, or a string like "768MiB"; None plans for the free memory of the device.
+        op: "decode" or "encode".
+        device: the device to plan for ("cuda" sets the store's tiers: device, pinned host RAM, disk).
+        dtype: the compute dtype to plan for (default: the model's).
+        out: plan as ``decode(..., out=...)`` runs, the image going to a file instead of being held.
+        host_budget: on CUDA, the host RAM the maps that leave the GPU may take before the rest go to
+            disk (default: 80% of the RAM available now).
+
+    Returns:
+        The Plan: its mode ("whole" or "stream"), rows per chunk, each map's tier, predicted peak.
+
+    Raises:
+        BudgetError: no plan fits the budget (it says the smallest that would).
+        UnsupportedModelError: a model vaekit cannot stream.
+        InputError: a shape the model cannot take.
     """
     program, device = program_for(vae, op), compute_device(vae, device, check=False)
     if is_video(vae):  # the plan of the chunks after the first (the largest), shown with the video's shapes
@@ -52,32 +67,48 @@ def decode(vae, latents: torch.Tensor, budget=None, *, device=None, progress=Non
            crf: int | None = None, timestep=None):
     """``vae.decode(latents).sample``, exactly, while holding at most ``budget`` bytes of activations.
 
-    latents: NCHW, already divided by the scaling factor, as for ``vae.decode``.
-    budget: bytes, or a string like "768MiB", "2GiB", "1.5GB", per call; None (or "auto") runs whole
-        when that fits the free memory of the device, and streams within the free memory otherwise,
-        counting the other budget-less vaekit calls in flight in this process (inflight.py): calls
-        from several threads at once stay inside the free memory together.
-    device: where to compute (default: the model's device); weights move there stage by stage.
-    progress: True for a progress bar on stderr, or a callable(stage_index, rows_done, rows_total).
-    scratch_dir: where the disk tier writes its scratch files (default: the system temp dir).
-    report: a RunReport to fill with what happened (mode, plan, out-of-memory retries, tiers, peak).
-    compile: run the conv stages through torch.compile graphs made once and shared by every image
-        size (always streams; the first call compiles, later sizes reuse the graphs).
-    out: a file (.npy, .tif/.tiff, .zarr, .png) to write the image to band by band instead of
-        returning it; the image is then never held in memory (the budget does not count it).
-        Returns the path. A video model's (B, C, F, H, W) latents decode frame by frame into .npy,
-        .zarr or .mp4 (H.264, yuv420p; ``fps``, default 16, and ``crf``, x264's quality, default 18).
-    host_budget: on CUDA, the host RAM for maps that do not stay on the GPU; past it they go to
-        scratch files on disk (default: 80% of the RAM available).
-    dist: under ``torchrun``, split every stage's rows across the ranks (dist.py): each rank computes
-        and holds its share, and writes its rows to ``out`` (.npy or .zarr); a video's frames go to
-        ``out`` from rank 0 (any video suffix). Without ``out`` every rank gets the whole image.
-        Every rank must call it with the same arguments. One process (no torchrun) runs as usual.
-        ``budget`` is per rank.
-    timestep: a timestep-conditioned decoder's timestep (LTX-2 with ``timestep_conditioning``), one per
-        video or one for all, as ``vae.decode(latents, timestep)`` takes it; its decode noise (where the
-        config injects it) is drawn from the global generator as diffusers draws it.
-    Returns the image (in [-1, 1] for a trained model) on the latents' device, in the model's dtype.
+    Args:
+        vae: a diffusers VAE (or TAESD model) vaekit streams.
+        latents: NCHW (a video's: B, C, F, H, W), already divided by the scaling factor, as for
+            ``vae.decode``.
+        budget: bytes, or a string like "768MiB", "2GiB", "1.5GB", per call; None (or "auto") runs whole
+            when that fits the free memory of the device, and streams within the free memory otherwise,
+            counting the other budget-less vaekit calls in flight in this process: calls from several
+            threads at once stay inside the free memory together.
+        device: where to compute (default: the model's device); weights move there stage by stage.
+        progress: True for a progress bar on stderr, or a callable(stage_index, rows_done, rows_total).
+        compile: run the conv stages through torch.compile graphs made once and shared by every image
+            size (always streams; the first call compiles, later sizes reuse the graphs).
+        scratch_dir: an existing folder for the disk tier's scratch files (default: the system temp dir).
+        report: a RunReport to fill with what happened (mode, plan, out-of-memory retries, tiers, peak).
+        out: a file (.npy, .tif/.tiff, .zarr, .png) to write the image to band by band instead of
+            returning it; the image is then never held in memory (the budget does not count it). A video
+            model's latents decode frame by frame into .npy, .zarr or .mp4. Its folder must exist.
+        host_budget: on CUDA, the host RAM for maps that do not stay on the GPU; past it they go to
+            scratch files on disk (default: 80% of the RAM available).
+        dist: under ``torchrun``, split every stage's rows across the ranks: each rank computes and holds
+            its share, and writes its rows to ``out`` (.npy or .zarr); a video's frames go to ``out``
+            from rank 0. Without ``out`` every rank gets the whole image. Every rank must call it with
+            the same arguments; ``budget`` is per rank. One process (no torchrun) runs as usual.
+        fps: an .mp4's frames per second (default 16).
+        crf: an .mp4's x264 quality, lower is better (default 18).
+        timestep: a timestep-conditioned decoder's timestep (LTX-2 with ``timestep_conditioning``), one
+            per video or one for all, as ``vae.decode(latents, timestep)`` takes it; its decode noise
+            (where the config injects it) is drawn from the global generator as diffusers draws it.
+
+    Returns:
+        The image (in [-1, 1] for a trained model) on the latents' device, in the model's dtype; with
+        ``out``, the path written.
+
+    Raises:
+        InputError: latents of the wrong rank, channels or dtype, NaN, a bad argument.
+        UnsupportedModelError: a model vaekit cannot stream.
+        BudgetError: no plan fits the budget (it says the smallest that would).
+        DiskError: the output or the scratch folder cannot be written, or a disk filled up; nothing is
+            left behind.
+        DeviceError: a device that does not exist, or a rank that stopped.
+        PrecisionError: a dtype the device cannot run, or NaN/Inf even in float32.
+        DependencyError: ``out``'s format needs a package that is not installed.
     """
     return run(vae, "decode", latents, budget, device=device, progress=progress, compile=compile,
                scratch_dir=scratch_dir, report=report, out=out, host_budget=host_budget, dist=dist,
@@ -87,11 +118,30 @@ def decode(vae, latents: torch.Tensor, budget=None, *, device=None, progress=Non
 def encode(vae, images: torch.Tensor, budget=None, *, sample: bool = False, generator: torch.Generator | None = None,
            device=None, progress=None, compile: bool = False, scratch_dir: str | os.PathLike | None = None,
            report: RunReport | None = None, host_budget=None, dist: bool = False) -> torch.Tensor:
-    """The latents of ``images`` (NCHW in [-1, 1]), exactly as the untiled encoder gives them.
+    """The latents of ``images``, exactly as the untiled encoder gives them, within ``budget``.
 
-    AutoencoderKL: the latent distribution's mode (its mean), or with ``sample=True`` a sample drawn
-    as diffusers draws it (reproducible with ``generator``). Tiny autoencoders: the encoder output.
-    Latents are not multiplied by the scaling factor. Other arguments as for :func:`decode`.
+    Args:
+        vae: a diffusers VAE (or TAESD model) vaekit streams.
+        images: NCHW in [-1, 1] (a video's: B, 3, F, H, W), as diffusers takes them for every model.
+        budget: as for :func:`decode`.
+        sample: AutoencoderKL: a sample of the latent distribution, drawn as diffusers draws it, instead
+            of its mode (its mean).
+        generator: the generator of ``sample``'s draw (reproducible).
+        device: as for :func:`decode`.
+        progress: as for :func:`decode`.
+        compile: as for :func:`decode`.
+        scratch_dir: as for :func:`decode`.
+        report: as for :func:`decode`.
+        host_budget: as for :func:`decode`.
+        dist: as for :func:`decode` (every rank gets the whole latents).
+
+    Returns:
+        The latents, not multiplied by the scaling factor: AutoencoderKL's mode (or sample),
+        AutoencoderDC's ``.latent``, a tiny autoencoder's encoder output.
+
+    Raises:
+        InputError: images of the wrong rank, channels or dtype, NaN, a bad argument.
+        BudgetError: no plan fits the budget. Other errors as for :func:`decode`.
     """
     out = run(vae, "encode", images, budget, device=device, progress=progress, compile=compile,
               scratch_dir=scratch_dir, report=report, host_budget=host_budget, dist=dist)

@@ -49,8 +49,17 @@ class Finding:
 
 
 def audit(pipe, fix: bool = False) -> list[Finding]:
-    """Each component's dtype and device, with the problems at its boundaries; ``fix=True`` changes
-    what is safe to change (see the module docstring) and says what it did or why it did not."""
+    """Each component's dtype and device, with the problems at its boundaries.
+
+    Args:
+        pipe: a diffusers pipeline.
+        fix: change what is safe to change (the VAE to the denoiser's dtype, float32 where float16
+            overflows for it; a producer to float16 only where a probe runs finite) and say what was done
+            or why not. The denoiser is never changed.
+
+    Returns:
+        One Finding per component: its name, dtype, device, the problem (if any) and what was fixed.
+    """
     components = _components(pipe)
     modules = {name: m for name, m in components.items() if isinstance(m, torch.nn.Module)}
     denoiser_name = next((n for n in DENOISERS if n in modules), None)

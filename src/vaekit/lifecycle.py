@@ -31,6 +31,21 @@ def model_bytes(module: nn.Module) -> int:
 
 
 class VaeManager:
+    """Which VAE a pipeline uses: swap in another, return to the original, without leaking memory.
+
+    The VAE in use sits where the original did (its device and dtype). Swapped-out VAEs wait on the CPU
+    in an LRU bounded in bytes; evicted ones are dropped and the CUDA cache emptied, so swapping back and
+    forth leaves memory where it began. If ``vaekit.apply`` was used on the pipeline, the new VAE gets it.
+
+    Args:
+        pipe: a pipeline with a ``.vae`` (remembered as the original).
+        cache_bytes: the most the swapped-out VAEs may hold on the CPU, bytes or "2GiB" (default: one
+            besides the original, which is always kept).
+
+    Raises:
+        InputError: a pipeline without a ``.vae``.
+    """
+
     def __init__(self, pipe, cache_bytes: int | str | None = None):
         if not isinstance(getattr(pipe, "vae", None), nn.Module):
             raise InputError(f"{type(pipe).__name__} has no .vae to manage")
@@ -51,8 +66,15 @@ class VaeManager:
         return list(self._cache)
 
     def use(self, vae=None) -> nn.Module:
-        """Make ``vae`` the pipeline's VAE: None or "auto" for the original, a path (anything
-        ``vaekit.load`` reads; cached by path) or a model. Returns the VAE now in use."""
+        """Make ``vae`` the pipeline's VAE.
+
+        Args:
+            vae: None or "auto" for the original, a path (anything ``vaekit.load`` reads; cached by
+                path) or a model.
+
+        Returns:
+            The VAE now in use.
+        """
         target, key = self._resolve(vae)
         current = self.pipe.vae
         if target is current:

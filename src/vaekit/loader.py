@@ -38,10 +38,25 @@ LDM_PREFIXES = ("first_stage_model.", "vae.")
 
 
 def load(path, *more, dtype: torch.dtype | None = None, device=None):
-    """Load a VAE from ``path`` (a folder or a weights file).
+    """Load a VAE from a folder or weights files, as a model ``decode``/``encode`` accept.
 
-    TAESD-family encoders and decoders come in separate files: pass both (in any order) to get one
-    model that encodes and decodes, e.g. ``load("taef2_encoder.pth", "taef2_decoder.pth")``.
+    Reads a diffusers folder, an LDM single-file VAE (A1111/ComfyUI), Wan 2.1/2.2, HunyuanImage 2.1,
+    LTX-Video 0.9.x and LTX-2 single files, TAESD-family ``.pth`` files, or "taef2" (built in). Weights
+    are read only with safetensors or ``torch.load(weights_only=True)``.
+
+    Args:
+        path: a folder, a weights file, or "taef2".
+        *more: TAESD-family encoders and decoders come in separate files: pass both (in any order) to
+            get one model that encodes and decodes, e.g. ``load("taef2_encoder.pth", "taef2_decoder.pth")``.
+        dtype: cast the model to this dtype (default: the checkpoint's).
+        device: move the model there (default: the CPU).
+
+    Returns:
+        The model in eval mode: its diffusers class, or vaekit's TinyAutoencoder for TAESD files.
+
+    Raises:
+        CheckpointError: a path that does not exist, or a file that is truncated, junk, pickle-only or
+            of a layout vaekit does not read.
     """
     if not more and str(path) in BUILTIN and not Path(path).exists():
         path, *more = builtin_paths(str(path))

@@ -81,7 +81,25 @@ class MapPlan:
 
 @dataclass(frozen=True)
 class Plan:
-    """A printable, checkable schedule. ``mode`` is "whole" (the model's own forward) or "stream"."""
+    """A printable, checkable schedule (``print(plan)`` shows its table).
+
+    Attributes:
+        op: "decode" or "encode".
+        mode: "whole" (the model's own forward) or "stream".
+        in_shape: the input's shape.
+        out_shape: the output's shape.
+        dtype: the compute dtype.
+        device: the device planned for.
+        budget: the budget in bytes (None: the free memory).
+        whole_peak_bytes: vaekit's model of the untiled call's peak.
+        stages: each stage's rows per chunk and peak.
+        maps: each map's size and tier.
+        scratch_bytes: the most the disk tier holds at once.
+        host_bytes: the most the host tier holds at once (CUDA: maps in pinned host RAM).
+        host_budget: what the host tier was allowed (None: unbounded).
+        writer_bytes: what the output file's writer holds (an .mp4 encoder's frames), in host RAM.
+        runs: a video's chunks or the model's own clips the stages run once each.
+    """
 
     op: str
     mode: str

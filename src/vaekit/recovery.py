@@ -38,7 +38,16 @@ class Event:
 
 @dataclass
 class RunReport:
-    """What a decode/encode did: pass one to ``report=`` and read it afterwards."""
+    """What a decode/encode did: pass one to ``report=`` and read it afterwards.
+
+    Attributes:
+        mode: "whole" or "stream".
+        plan: the Plan the run followed.
+        retries: out-of-memory recoveries (stage, rows, what was done).
+        upcasts: bands recomputed in float32 after a float16/bfloat16 overflow.
+        tiers: where each map ended up (device, host, disk).
+        peak_bytes: measured: the CUDA allocator's peak, or the peak resident-set growth on the CPU.
+    """
 
     mode: str = ""
     plan: object = None

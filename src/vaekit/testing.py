@@ -15,10 +15,18 @@ __all__ = ["oom_after", "untiled", "Fidelity", "fidelity"]
 
 @contextmanager
 def oom_after(n: int, times: int = 1):
-    """Within this block, the ``n``-th chunk computed (counting from 1, across runs, retries
-    included) raises ``torch.OutOfMemoryError`` once, as a device that ran out of memory would;
-    with ``times`` > 1 the attempts after it fail too, ``times`` failures in a row. vaekit recovers
-    (see ``vaekit.recovery``); yields a dict whose "fired" counts the failures raised."""
+    """Make chunks fail as a device out of memory does, to test recovery.
+
+    Within this block, the ``n``-th chunk computed (counting from 1, across runs, retries included)
+    raises ``torch.OutOfMemoryError``, as a device that ran out of memory would; vaekit recovers.
+
+    Args:
+        n: the chunk that fails first, counting from 1.
+        times: how many attempts in a row fail.
+
+    Yields:
+        A dict whose "fired" counts the failures raised.
+    """
     if n < 1 or times < 1:
         raise ValueError("n counts chunks from 1; times is at least 1")
     state = {"count": 0, "fired": 0}
@@ -40,8 +48,17 @@ def oom_after(n: int, times: int = 1):
 
 
 def untiled(vae, op: str, x: torch.Tensor) -> torch.Tensor:
-    """What ``vaekit.decode``/``encode`` of ``x`` must give: the model's own untiled call (its modules
-    through its family, or the model's own call where it cuts a video into clips), with tiling off."""
+    """What ``vaekit.decode``/``encode`` of ``x`` must give: the model's own untiled call.
+
+    Args:
+        vae: a model vaekit streams.
+        op: "decode" or "encode".
+        x: the latents or images.
+
+    Returns:
+        The model's own result (its modules, or its own call where it cuts a video into clips), with any
+        ``enable_tiling()`` of the user's left out; encode's is the latent distribution's mode.
+    """
     from .arch import family
 
     with torch.no_grad():
@@ -54,6 +71,12 @@ def untiled(vae, op: str, x: torch.Tensor) -> torch.Tensor:
 class Fidelity:
     """A half-precision result's errors against a float64 truth, beside the untiled call's in the same
     dtype: root-mean-square and largest, each relative to max(1, the truth's largest magnitude).
+
+    Attributes:
+        rms: the streamed result's RMS error.
+        max: its largest error.
+        untiled_rms: the untiled call's RMS error (inf where it overflowed).
+        untiled_max: its largest error.
 
     ``ok`` is the rule vaekit holds itself to in bfloat16 and float16: streaming may not take the result
     further from the truth than the model's own untiled call in that dtype (RMS at most 1.1x, largest
@@ -72,9 +95,17 @@ class Fidelity:
 
 
 def fidelity(out: torch.Tensor, untiled: torch.Tensor, truth: torch.Tensor) -> Fidelity:
-    """``out`` (streamed) and ``untiled`` (the model's own call), both in one dtype, against ``truth``: the
-    same model's weights and input, as that dtype holds them, run in float64 (so the errors are the
-    computation's rounding alone, not the weights', which both calls share)."""
+    """The half-precision rule's measurements of a streamed result.
+
+    Args:
+        out: the streamed result.
+        untiled: the model's own call in the same dtype.
+        truth: the same model's weights and input, as that dtype holds them, run in float64 (so the
+            errors are the computation's rounding alone, not the weights', which both calls share).
+
+    Returns:
+        Their Fidelity; ``.ok`` is the rule.
+    """
     truth = truth.double()
     scale = max(1.0, float(truth.abs().max()))
 

@@ -53,8 +53,20 @@ def is_applied(pipe_or_vae) -> bool:
 def apply(pipe_or_vae, budget=None, **options):
     """Route ``vae.encode``/``vae.decode`` of a pipeline (or of a VAE) through vaekit, within ``budget``.
 
-    ``options`` are those of :func:`vaekit.decode` (device, progress, scratch_dir, report, compile). A
-    user's ``vae.enable_tiling()`` is honoured by exact streaming instead of tiles. Returns its argument.
+    The pipeline's calls return what they returned without it (same types, dtypes and pixels within
+    1e-4); only the memory differs. A user's ``vae.enable_tiling()`` is honoured by exact streaming
+    instead of tiles.
+
+    Args:
+        pipe_or_vae: a diffusers pipeline (its ``.vae``) or a VAE.
+        budget: as for :func:`vaekit.decode`, per call.
+        **options: those of :func:`vaekit.decode`: device, progress, scratch_dir, report, compile.
+
+    Returns:
+        Its argument.
+
+    Raises:
+        UnsupportedModelError: a VAE vaekit cannot stream (now, not at the first call).
     """
     vae = _vae_of(pipe_or_vae)
     _streams_an_op(vae)  # UnsupportedModelError now, not at the first call
@@ -224,7 +236,14 @@ def _encoder_output(vae, out: torch.Tensor):
 
 
 def unapply(pipe_or_vae):
-    """Undo :func:`apply`: the VAE's ``encode``/``decode`` are what they were. Returns its argument."""
+    """Undo :func:`apply`: the VAE's ``encode``/``decode`` are what they were.
+
+    Args:
+        pipe_or_vae: what :func:`apply` was given (a VAE or pipeline it was not applied to is left alone).
+
+    Returns:
+        Its argument.
+    """
     vae = _vae_of(pipe_or_vae)
     state = vars(vae).pop(_MARK, None)
     if state is None:
