@@ -184,3 +184,9 @@ def test_version_and_a_plan_of_the_default_model(capsys):
     assert done.value.code == 0 and capsys.readouterr().out == f"vaekit {vaekit.__version__}\n"
     assert main(["plan", "--size", "512x512", "--budget", "64MiB"]) == 0  # taef2, as decode's default
     assert "1x32x64x64 -> 1x3x512x512" in capsys.readouterr().out
+
+
+def test_an_encode_plan_says_what_encode_returns(model_dir, capsys):
+    assert main(["plan", "--model", str(model_dir), "--op", "encode", "--size", "512x512", "--budget", "64MiB"]) == 0
+    out = capsys.readouterr().out
+    assert "-> 1x8x128x128" in out and "encode returns latents of 1x4x128x128" in out  # the moments, then their mode

@@ -201,7 +201,15 @@ def _plan(args) -> int:
     budget = args.budget
     if budget is None and args.device != "cpu":
         raise InputError("planning for a device other than this machine's CPU needs --budget")
-    print(api.plan(vae, shape, budget, args.op, device=args.device, dtype=dtype, host_budget=args.host_budget))
+    the_plan = api.plan(vae, shape, budget, args.op, device=args.device, dtype=dtype, host_budget=args.host_budget)
+    print(the_plan)
+    if args.op == "encode":  # the program ends in the moments (mean | logvar) where encode returns their mode
+        from .arch import family
+
+        moments = torch.empty(the_plan.out_shape, device="meta")
+        returned = tuple(family(vae).finish(vae, "encode", moments).shape)
+        if returned != tuple(the_plan.out_shape):
+            print(f"encode returns latents of {'x'.join(map(str, returned))}: the mode of the moments planned above")
     return 0
 
 
