@@ -1,9 +1,9 @@
 """Every code example in the README and the docs site runs, so the docs cannot drift from the code.
 
-Python blocks run in order, one namespace per page (as a doctest session would), in a folder holding
-what the examples name: small seeded models of the real classes saved with ``save_pretrained``
-(``./sd-vae``, ``./wan-vae``, ``./ltx2-vae``, ``./hunyuan15-vae``, ``./minimax-vae``, ``./sd-pipeline``
-with a tokenizer and text encoder), ``latents.pt`` and a photograph. A block titled like a file
+Python blocks run in order, one namespace per page (as a doctest session would), in a folder made as a
+reader makes it, ``vaekit examples make DIR``: small seeded models of the real classes saved with
+``save_pretrained`` (``./sd-vae``, ``./wan-vae``, ``./ltx2-vae``, ``./hunyuan15-vae``, ``./minimax-vae``,
+``./sd-pipeline`` with a tokenizer and text encoder), ``latents.pt`` and a photograph. A block titled like a file
 (```` ```python title="decode.py" ````) is written to that file, and a ``torchrun ... decode.py`` line
 of the page runs it with 2 gloo ranks. Shell lines are checked against what they call: ``vaekit ...``
 (and ``torchrun ... -m vaekit ...``) must parse with the CLI's parsers, ``make X`` must be a Makefile
@@ -21,9 +21,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-
-from conftest import make_vae
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -39,57 +36,13 @@ def _name(page: Path) -> str:
     return str(page.relative_to(ROOT))
 
 
-def _tokenizer():
-    """A CLIP tokenizer with no merges: every byte's character, alone or ending a word (514 tokens)."""
-    from transformers import CLIPTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    chars = list(bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(chars)} | {c + "</w>": i + len(chars) for i, c in enumerate(chars)}
-    vocab |= {"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1}
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-
-
-def _sd_pipeline(path: Path) -> None:
-    """test_integrations' tiny Stable Diffusion pipeline, with a tokenizer and a text encoder: it takes prompts."""
-    import diffusers
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from test_integrations import _sd_pipe
-
-    pipe = _sd_pipe()
-    tokenizer = _tokenizer()
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37,
-                                                num_hidden_layers=2, num_attention_heads=4,
-                                                max_position_embeddings=77)).eval()
-    pipe.register_modules(tokenizer=tokenizer, text_encoder=text_encoder,
-                          scheduler=diffusers.DDIMScheduler(clip_sample=False))
-    pipe.save_pretrained(path)
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    from PIL import Image
-    from skimage import data
-
-    from test_hunyuan15 import make as make_hunyuan15
-    from test_ltx2 import make as make_ltx2
-    from test_minimax import make as make_minimax
-    from test_wan import make as make_wan
+    """What the examples name, made as a reader makes it: ``vaekit examples make DIR``."""
+    from vaekit.cli import main
 
     where = tmp_path_factory.mktemp("docs")
-    make_vae("sd").save_pretrained(where / "sd-vae")
-    make_wan().save_pretrained(where / "wan-vae")
-    ltx2 = make_ltx2(patch_size=4, latent_channels=128, spatial_compression_ratio=32)  # LTX-2's 32x, 8x compression
-    ltx2.save_pretrained(where / "ltx2-vae")
-    hunyuan15 = make_hunyuan15(latent_channels=32, block_out_channels=(8, 16, 16, 32, 64), spatial_compression_ratio=16)
-    hunyuan15.save_pretrained(where / "hunyuan15-vae")  # its 16x, 4x compression
-    make_minimax(latent_channels=24, block_out_channels=(8, 8, 16, 16), spatial_downsample_factors=(2, 2, 2, 2),
-                 temporal_downsample_factors=(1, 2, 2, 1)).save_pretrained(where / "minimax-vae")  # 16x, 4x
-    _sd_pipeline(where / "sd-pipeline")
-    torch.save(torch.randn(1, 4, 24, 20, generator=torch.Generator().manual_seed(0)), where / "latents.pt")
-    Image.fromarray(data.astronaut()).resize((96, 96)).save(where / "photo.png")
+    assert main(["examples", "make", str(where)]) == 0
     return where
 
 

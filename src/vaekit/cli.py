@@ -7,6 +7,7 @@
     vaekit plan --size 4096x4096 [--model MODEL] [--budget 4GiB] [--op encode] [--frames 81]
     vaekit doctor
     vaekit comfyui install COMFYUI_DIR [--copy]                         (the ComfyUI nodes)
+    vaekit examples make DIR                                            (the docs' example models, offline)
 
 MODEL is a diffusers folder, an LDM single-file VAE (.safetensors), TAESD .pth files, or taef2 (built
 in: the default).
@@ -213,6 +214,14 @@ def _plan(args) -> int:
     return 0
 
 
+def _examples(args) -> int:
+    from .tools.examples import make
+
+    for path in make(args.folder):
+        print(path)
+    return 0
+
+
 def _comfyui(args) -> int:
     from .integrations.comfyui import install
 
@@ -283,6 +292,12 @@ def _parser() -> argparse.ArgumentParser:
 
     doc = sub.add_parser("doctor", help="versions, devices, free memory, bf16 capability, what vaekit would choose")
     doc.set_defaults(run=_doctor)
+
+    ex = sub.add_parser("examples", help="make the small example models and files the docs use (offline)")
+    ex.add_argument("action", choices=("make",))
+    ex.add_argument("folder", help="where to write sd-vae/, wan-vae/, ..., sd-pipeline/, latents.pt, photo.png "
+                                   "(made if missing)")
+    ex.set_defaults(run=_examples)
 
     comfy = sub.add_parser("comfyui", help="install vaekit's ComfyUI nodes")
     comfy.add_argument("action", choices=("install",))

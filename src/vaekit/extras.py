@@ -22,6 +22,8 @@ EXTRAS = {
     "tifffile": ("tifffile", "files"),
     "png": ("pypng", "files"),
     "matplotlib": ("matplotlib", "plot"),
+    "transformers": ("transformers", "examples"),
+    "skimage": ("scikit-image", "examples"),
 }
 
 
