@@ -116,6 +116,8 @@ CASES = {
                                                    "taesd_encoder.pth taesd_decoder.pth", None),
     # the others
     "comfyui: no such folder": (["comfyui", "install", "nodir"], BAD, "nodir", None),
+    "comfyui: main.py but no nodes.py": (["comfyui", "install", "comfy"], BAD, "it has no nodes.py or custom_nodes/",
+                                         None),
     "examples: DIR is a file": (["examples", "make", "file"], DISK, "is a file", None),
     "demo: --out is a file": (["demo", "--out", "file"], DISK, "is a file", None),
     "bench: --out is a file": (["bench", "--quick", "--out", "file"], DISK, "is a file", None),

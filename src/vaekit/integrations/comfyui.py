@@ -218,10 +218,16 @@ def install(comfyui_dir, copy: bool = False) -> Path:
 
     from ..errors import InputError
 
-    custom = Path(comfyui_dir).expanduser() / "custom_nodes"
-    if not custom.is_dir() or not (custom.parent / "nodes.py").is_file():
-        raise InputError(f"{comfyui_dir} is not a ComfyUI folder (no nodes.py and custom_nodes/ in it): pass the "
-                         "folder ComfyUI's main.py is in")
+    folder = Path(comfyui_dir).expanduser()
+    custom = folder / "custom_nodes"
+    if not folder.is_dir():
+        raise InputError(f"{comfyui_dir} is not a folder: pass the ComfyUI checkout (the folder with its main.py, "
+                         "nodes.py and custom_nodes/)")
+    missing = [name for name, there in (("nodes.py", (folder / "nodes.py").is_file()),
+                                        ("custom_nodes/", custom.is_dir())) if not there]
+    if missing:
+        raise InputError(f"{comfyui_dir} is not a ComfyUI checkout: it has no {' or '.join(missing)}; pass the "
+                         "folder of a ComfyUI clone, which holds main.py, nodes.py and custom_nodes/")
     target = custom / PACK_NAME
     if target.is_symlink() and target.resolve() == PACK.resolve():
         return target  # already linked here
