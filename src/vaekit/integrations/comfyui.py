@@ -221,12 +221,12 @@ def install(comfyui_dir, copy: bool = False) -> Path:
     folder = Path(comfyui_dir).expanduser()
     custom = folder / "custom_nodes"
     if not folder.is_dir():
-        raise InputError(f"{comfyui_dir} is not a folder: pass the ComfyUI checkout (the folder with its main.py, "
-                         "nodes.py and custom_nodes/)")
+        raise InputError(f"{comfyui_dir} is not a ComfyUI folder: it does not exist; pass the folder of a ComfyUI "
+                         "clone, which holds main.py, nodes.py and custom_nodes/")
     missing = [name for name, there in (("nodes.py", (folder / "nodes.py").is_file()),
                                         ("custom_nodes/", custom.is_dir())) if not there]
     if missing:
-        raise InputError(f"{comfyui_dir} is not a ComfyUI checkout: it has no {' or '.join(missing)}; pass the "
+        raise InputError(f"{comfyui_dir} is not a ComfyUI folder: it has no {' or '.join(missing)}; pass the "
                          "folder of a ComfyUI clone, which holds main.py, nodes.py and custom_nodes/")
     target = custom / PACK_NAME
     if target.is_symlink() and target.resolve() == PACK.resolve():
