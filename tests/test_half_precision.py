@@ -96,3 +96,19 @@ if __name__ == "__main__":  # the table for docs/benchmarks.md
                 s, m = r["smallest"], r["mixed"]
                 print(f"| {type(_model(name)[0]).__name__} ({name}) | {op} | {dtype} | {s.untiled_rms:.2e} | "
                       f"{s.rms:.2e}, {m.rms:.2e} | {s.untiled_max:.2e} | {s.max:.2e}, {m.max:.2e} | {s.ok and m.ok} |")
+
+
+@pytest.mark.parametrize("op", ["decode", "encode"])
+def test_compiled_half_precision_follows_the_rule_too(op):
+    """compile=True in bfloat16 (the long fuzz's find: the compiled GroupNorm prologue gave its float32
+    arithmetic to a bfloat16 conv, which refused it): streamed, and no further from float64 than untiled."""
+    vae, _ = _model("sd")
+    half, xh = copy.deepcopy(vae).to(torch.bfloat16), _input_of("sd", op).to(torch.bfloat16)
+    truth = untiled_result(copy.deepcopy(half).double(), op, xh.double())
+    low, whole = budget_range(half, xh, op, compile=True)
+    report = vaekit.RunReport()
+    out = (vaekit.decode if op == "decode" else vaekit.encode)(half, xh, max(2 * low, (low + whole) // 2), compile=True,
+                                                              report=report)
+    assert report.mode == "stream" and out.dtype == torch.bfloat16
+    f = fidelity(out, untiled_result(half, op, xh), truth)
+    assert f.ok, f

@@ -79,8 +79,8 @@ def kind_of(stage: ConvStage) -> _Kind:
 
 def _prologue(kind: _Kind, x, mask, scale, shift, norm_w):
     """NHWC band with halo rows -> the conv's NCHW input: norm, activation, mask, upsampling, padding."""
-    if kind.norm == "group":
-        x = activate(torch.addcmul(shift, x, scale), kind.act, inplace=True)
+    if kind.norm == "group":  # float32 arithmetic, the band's dtype out (as norm_act): the conv's weights are in it
+        x = activate(torch.addcmul(shift, x, scale), kind.act, inplace=True).to(x.dtype)
     elif kind.norm:
         x = activate(pixel_norm(x, kind.norm == "batch", kind.eps, norm_w), kind.act, inplace=True)
     else:
