@@ -18,8 +18,8 @@ from .program import Program
 from .sinks import sink_bytes
 from .units import format_bytes, parse_bytes
 
-__all__ = ["plan_image", "plan_video", "smallest_video_budget", "limit_of", "free_memory", "free_share", "hold",
-           "host_budget_for", "check_disk"]
+__all__ = ["plan_image", "plan_video", "smallest_video_budget", "smallest_call_budget", "limit_of", "free_memory",
+           "free_share", "hold", "host_budget_for", "check_disk"]
 
 
 def smallest_video_budget(program: Program, vae, shape, op: str, itemsize: int, compiled: bool = False) -> int:
@@ -31,6 +31,18 @@ def smallest_video_budget(program: Program, vae, shape, op: str, itemsize: int, 
         later = smallest_budget(program, (*shape[:2], max(chunks[1:]), *shape[3:]), itemsize, compiled=compiled)
         low = max(low, later)
     return low
+
+
+def smallest_call_budget(vae, op: str, shape, itemsize: int, lower: str = "disk", compiled: bool = False) -> int:
+    """The least budget a streamed ``op`` of an input of ``shape`` fits in, maps down to the ``lower`` tier:
+    an image's one run; a video's chunks of frames, of one of the model's own clips where it cuts the
+    video into clips (MiniMax H3), or of the whole video."""
+    program = family(vae).program(vae, op)
+    if len(shape) == 5:
+        clips = clips_of(vae, op, shape[2])
+        run = tuple(shape) if clips is None else (*shape[:2], clips.length, *shape[3:])
+        return smallest_video_budget(program, vae, run, op, itemsize, compiled)
+    return smallest_budget(program, tuple(shape), itemsize, lower, compiled=compiled)
 
 
 def plan_image(program: Program, vae, shape, budget, op: str, device: torch.device, dtype=None,

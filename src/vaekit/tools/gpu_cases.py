@@ -91,16 +91,9 @@ def _inputs(vae, latents: tuple[int, ...], seed: int = 1) -> dict[str, torch.Ten
 
 def smallest(vae, op: str, x: torch.Tensor, lower: str = "disk", compiled: bool = False) -> int:
     """The least budget a streamed run of ``x`` fits in, maps going down to the ``lower`` tier."""
-    from .. import arch
-    from ..plan import smallest_budget
-    from ..planning import smallest_video_budget
+    from ..planning import smallest_call_budget
 
-    program = arch.program_for(vae, op)
-    if x.dim() == 5:
-        clips = arch.clips_of(vae, op, x.shape[2])
-        shape = tuple(x.shape) if clips is None else (*x.shape[:2], clips.length, *x.shape[3:])
-        return smallest_video_budget(program, vae, shape, op, x.element_size(), compiled)
-    return smallest_budget(program, tuple(x.shape), x.element_size(), lower, compiled=compiled)
+    return smallest_call_budget(vae, op, tuple(x.shape), x.element_size(), lower, compiled)
 
 
 def whole_budget(vae, op: str, x: torch.Tensor) -> int:
