@@ -8,6 +8,8 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
+from vaekit.testing import untiled as untiled_result  # noqa: F401 (for the tests: what decode/encode must give)
+
 #: the built-in TAEF2 weights, shipped in the package (src/vaekit/weights): every clone has them
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "src" / "vaekit" / "weights"
 #: the TAESana encoder is test data shared beside the project, not part of it
@@ -66,10 +68,9 @@ def whole_video_budgets(vae, shape, op: str = "decode", compiled: bool = False) 
     H3) or in its own chunks (Kandinsky 5, CogVideoX): smallest (every map on disk, one row and one key
     row per chunk; ``compiled``: the rows compiled graphs take), mixed, and whole (never below the smallest)."""
     import vaekit
-    from vaekit.planning import smallest_video_budget
+    from vaekit.planning import smallest_call_budget
 
-    program, run = vaekit.arch.program_for(vae, op), planned_shape(vae, shape, op)
-    low = smallest_video_budget(program, vae, run, op, 4, compiled)  # one chunk, or the model's own (CogVideoX)
+    low = smallest_call_budget(vae, op, shape, 4, compiled=compiled)  # one chunk, or the model's own (CogVideoX)
     whole = max(vaekit.plan(vae, shape, budget=None, op=op).whole_peak_bytes, low)
     return {"smallest": low, "mixed": (low + whole) // 2, "whole": whole}
 
@@ -130,13 +131,6 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 def untiled(vae, z: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return vae.decode(z).sample
-
-
-def untiled_result(vae, op: str, x: torch.Tensor) -> torch.Tensor:
-    """What ``vaekit.decode``/``encode`` must give (vaekit.testing.untiled: the model's own untiled call)."""
-    from vaekit.testing import untiled as untiled_call
-
-    return untiled_call(vae, op, x)
 
 
 @pytest.fixture(scope="session")
