@@ -206,7 +206,8 @@ class _TiffSink(_PullSink):
                 yield tile
 
     def _write_file(self, bands) -> None:
-        tifffile = require("tifffile", "a .tif output")
+        import tifffile  # there: check_writer saw to it before the sink was opened
+
         with tifffile.TiffWriter(self.tmp, bigtiff=True) as tiff:
             tiff.write(self._tiles(bands), shape=(self.height, self.width, 3), dtype=np.uint8, tile=(TILE, TILE),
                        photometric="rgb")
@@ -216,7 +217,8 @@ class _PngSink(_PullSink):
     """PNG, one scanline at a time. Held at any time: the queued bands."""
 
     def _write_file(self, bands) -> None:
-        png = require("png", "a .png output written band by band")
+        import png  # there: check_writer saw to it before the sink was opened
+
         rows = (row.reshape(-1) for band in bands for row in band)  # (W * 3,) per scanline
         with open(self.tmp, "wb") as f:
             png.Writer(self.width, self.height, greyscale=False, bitdepth=8).write(f, rows)
@@ -228,7 +230,8 @@ class _ZarrSink(Sink):
     directory = True
 
     def __init__(self, target: Path, shape: tuple[int, int, int, int], shared_tmp: str | None = None):
-        zarr = require("zarr", "a .zarr output")
+        import zarr  # there: check_writer saw to it before the sink was opened
+
         super().__init__(target, shared_tmp)
         b, c, self.height, w = shape
         if self.owner:
@@ -340,7 +343,8 @@ class _ZarrVideo(VideoSink):
     directory = True
 
     def __init__(self, target: Path, shape: tuple[int, ...]):
-        zarr = require("zarr", "a .zarr output")
+        import zarr  # there: check_writer saw to it before the sink was opened
+
         super().__init__(target)
         b, c, f, h, w = shape
         self.array = zarr.create_array(store=str(self.tmp), shape=(b, f, h, w, c), dtype=np.uint8,
@@ -356,7 +360,8 @@ class _Mp4Video(VideoSink):
     """H.264 (libx264), yuv420p: frames are encoded as they come and never held as a whole video."""
 
     def __init__(self, target: Path, shape: tuple[int, ...], fps: int = MP4_FPS, crf: int = MP4_CRF):
-        av = require("av", "an .mp4 output")
+        import av  # there: check_writer saw to it before the sink was opened
+
         _, _, _, h, w = shape
         super().__init__(target)
         self.container = av.open(str(self.tmp), mode="w", format="mp4")
@@ -365,7 +370,8 @@ class _Mp4Video(VideoSink):
         self.stream.width, self.stream.height, self.stream.pix_fmt = w, h, "yuv420p"
 
     def write_frames(self, f0: int, frames: torch.Tensor) -> None:
-        av = require("av", "an .mp4 output")
+        import av  # there: check_writer saw to it before the sink was opened
+
         for frame in frames[0]:
             rgb = quantize(frame)  # (H, W, 3) uint8
             for packet in self.stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
