@@ -60,8 +60,10 @@ def _extras() -> str:
     """Each optional package (extras.py) and the extra that brings it where it is missing."""
     from ..extras import EXTRAS
 
-    found = [f"{package} {_version(package)}" if _version(package) != "not installed" else
-             f"{package} missing (vaekit[{extra}])" for package, extra in EXTRAS.values()]
+    found = []
+    for package, extra in EXTRAS.values():
+        version = _version(package)
+        found.append(f"{package} missing (vaekit[{extra}])" if version == "not installed" else f"{package} {version}")
     return "extras  " + ", ".join(found)
 
 
